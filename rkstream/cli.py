@@ -1,0 +1,134 @@
+"""The ``rkstream`` command: ``serve`` and ``config``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import Settings, describe_settings, load_settings
+from .errors import RkstreamError
+from .log import server_log
+
+REPO = Path(__file__).resolve().parent.parent
+STANDIN_LIBS = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
+                for line in ("1.3", "1.2")}
+STANDIN_MODEL = REPO / "lib" / "standin" / "demo.rkllm"
+
+# flag -> settings key
+_FLAG_KEYS = {
+    "host": "server.host", "port": "server.port", "model": "rkllm.model",
+    "rkllm_lib": "rkllm.library", "runtime": "rkllm.runtime", "instances": "instances",
+    "log_level": "log_level",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rkstream", description="Stream RKLLM tokens over WebSockets.")
+    parser.add_argument("--version", action="version", version=f"rkstream {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the server")
+    config = commands.add_parser("config", help="print every setting with its effective value")
+    for sub in (serve, config):
+        sub.add_argument("--config", "-c", help="config.toml (default: RKSTREAM_CONFIG, "
+                                                "else ./config.toml if present)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one setting, e.g. --set limits.max_queue=8")
+        sub.add_argument("--host")
+        sub.add_argument("--port")
+        sub.add_argument("--model", help="path of the .rkllm model")
+        sub.add_argument("--rkllm-lib", help="path of librkllmrt.so")
+        sub.add_argument("--runtime", help="auto, 1.3 or 1.2")
+        sub.add_argument("--instances")
+        sub.add_argument("--log-level")
+        sub.add_argument(
+            "--standin", nargs="?", const="1.3", choices=("1.3", "1.2"),
+            help="use the stand-in runtime built by `make -C lib` (no board needed)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, str] = {}
+    if args.standin:
+        overrides["rkllm.library"] = str(STANDIN_LIBS[args.standin])
+        overrides["rkllm.runtime"] = args.standin
+        overrides["rkllm.model"] = str(STANDIN_MODEL)
+        if not STANDIN_LIBS[args.standin].is_file():
+            raise RkstreamError(
+                f"the stand-in runtime {STANDIN_LIBS[args.standin]} is not built; "
+                "run `make -C lib` first")
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = str(value)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RkstreamError(f"--set {item!r}: write it as KEY=VALUE")
+        overrides[key.strip()] = value.strip()
+    path = args.config
+    if path is None and Path("config.toml").is_file():
+        path = "config.toml"
+    # --standin picks the model unless one is named explicitly.
+    settings = load_settings(path, overrides=overrides)
+    return settings
+
+
+def _serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from .server.app import make_app
+
+    app = make_app(settings)
+    host, port = settings.server.host, settings.server.port
+    server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws)",
+                    __version__, host, port)
+    web.run_app(app, host=host, port=port, print=None,
+                shutdown_timeout=settings.server.shutdown_timeout_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except RkstreamError as exc:
+        print(f"rkstream: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "config":
+        flat = _flatten(settings)
+        for key, default, help_text in describe_settings():
+            print(f"{key} = {flat[key]!r}    # {help_text} (default {default})")
+        return 0
+    try:
+        _serve(settings)
+    except RkstreamError as exc:
+        print(f"rkstream: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _flatten(settings: Settings) -> dict[str, object]:
+    from dataclasses import fields, is_dataclass
+
+    out: dict[str, object] = {}
+
+    def walk(obj: object, prefix: str) -> None:
+        for f in fields(obj):  # type: ignore[arg-type]
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                out[f"{prefix}{f.name}"] = value
+
+    walk(settings, "")
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""Typed settings: defaults, then config.toml, then RKSTREAM_* variables, then CLI.
+
+Each field carries its description and what is allowed, so one definition
+documents, validates and sets the default. A bad value is refused at start
+with a ConfigError naming the key (``section.key``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on older board images
+    import tomli as tomllib
+
+
+def _opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,
+         minimum: float | None = None, maximum: float | None = None) -> Any:
+    return field(default=default, metadata={
+        "help": help, "choices": choices, "min": minimum, "max": maximum})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = _opt("0.0.0.0", "address to listen on (0.0.0.0 = every interface)")
+    port: int = _opt(8080, "TCP port", minimum=0, maximum=65535)
+    heartbeat_s: float = _opt(20.0, "WebSocket ping interval; a peer silent for half of it "
+                                    "after a ping is dropped (0 = off)", minimum=0)
+    slow_client_timeout_s: float = _opt(
+        10.0, "a client that has not read what was sent to it for this long is dropped "
+              "and its requests cancelled", minimum=0.1)
+    max_outbound_bytes: int = _opt(
+        8 << 20, "bytes waiting to be sent to one client before it is dropped as too slow",
+        minimum=4096)
+    shutdown_timeout_s: float = _opt(5.0, "how long shutdown waits for handlers", minimum=0)
+    static_dir: str = _opt("", "folder served at / (empty = the repository's static/)")
+
+
+@dataclass(frozen=True)
+class RKLLMSettings:
+    library: str = _opt("", "path of librkllmrt.so (empty = lib/, then the system path)")
+    runtime: str = _opt("auto", "runtime ABI line of the library",
+                        choices=("auto", "1.3", "1.2"))
+    model: str = _opt("", "path of the .rkllm language model")
+    max_context_len: int = _opt(4096, "context window in tokens", minimum=32,
+                                maximum=1 << 17)
+    max_new_tokens: int = _opt(2048, "init-time cap on generated tokens per run",
+                               minimum=1, maximum=1 << 17)
+    n_keep: int = _opt(-1, "KV entries kept when the window shifts (-1 = runtime default)",
+                       minimum=-1)
+    base_domain_id: int = _opt(0, "NPU memory domain (1 when a vision encoder shares "
+                                  "the process on RK3588)", minimum=0, maximum=15)
+    embed_flash: bool = _opt(True, "keep the embedding table in the model file, not in RAM")
+    enabled_cpus_num: int = _opt(4, "CPU threads the runtime may use", minimum=1, maximum=8)
+    enabled_cpus_mask: int = _opt(0xF0, "CPU bitmask (0xF0 = the A76 cores of RK3588)",
+                                  minimum=0, maximum=0xFF)
+    skip_special_token: bool = _opt(True, "do not emit special tokens as text")
+    mirostat: int = _opt(0, "0 off, 1 mirostat, 2 mirostat 2.0", choices=(0, 1, 2))
+    mirostat_tau: float = _opt(5.0, "mirostat target entropy", minimum=0)
+    mirostat_eta: float = _opt(0.1, "mirostat learning rate", minimum=0)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_tokens: int = _opt(512, "tokens generated when a request does not say",
+                           minimum=1, maximum=1 << 17)
+    temperature: float = _opt(0.8, "default temperature", minimum=0, maximum=5)
+    top_p: float = _opt(0.9, "default nucleus sampling mass", minimum=0, maximum=1)
+    top_k: int = _opt(1, "default top-k (1 = greedy, as the official demos)", minimum=0)
+    repeat_penalty: float = _opt(1.1, "default repeat penalty", minimum=0, maximum=10)
+    frequency_penalty: float = _opt(0.0, "default frequency penalty", minimum=-2, maximum=2)
+    presence_penalty: float = _opt(0.0, "default presence penalty", minimum=-2, maximum=2)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_message_bytes: int = _opt(8 << 20, "largest WebSocket message accepted; larger "
+                                           "closes the socket with 1009",
+                                  minimum=1024, maximum=1 << 30)
+    max_queue: int = _opt(32, "requests waiting for a model instance; more fail with "
+                              "queue_full", minimum=0)
+    max_inflight_per_connection: int = _opt(8, "open requests (queued or running) per "
+                                               "connection", minimum=1)
+    max_tokens: int = _opt(4096, "largest max_tokens a request may ask for",
+                           minimum=1, maximum=1 << 17)
+    max_images_per_request: int = _opt(4, "images one request may carry", minimum=0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: str = _opt("rkllm", "which engine runs the model", choices=("rkllm",))
+    instances: int = _opt(1, "model instances (native handles, one owner thread each)",
+                          minimum=1, maximum=16)
+    log_level: str = _opt("info", "log level",
+                          choices=("debug", "info", "warning", "error"))
+    server: ServerSettings = field(default_factory=ServerSettings)
+    rkllm: RKLLMSettings = field(default_factory=RKLLMSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+
+
+# RKSTREAM_* variables that override one key each.
+ENV_KEYS: dict[str, str] = {
+    "RKSTREAM_HOST": "server.host",
+    "RKSTREAM_PORT": "server.port",
+    "RKSTREAM_ENGINE": "engine",
+    "RKSTREAM_MODEL": "rkllm.model",
+    "RKSTREAM_RKLLM_LIBRARY": "rkllm.library",
+    "RKSTREAM_RUNTIME": "rkllm.runtime",
+    "RKSTREAM_LOG_LEVEL": "log_level",
+}
+
+
+def _describe(f: Any) -> str:
+    meta = f.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[
+        _field_type(f)]
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f"{kind} from {lo} to {hi}"
+    if lo is not None:
+        return f"{kind} of at least {lo}"
+    return kind
+
+
+def _field_type(f: Any) -> type:
+    return {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+
+
+def _check(key: str, f: Any, value: Any, *, from_text: bool) -> Any:
+    kind = _field_type(f)
+    if from_text and isinstance(value, str) and kind is not str:
+        value = _from_text(key, f, value)
+    ok = (
+        isinstance(value, bool) if kind is bool
+        else isinstance(value, str) if kind is str
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        and (kind is float or isinstance(value, int))
+    )
+    if not ok:
+        raise ConfigError(f"config: {key} = {value!r} is not allowed; use {_describe(f)}")
+    if kind is float:
+        value = float(value)
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"config: {key} = {value!r} is not allowed; use {_describe(f)}")
+    if (meta.get("min") is not None and value < meta["min"]) or (
+        meta.get("max") is not None and value > meta["max"]
+    ):
+        raise ConfigError(f"config: {key} = {value!r} is out of range; use {_describe(f)}")
+    return value
+
+
+def _from_text(key: str, f: Any, text: str) -> Any:
+    kind = _field_type(f)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    else:
+        try:
+            return int(text, 0) if kind is int else float(text)
+        except ValueError:
+            pass
+    raise ConfigError(f"config: {key} = {text!r} is not allowed; use {_describe(f)}")
+
+
+def _apply(obj: Any, data: Mapping[str, Any], prefix: str, *, from_text: bool) -> Any:
+    by_name = {f.name: f for f in fields(obj)}
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        f = by_name.get(name)
+        if f is None:
+            raise ConfigError(
+                f"config: unknown key {key}; known keys here: " + ", ".join(by_name))
+        current = getattr(obj, name)
+        if is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config: {key} must be a table [{key}]")
+            changes[name] = _apply(current, value, f"{key}.", from_text=from_text)
+        else:
+            changes[name] = _check(key, f, value, from_text=from_text)
+    return replace(obj, **changes)
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    head, _, rest = key.partition(".")
+    return {head: _nest(rest, value) if rest else value}
+
+
+def with_overrides(settings: Settings, overrides: Mapping[str, str]) -> Settings:
+    """Apply ``section.key -> text`` overrides (environment or CLI)."""
+    for key, text in overrides.items():
+        settings = _apply(settings, _nest(key, text), "", from_text=True)
+    return settings
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings rkstream starts with.
+
+    Args:
+        path: a config.toml; None = ``RKSTREAM_CONFIG`` or no file.
+        overrides: ``section.key -> value text`` from the command line; last word.
+        environ: the environment to read RKSTREAM_* from (default os.environ).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or a value is refused.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get("RKSTREAM_CONFIG"):
+        path = env["RKSTREAM_CONFIG"]
+    settings = Settings()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+        settings = _apply(settings, data, "", from_text=False)
+    env_overrides = {key: env[name] for name, key in ENV_KEYS.items() if env.get(name)}
+    settings = with_overrides(settings, env_overrides)
+    return with_overrides(settings, overrides or {})
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(key, default, description) of every setting, for docs and ``--help``."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", repr(value), f.metadata["help"]))
+
+    walk(Settings(), "")
+    return rows

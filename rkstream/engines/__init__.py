@@ -1,0 +1,1 @@
+"""Inference engines: the native runtimes rkstream can drive, one subpackage each."""

@@ -1,0 +1,143 @@
+"""What every engine offers the scheduler, whatever runs the model.
+
+An engine owns one or more :class:`EngineInstance` objects (one per native
+model handle). The scheduler hands a :class:`Job` to a free instance with
+:meth:`EngineInstance.start`, which returns a :class:`Run`. Text reaches the
+job's :class:`TextSink` on the event loop, in order, and the run's
+:class:`Outcome` comes after the last piece of text.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from ..protocol.events import Message
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Concrete generation settings of one request (defaults already applied)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repeat_penalty: float
+    frequency_penalty: float
+    presence_penalty: float
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation, as the engine sees it."""
+
+    request_id: str
+    messages: tuple[Message, ...]
+    instructions: str | None
+    sampling: SamplingSettings
+
+
+@dataclass
+class Outcome:
+    """How a run ended, with the engine's own counters."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    prompt_ms: float = 0.0
+    predicted_ms: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What clients are told about the loaded model (``session.created.model``)."""
+
+    id: str
+    engine: str
+    context_length: int
+    vision: bool = False
+    per_request_sampling: bool = True
+    runtime: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "id": self.id,
+            "engine": self.engine,
+            "context_length": self.context_length,
+            "vision": self.vision,
+            "per_request_sampling": self.per_request_sampling,
+        }
+        if self.runtime is not None:
+            out["runtime"] = self.runtime
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+class TextSink(Protocol):
+    """Receives a run's text on the event loop thread."""
+
+    def on_text(self, text: str) -> None:
+        """Called with complete UTF-8 text, in order; never after the outcome."""
+
+
+class Run(abc.ABC):
+    """A generation in progress on one engine instance.
+
+    Cancellation contract: :meth:`cancel` may be called any number of times,
+    from the loop, at any point; it asks the runtime to stop (rkllm_abort) and
+    returns at once. :meth:`wait` always returns the outcome once the native
+    call has returned; cancelling the task that awaits :meth:`wait` does not
+    stop the run (call :meth:`cancel` for that).
+    """
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Ask the runtime to stop this run; idempotent."""
+
+    @abc.abstractmethod
+    async def wait(self) -> Outcome:
+        """Wait until the native run has ended; the outcome follows all text."""
+
+
+class EngineInstance(abc.ABC):
+    """One loaded model handle owned by one thread."""
+
+    index: int
+
+    @abc.abstractmethod
+    def start(self, job: Job, sink: TextSink) -> Run:
+        """Start ``job``; the instance must be idle (the scheduler ensures it)."""
+
+
+class Engine(abc.ABC):
+    """A loaded model with ``instances`` handles."""
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> ModelInfo: ...
+
+    @property
+    @abc.abstractmethod
+    def instances(self) -> list[EngineInstance]: ...
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Load every instance (off the loop); raises EngineInitError."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Abort runs and free every native handle; safe to call twice."""
+
+
+def done_future() -> asyncio.Future[Outcome]:
+    return asyncio.get_running_loop().create_future()

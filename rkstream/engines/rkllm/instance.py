@@ -1,0 +1,312 @@
+"""One RKLLM handle and the one thread that owns it.
+
+The owner thread runs rkllm_init, every rkllm_run and rkllm_destroy. The
+result callback (which the runtime may call from a thread of its own) copies
+the step's bytes, stitches split UTF-8 characters, and hands text to the
+loop through a :class:`LoopChannel`; the end of the run goes through the same
+channel after rkllm_run returns, so it is always ordered after the last token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ...config import RKLLMSettings
+from ...config import SamplingSettings as SamplingDefaults
+from ...errors import EngineInitError
+from ...log import engine_log, native_log
+from ..base import EngineInstance, Job, Outcome, Run, TextSink
+from ..bridge import LoopChannel
+from ..prompt import render_prompt
+from ..text import StopMatcher, Utf8Stitcher
+from .loader import RuntimeLibrary
+from .structs import RunStructs, make_param, make_run_structs
+
+CONTINUE, PAUSE = 0, 1
+
+
+@dataclass
+class NativeFacts:
+    """What the owner thread learned about a finished rkllm_run."""
+
+    ret: int
+    tokens: int
+    error_state: bool
+    perf: tuple[float, int, float, int] | None  # prefill ms, prefill n, gen ms, gen n
+    first_token_s: float | None
+    start_s: float
+    end_s: float
+    exception: str | None = None
+
+
+class RKLLMRun(Run):
+    """A run on one RKLLM handle; the callback half runs on a native thread."""
+
+    def __init__(self, instance: RKLLMInstance, job: Job, sink: TextSink,
+                 loop: asyncio.AbstractEventLoop, structs: RunStructs) -> None:
+        self._instance = instance
+        self._sink = sink
+        self.job = job
+        self.structs = structs
+        self.max_tokens = job.sampling.max_tokens
+        self._stops = StopMatcher(job.sampling.stop)
+        self._channel: LoopChannel[Union[str, NativeFacts]] = LoopChannel(loop, self._on_items)
+        self._done: asyncio.Future[Outcome] = loop.create_future()
+        self._cancelled = False
+        # Read by the callback thread; a plain bool is enough under the GIL.
+        self.stop_requested = False
+        # Callback-thread state.
+        self.stitcher = Utf8Stitcher()
+        self.tokens = 0
+        self.error_state = False
+        self.perf: tuple[float, int, float, int] | None = None
+        self.first_token_s: float | None = None
+        self.start_s = 0.0
+
+    # -- callback thread -------------------------------------------------
+    def on_step(self, result: Any, state: int) -> int:
+        """Handle one callback; returns what the runtime should do next."""
+        abi = self._instance.runtime.abi
+        if state == abi.RKLLM_RUN_NORMAL or state == abi.RKLLM_RUN_WAITING:
+            data: bytes = result.contents.text or b""
+            self.tokens += 1
+            if state == abi.RKLLM_RUN_WAITING:
+                self.stitcher.waiting(data)
+            else:
+                text = self.stitcher.normal(data)
+                if text:
+                    if self.first_token_s is None:
+                        self.first_token_s = time.perf_counter()
+                    self._channel.put(text)
+            if self.stop_requested or self.tokens >= self.max_tokens:
+                return PAUSE  # stops at once, also where abort is slow
+        elif state == abi.RKLLM_RUN_FINISH:
+            perf = result.contents.perf
+            self.perf = (perf.prefill_time_ms, perf.prefill_tokens,
+                         perf.generate_time_ms, perf.generate_tokens)
+        elif state == abi.RKLLM_RUN_ERROR:
+            self.error_state = True
+        return CONTINUE
+
+    def finish_native(self, ret: int, exception: str | None) -> None:
+        """Called by the owner thread once rkllm_run has returned."""
+        tail = self.stitcher.flush()
+        if tail:
+            self._channel.put(tail)
+        self._channel.put(NativeFacts(
+            ret=ret, tokens=self.tokens, error_state=self.error_state, perf=self.perf,
+            first_token_s=self.first_token_s, start_s=self.start_s,
+            end_s=time.perf_counter(), exception=exception))
+
+    # -- event loop --------------------------------------------------------
+    def _on_items(self, items: list[Union[str, NativeFacts]]) -> None:
+        for item in items:
+            if isinstance(item, str):
+                text = self._stops.feed(item)
+                if text:
+                    self._sink.on_text(text)
+                if self._stops.stopped and not self.stop_requested:
+                    self._request_stop()
+            else:
+                tail = self._stops.flush()
+                if tail:
+                    self._sink.on_text(tail)
+                if not self._done.done():
+                    self._done.set_result(self._outcome(item))
+
+    def _outcome(self, facts: NativeFacts) -> Outcome:
+        if facts.perf is not None:
+            prompt_ms, prompt_n, predicted_ms, _ = facts.perf
+        else:
+            first = facts.first_token_s or facts.end_s
+            prompt_ms, prompt_n = (first - facts.start_s) * 1000.0, 0
+            predicted_ms = (facts.end_s - first) * 1000.0
+        outcome = Outcome(finish_reason="stop", prompt_tokens=prompt_n,
+                          output_tokens=facts.tokens, prompt_ms=prompt_ms,
+                          predicted_ms=predicted_ms)
+        if facts.ret != 0 or facts.error_state or facts.exception:
+            outcome.finish_reason = "error"
+            outcome.error_code = "runtime_error"
+            outcome.error_message = (
+                facts.exception
+                or f"the RKLLM runtime reported an error during generation (rkllm_run "
+                   f"returned {facts.ret}); see the server log")
+        elif self._stops.stopped:
+            outcome.finish_reason = "stop"
+        elif self._cancelled:
+            outcome.finish_reason = "cancelled"
+        elif facts.tokens >= self.max_tokens:
+            outcome.finish_reason = "length"
+        return outcome
+
+    def _request_stop(self) -> None:
+        self.stop_requested = True
+        self._instance.abort(self)
+
+    def cancel(self) -> None:
+        if self._done.done() or self._cancelled:
+            return
+        self._cancelled = True
+        self._request_stop()
+
+    async def wait(self) -> Outcome:
+        return await asyncio.shield(self._done)
+
+
+Callback = Callable[[Any, Any, int], int]
+
+
+class RKLLMInstance(EngineInstance):
+    """Owns one RKLLM handle through one thread: init, runs, destroy.
+
+    Args:
+        runtime: the loaded library and its ABI module.
+        settings: the [rkllm] settings.
+        defaults: sampling defaults for the init-time RKLLMParam.
+        model_path: a checked model path.
+        index: which instance this is (for logs and thread names).
+        control: a small executor for rkllm_abort, so it never runs on the loop.
+    """
+
+    def __init__(self, runtime: RuntimeLibrary, settings: RKLLMSettings,
+                 defaults: SamplingDefaults, model_path: str, index: int,
+                 control: concurrent.futures.Executor) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.defaults = defaults
+        self.model_path = model_path
+        self.index = index
+        self._control = control
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=f"rkllm-owner-{index}",
+                                        daemon=True)
+        self._handle = runtime.abi.LLMHandle()
+        self._lock = threading.Lock()  # guards _active against a late abort
+        self._active: RKLLMRun | None = None
+        # Kept for as long as the handle lives: C holds pointers to them.
+        self._callback: Any = runtime.abi.LLMResultCallback(self._on_result)
+        self._callbacks_struct: Any = None
+        self._param: Any = None
+        self._closed = False
+
+    # -- owner thread --------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    def _submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def job() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+        self._jobs.put(job)
+        return future
+
+    def _on_result(self, result: Any, userdata: Any, state: int) -> int:
+        # Never let an exception reach C: its return value would be undefined.
+        try:
+            run = self._active
+            return CONTINUE if run is None else run.on_step(result, state)
+        except BaseException:
+            native_log.exception("result callback failed; generation continues")
+            return CONTINUE
+
+    def _init_sync(self) -> None:
+        abi, fns = self.runtime.abi, self.runtime.functions
+        self._param = make_param(abi, self.settings, self.defaults,
+                                 self.model_path.encode())
+        if hasattr(abi, "RKLLMCallback"):  # 1.3: callbacks go in a struct
+            self._callbacks_struct = abi.RKLLMCallback()
+            self._callbacks_struct.result_callback = self._callback
+            target: Any = ctypes.byref(self._callbacks_struct)
+        else:
+            target = self._callback
+        started = time.perf_counter()
+        ret = fns.rkllm_init(ctypes.byref(self._handle), ctypes.byref(self._param), target)
+        if ret != 0 or not self._handle.value:
+            self._handle = abi.LLMHandle()
+            raise EngineInitError(
+                f"rkllm_init failed (returned {ret}) for {self.model_path}: check that the "
+                f"model was converted for runtime {self.runtime.version or self.runtime.line}"
+                " and this chip, and that NPU memory is free; the runtime's own message is"
+                " in the log above")
+        engine_log.info("instance %d loaded %s in %.0f ms", self.index, self.model_path,
+                        (time.perf_counter() - started) * 1000)
+
+    def _run_sync(self, run: RKLLMRun) -> None:
+        fns = self.runtime.functions
+        with self._lock:
+            self._active = run
+        run.start_s = time.perf_counter()
+        ret, exception = -1, None
+        if run.stop_requested:  # cancelled before it reached the runtime
+            with self._lock:
+                self._active = None
+            run.finish_native(0, None)
+            return
+        try:
+            ret = fns.rkllm_run(self._handle, ctypes.byref(run.structs.input),
+                                ctypes.byref(run.structs.infer), None)
+        except BaseException as exc:  # reported as a failed request, not a crash
+            exception = f"rkllm_run raised {type(exc).__name__}: {exc}"
+            engine_log.exception("rkllm_run raised")
+        finally:
+            with self._lock:
+                self._active = None
+        run.finish_native(ret, exception)
+
+    def _abort_sync(self, run: RKLLMRun) -> None:
+        with self._lock:
+            if self._active is run:
+                self.runtime.functions.rkllm_abort(self._handle)
+
+    def _destroy_sync(self) -> None:
+        if self._handle.value:
+            self.runtime.functions.rkllm_destroy(self._handle)
+            self._handle = self.runtime.abi.LLMHandle()
+
+    # -- event loop ------------------------------------------------------------
+    async def load(self) -> None:
+        """Start the owner thread and run rkllm_init on it."""
+        self._thread.start()
+        await asyncio.wrap_future(self._submit(self._init_sync))
+
+    def start(self, job: Job, sink: TextSink) -> RKLLMRun:
+        prompt, role = render_prompt(job.messages, job.instructions)
+        structs = make_run_structs(self.runtime.abi, prompt, role, job.sampling,
+                                   self.settings)
+        run = RKLLMRun(self, job, sink, asyncio.get_running_loop(), structs)
+        self._submit(lambda: self._run_sync(run))
+        return run
+
+    def abort(self, run: RKLLMRun) -> None:
+        """Ask the runtime to stop ``run`` if it is still the active one."""
+        self._control.submit(self._abort_sync, run)
+
+    async def close(self) -> None:
+        """Abort any run, destroy the handle on its owner thread, end the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        active = self._active
+        if active is not None:
+            active.cancel()
+        if self._thread.is_alive():
+            await asyncio.wrap_future(self._submit(self._destroy_sync))
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)

@@ -1,0 +1,95 @@
+"""Fill the native structs of either ABI line from rkstream's settings.
+
+Both ABI modules use the header's names, so one function serves both lines;
+where the lines differ (per-run sampling exists only in 1.3) it is said here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from ...config import RKLLMSettings
+from ...config import SamplingSettings as SamplingDefaults
+from ..base import SamplingSettings
+
+
+def make_param(abi: ModuleType, settings: RKLLMSettings, defaults: SamplingDefaults,
+               model_path: bytes) -> Any:
+    """An RKLLMParam for rkllm_init, zeroed first, every field set explicitly."""
+    param = abi.RKLLMParam()
+    ctypes.memset(ctypes.addressof(param), 0, ctypes.sizeof(param))
+    param.model_path = model_path
+    param.max_context_len = settings.max_context_len
+    param.max_new_tokens = settings.max_new_tokens
+    param.n_keep = settings.n_keep
+    param.top_k = defaults.top_k
+    param.top_p = defaults.top_p
+    param.temperature = defaults.temperature
+    param.repeat_penalty = defaults.repeat_penalty
+    param.frequency_penalty = defaults.frequency_penalty
+    param.presence_penalty = defaults.presence_penalty
+    param.mirostat = settings.mirostat
+    param.mirostat_tau = settings.mirostat_tau
+    param.mirostat_eta = settings.mirostat_eta
+    param.skip_special_token = settings.skip_special_token
+    param.is_async = False
+    ext = param.extend_param
+    ext.base_domain_id = settings.base_domain_id
+    ext.embed_flash = 1 if settings.embed_flash else 0
+    ext.enabled_cpus_num = settings.enabled_cpus_num
+    ext.enabled_cpus_mask = settings.enabled_cpus_mask
+    ext.n_batch = 1
+    ext.use_cross_attn = 0
+    return param
+
+
+@dataclass
+class RunStructs:
+    """The structs of one rkllm_run call; they must outlive the call."""
+
+    input: Any
+    infer: Any
+    sampling: Any | None
+    prompt: bytes
+    role: bytes
+
+
+def make_run_structs(abi: ModuleType, prompt: str, role: str, sampling: SamplingSettings,
+                     settings: RKLLMSettings) -> RunStructs:
+    """Build RKLLMInput (a text prompt) and RKLLMInferParam for one run.
+
+    On 1.3 the request's sampling and max_tokens go into the per-run fields;
+    1.2 has none, so the init values apply (the engine still enforces
+    max_tokens by pausing generation from the callback).
+    """
+    prompt_bytes = prompt.encode("utf-8")
+    role_bytes = role.encode("ascii")
+    inp = abi.RKLLMInput()
+    ctypes.memset(ctypes.addressof(inp), 0, ctypes.sizeof(inp))
+    inp.role = role_bytes
+    inp.enable_thinking = False
+    inp.input_type = abi.RKLLM_INPUT_PROMPT
+    inp.prompt_input = prompt_bytes
+    infer = abi.RKLLMInferParam()
+    ctypes.memset(ctypes.addressof(infer), 0, ctypes.sizeof(infer))
+    infer.mode = abi.RKLLM_INFER_GENERATE
+    infer.keep_history = 0
+    native_sampling = None
+    if hasattr(abi, "RKLLMSamplingParam"):
+        native_sampling = abi.RKLLMSamplingParam()
+        native_sampling.top_k = sampling.top_k
+        native_sampling.top_p = sampling.top_p
+        native_sampling.temperature = sampling.temperature
+        native_sampling.repeat_penalty = sampling.repeat_penalty
+        native_sampling.frequency_penalty = sampling.frequency_penalty
+        native_sampling.presence_penalty = sampling.presence_penalty
+        native_sampling.mirostat = settings.mirostat
+        native_sampling.mirostat_tau = settings.mirostat_tau
+        native_sampling.mirostat_eta = settings.mirostat_eta
+        infer.sampling_params = ctypes.pointer(native_sampling)
+        infer.max_new_tokens = sampling.max_tokens
+    return RunStructs(input=inp, infer=infer, sampling=native_sampling, prompt=prompt_bytes,
+                      role=role_bytes)

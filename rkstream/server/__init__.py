@@ -1,0 +1,1 @@
+"""The aiohttp server: the WebSocket and HTTP handlers, startup and shutdown."""

@@ -1,0 +1,99 @@
+"""The aiohttp application: routes, startup and shutdown.
+
+Startup (cleanup_ctx): load the engine off the loop, then make the scheduler.
+Shutdown, in this order:
+1. on_shutdown: mark the server closing and close every WebSocket with 1001;
+   each handler cancels its connection's requests as it ends.
+2. cleanup: the scheduler refuses new work, cancels queued requests, aborts
+   running ones and waits for them.
+3. cleanup: the engine frees every native handle (rkllm_destroy) on its
+   owner thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import WSCloseCode, web
+
+from ..config import Settings
+from ..engines.base import Engine
+from ..log import server_log
+from ..scheduler import Scheduler
+from .state import STATE, AppState
+from .ws import websocket_handler
+
+EngineFactory = Callable[[Settings], Engine]
+
+REPO_STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+
+
+def default_engine(settings: Settings) -> Engine:
+    from ..engines.rkllm.engine import RKLLMEngine
+
+    return RKLLMEngine(settings)
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    engine = app[ENGINE_FACTORY](state.settings)
+    try:
+        await engine.load()
+    except BaseException:
+        await engine.close()
+        raise
+    state.engine = engine
+    state.scheduler = Scheduler(engine.instances, state.settings.limits.max_queue)
+    server_log.info("model %s ready on %d instance(s)", engine.info.id,
+                    len(engine.instances))
+    yield
+    state.closing = True
+    await state.scheduler.close()
+    await engine.close()
+    server_log.info("engine closed")
+
+
+async def _close_sockets(app: web.Application) -> None:
+    state = app[STATE]
+    state.closing = True
+    for ws in list(state.sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.engine is None or state.closing:
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ok", "model": state.engine.info.as_dict()})
+
+
+def _static_dir(settings: Settings) -> Path | None:
+    folder = Path(settings.server.static_dir) if settings.server.static_dir else REPO_STATIC
+    return folder if folder.is_dir() else None
+
+
+ENGINE_FACTORY = web.AppKey("rkstream_engine_factory", EngineFactory)
+
+
+def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
+             ) -> web.Application:
+    """Build the application; the engine loads when the app starts."""
+    app = web.Application(client_max_size=settings.limits.max_message_bytes)
+    app[STATE] = AppState(settings=settings)
+    app[ENGINE_FACTORY] = engine_factory
+    app.cleanup_ctx.append(_engine_ctx)
+    app.on_shutdown.append(_close_sockets)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/health", health)
+    static = _static_dir(settings)
+    if static is not None:
+        index = static / "index.html"
+
+        async def page(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(index)
+
+        if index.is_file():
+            app.router.add_get("/", page)
+        app.router.add_static("/static/", static)
+    return app

@@ -1,0 +1,278 @@
+"""What one WebSocket connection does with protocol v1 events.
+
+The connection knows no socket: it takes decoded messages through
+:meth:`Connection.receive` and writes server events to an :class:`Outbox`.
+The WebSocket handler (ws.py) only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__
+from ..config import Settings
+from ..engines.base import Job, ModelInfo, Outcome, SamplingSettings
+from ..errors import ProtocolError, RequestError
+from ..log import ws_log
+from ..protocol import server_events as ev
+from ..protocol.codec import decode_binary, decode_text
+from ..protocol.events import (
+    ClientEvent, FrameAppend, ImageUpload, Params, Ping, ResponseCancel, ResponseCreate,
+    SessionUpdate,
+)
+from ..protocol.parse import parse_event
+from ..scheduler import Scheduler, Ticket
+from .outbox import Outbox
+
+_STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled",
+           "error": "failed"}
+
+
+@dataclass
+class _Timing:
+    accepted_s: float
+    first_text_s: float | None = None
+
+
+class RequestStream:
+    """One open request: the engine's text sink and its response.done."""
+
+    def __init__(self, conn: Connection, event: ResponseCreate) -> None:
+        self.conn = conn
+        self.request_id = event.request_id
+        self.stream = event.stream
+        self.timing = _Timing(time.perf_counter())
+        self.ticket: Ticket | None = None
+        self._seq = 0
+        self._text: list[str] = []
+
+    def next_seq(self) -> int:
+        seq, self._seq = self._seq, self._seq + 1
+        return seq
+
+    def on_text(self, text: str) -> None:
+        if self.timing.first_text_s is None:
+            self.timing.first_text_s = time.perf_counter()
+        if self.stream:
+            self.conn.outbox.put_delta(self.request_id, text, self.next_seq)
+        else:
+            self._text.append(text)
+
+    def done_event(self, outcome: Outcome) -> dict[str, Any]:
+        now = time.perf_counter()
+        ticket = self.ticket
+        queued_ms = ticket.queued_ms if ticket is not None else 0.0
+        first = self.timing.first_text_s
+        predicted_s = outcome.predicted_ms / 1000.0
+        event: dict[str, Any] = {
+            "type": "response.done",
+            "request_id": self.request_id,
+            "status": _STATUS[outcome.finish_reason],
+            "finish_reason": outcome.finish_reason,
+            "usage": {"input_tokens": outcome.prompt_tokens,
+                      "output_tokens": outcome.output_tokens},
+            "timings": {
+                "queued_ms": round(queued_ms, 3),
+                "vision_ms": 0.0,
+                "prompt_n": outcome.prompt_tokens,
+                "prompt_ms": round(outcome.prompt_ms, 3),
+                "predicted_n": outcome.output_tokens,
+                "predicted_ms": round(outcome.predicted_ms, 3),
+                "predicted_per_second": round(outcome.output_tokens / predicted_s, 3)
+                if predicted_s > 0 else 0.0,
+                "ttft_ms": round((first - self.timing.accepted_s) * 1000.0, 3)
+                if first is not None else None,
+                "total_ms": round((now - self.timing.accepted_s) * 1000.0, 3),
+            },
+        }
+        if outcome.error_code is not None:
+            event["error"] = ev.error_body(outcome.error_code, outcome.error_message or "",
+                                           error_type="server_error")
+        if not self.stream:
+            event["text"] = "".join(self._text)
+        return event
+
+
+def failed_done(request_id: str, error: RequestError) -> dict[str, Any]:
+    """response.done for a request refused before it ran."""
+    return {
+        "type": "response.done", "request_id": request_id, "status": "failed",
+        "finish_reason": "error", "usage": {"input_tokens": 0, "output_tokens": 0},
+        "timings": {"queued_ms": 0.0, "vision_ms": 0.0, "prompt_n": 0, "prompt_ms": 0.0,
+                    "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_second": 0.0,
+                    "ttft_ms": None, "total_ms": 0.0},
+        "error": ev.error_body_of(error),
+    }
+
+
+class Connection:
+    """Protocol state of one client: its session defaults and open requests."""
+
+    def __init__(self, settings: Settings, model: ModelInfo, scheduler: Scheduler,
+                 outbox: Outbox) -> None:
+        self.settings = settings
+        self.model = model
+        self.scheduler = scheduler
+        self.outbox = outbox
+        self.session_id = "sess_" + uuid.uuid4().hex[:16]
+        self.instructions: str | None = None
+        self.params = Params()
+        self.requests: dict[str, RequestStream] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+    def open(self) -> None:
+        limits = self.settings.limits
+        self.outbox.put(ev.session_created(
+            self.session_id, __version__, self.model.as_dict(),
+            {"max_message_bytes": limits.max_message_bytes,
+             "max_images_per_request": limits.max_images_per_request,
+             "max_queue": limits.max_queue,
+             "max_inflight_per_connection": limits.max_inflight_per_connection,
+             "max_tokens": limits.max_tokens}))
+
+    async def close(self) -> None:
+        """Cancel every open request (guarantee 4) and wait until each has ended."""
+        for stream in list(self.requests.values()):
+            if stream.ticket is not None:
+                self.scheduler.cancel(stream.ticket)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- input -------------------------------------------------------------------
+    def receive(self, data: bytes | str) -> None:
+        """Handle one WebSocket message; never raises for bad input."""
+        try:
+            binary = isinstance(data, bytes)
+            raw = decode_binary(data) if isinstance(data, bytes) else decode_text(data)
+            event = parse_event(raw, binary=binary)
+        except ProtocolError as exc:
+            self._refuse(exc)
+            return
+        try:
+            self._dispatch(event)
+        except RequestError as exc:
+            rid = exc.request_id if isinstance(exc, ProtocolError) else None
+            self.outbox.put(ev.error(ev.error_body_of(exc), rid))
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        rid = exc.request_id
+        self.outbox.put(ev.error(ev.error_body_of(exc), rid))
+        # A response.create with a readable id still gets its one response.done,
+        # unless the id belongs to a request that is already open.
+        if rid is not None and rid not in self.requests and exc.code != "duplicate_request_id":
+            self.outbox.put(failed_done(rid, exc))
+
+    def _dispatch(self, event: ClientEvent) -> None:
+        if isinstance(event, ResponseCreate):
+            self._create(event)
+        elif isinstance(event, ResponseCancel):
+            self._cancel(event)
+        elif isinstance(event, SessionUpdate):
+            self._update(event)
+        elif isinstance(event, Ping):
+            self.outbox.put(ev.pong())
+        elif isinstance(event, (ImageUpload, FrameAppend)):
+            raise ProtocolError(
+                "vision_unavailable",
+                "this server has no vision encoder configured, so images and frames "
+                "cannot be taken", event_id=event.event_id)
+
+    def _sampling(self, params: Params, event_id: str | None,
+                  request_id: str | None = None) -> SamplingSettings:
+        d = self.settings.sampling
+        base = Params(max_tokens=d.max_tokens, temperature=d.temperature, top_p=d.top_p,
+                      top_k=d.top_k, repeat_penalty=d.repeat_penalty,
+                      frequency_penalty=d.frequency_penalty,
+                      presence_penalty=d.presence_penalty, stop=())
+        merged = params.over(self.params.over(base))
+        cap = self.settings.limits.max_tokens
+        assert merged.max_tokens is not None
+        if merged.max_tokens > cap:
+            raise ProtocolError(
+                "invalid_param",
+                f"params.max_tokens = {merged.max_tokens} is above this server's limit "
+                f"of {cap}", param="params.max_tokens", event_id=event_id,
+                request_id=request_id)
+        return SamplingSettings(
+            max_tokens=merged.max_tokens, temperature=merged.temperature or 0.0,
+            top_p=merged.top_p if merged.top_p is not None else d.top_p,
+            top_k=merged.top_k if merged.top_k is not None else d.top_k,
+            repeat_penalty=merged.repeat_penalty or 0.0,
+            frequency_penalty=merged.frequency_penalty or 0.0,
+            presence_penalty=merged.presence_penalty or 0.0,
+            stop=merged.stop or ())
+
+    def _create(self, event: ResponseCreate) -> None:
+        rid = event.request_id
+        if rid in self.requests:
+            raise ProtocolError(
+                "duplicate_request_id",
+                f"request_id {rid!r} is already open on this connection; choose a new id",
+                param="request_id", request_id=rid, event_id=event.event_id)
+        try:
+            if event.has_media:
+                raise RequestError(
+                    "vision_unavailable",
+                    "this server has no vision encoder configured; send text parts only")
+            limit = self.settings.limits.max_inflight_per_connection
+            if len(self.requests) >= limit:
+                raise RequestError(
+                    "too_many_requests",
+                    f"this connection already has {limit} open requests, the most allowed;"
+                    " wait for a response.done or cancel one")
+            job = Job(request_id=rid, messages=event.input, instructions=self.instructions,
+                      sampling=self._sampling(event.params, event.event_id, rid))
+            stream = RequestStream(self, event)
+            stream.ticket = self.scheduler.submit(job, stream)
+        except RequestError as exc:
+            if isinstance(exc, ProtocolError):
+                self.outbox.put(ev.error(ev.error_body_of(exc), rid))
+            self.outbox.put(failed_done(rid, exc))
+            return
+        self.requests[rid] = stream
+        self.outbox.put(ev.response_created(rid, stream.ticket.queue_position))
+        task = asyncio.create_task(self._finish(stream, stream.ticket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, stream: RequestStream, ticket: Ticket) -> None:
+        outcome = await asyncio.shield(ticket.outcome)
+        if outcome.error_code is not None and outcome.finish_reason == "error":
+            ws_log.warning("request %s failed: %s", stream.request_id, outcome.error_message)
+        self.requests.pop(stream.request_id, None)
+        self.outbox.put(stream.done_event(outcome))
+
+    def _cancel(self, event: ResponseCancel) -> None:
+        stream = self.requests.get(event.request_id)
+        if stream is None or stream.ticket is None:
+            raise ProtocolError(
+                "unknown_request",
+                f"no open request with request_id {event.request_id!r} on this connection"
+                " (it may have finished already)", param="request_id",
+                request_id=event.request_id, event_id=event.event_id)
+        self.scheduler.cancel(stream.ticket)
+
+    def _update(self, event: SessionUpdate) -> None:
+        # Validate the merged result (max_tokens cap) before keeping it.
+        merged = event.params.over(self.params)
+        self._sampling(merged, event.event_id)
+        self.params = merged
+        if event.instructions is not None or event.clear_instructions:
+            self.instructions = event.instructions
+        self.outbox.put(ev.session_updated(self.session_view()))
+
+    def session_view(self) -> dict[str, Any]:
+        effective = self._sampling(self.params, None)
+        return {"id": self.session_id, "instructions": self.instructions,
+                "params": {"max_tokens": effective.max_tokens,
+                           "temperature": effective.temperature, "top_p": effective.top_p,
+                           "top_k": effective.top_k,
+                           "repeat_penalty": effective.repeat_penalty,
+                           "frequency_penalty": effective.frequency_penalty,
+                           "presence_penalty": effective.presence_penalty,
+                           "stop": list(effective.stop)}}

@@ -1,0 +1,24 @@
+"""The application's shared state, stored under one typed AppKey."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..config import Settings
+from ..engines.base import Engine
+from ..scheduler import Scheduler
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine | None = None
+    scheduler: Scheduler | None = None
+    sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    closing: bool = False
+
+
+STATE = web.AppKey("rkstream_state", AppState)

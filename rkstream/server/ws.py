@@ -1,0 +1,89 @@
+"""GET /ws: the WebSocket endpoint. It moves bytes; connection.py decides.
+
+Per socket there is one reader (this handler's task) and one writer (the
+outbox task). Closing the socket, for whatever reason, cancels the
+connection's requests before the handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..log import ws_log
+from ..protocol.events import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
+from .connection import Connection
+from .outbox import Outbox
+from .state import STATE
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    settings = state.settings
+    if state.scheduler is None or state.engine is None:
+        raise web.HTTPServiceUnavailable(text="the model is not loaded yet")
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON),
+        heartbeat=settings.server.heartbeat_s or None,
+        compress=False,  # tokens are tiny and images are already compressed
+        max_msg_size=settings.limits.max_message_bytes,
+    )
+    await ws.prepare(request)
+    encoding = "json" if ws.ws_protocol == SUBPROTOCOL_JSON else "msgpack"
+
+    async def send(data: bytes | str) -> None:
+        if isinstance(data, str):
+            await ws.send_str(data)
+        else:
+            await ws.send_bytes(data)
+
+    outbox = Outbox(send, encoding, max_bytes=settings.server.max_outbound_bytes,
+                    slow_timeout_s=settings.server.slow_client_timeout_s)
+    conn = Connection(settings, state.engine.info, state.scheduler, outbox)
+    peer = request.remote
+    ws_log.info("%s connected (%s, %s)", peer, conn.session_id, encoding)
+    state.sockets.add(ws)
+    reader = asyncio.current_task()
+    writer = asyncio.create_task(outbox.run())
+    ending = False
+
+    def on_writer_done(task: asyncio.Task[bool]) -> None:
+        if ending or task.cancelled() or task.result():
+            return
+        # The client stopped reading (or the send failed): drop it.
+        ws_log.warning("%s dropped: not reading what is sent (%s)", peer, conn.session_id)
+        if request.transport is not None:
+            request.transport.abort()
+        if reader is not None:
+            reader.cancel()
+
+    writer.add_done_callback(on_writer_done)
+    conn.open()
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                conn.receive(msg.data)
+            elif msg.type == WSMsgType.TEXT:
+                conn.receive(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                ws_log.info("%s: %s", peer, ws.exception())
+                break
+    except asyncio.CancelledError:
+        if not writer.done():
+            raise
+    finally:
+        ending = True
+        await asyncio.shield(conn.close())
+        outbox.close()
+        if not writer.done():
+            try:
+                await asyncio.wait_for(writer, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                writer.cancel()
+        state.sockets.discard(ws)
+        if not ws.closed:
+            await ws.close(code=WSCloseCode.GOING_AWAY if state.closing else WSCloseCode.OK)
+        ws_log.info("%s disconnected (%s, close code %s)", peer, conn.session_id,
+                    ws.close_code)
+    return ws

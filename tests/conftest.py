@@ -1,0 +1,60 @@
+"""Fixtures shared by the whole suite: the stand-in runtime and its model files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STANDIN = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
+           for line in ("1.3", "1.2")}
+
+
+@pytest.fixture(scope="session")
+def standin_libs() -> dict[str, Path]:
+    """The stand-in libraries, built with the system compiler if needed."""
+    subprocess.run(["make", "-s", "-C", str(REPO / "lib")], check=True)
+    for path in STANDIN.values():
+        assert path.is_file(), f"make -C lib did not build {path}"
+    return STANDIN
+
+
+ModelFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def standin_model(tmp_path: Path) -> ModelFactory:
+    """Write a stand-in model file; keyword arguments become its keys."""
+    counter = iter(range(1000))
+
+    def make(**keys: Any) -> Path:
+        path = tmp_path / f"model{next(counter)}.rkllm"
+        lines = ["#rkstream-standin"] + [f"{k} = {v}" for k, v in keys.items()]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    return make
+
+
+class Records:
+    """The stand-in's call records (JSON lines), read on demand."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def all(self, call: str | None = None) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        rows = [json.loads(line) for line in
+                self.path.read_text(encoding="utf-8", errors="replace").splitlines() if line]
+        return [r for r in rows if call is None or r["call"] == call]
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Records:
+    return Records(tmp_path / "calls.jsonl")

@@ -1,0 +1,102 @@
+"""A recording fake engine for scheduler and connection tests.
+
+It streams the words of the last message back, one per ``delay_s``, and
+records every job, cancel and overlap so tests can assert on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from rkstream.config import Settings
+from rkstream.engines.base import (
+    Engine, EngineInstance, Job, ModelInfo, Outcome, Run, TextSink,
+)
+
+
+@dataclass
+class Calls:
+    jobs: list[Job] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    overlaps: int = 0
+    loads: int = 0
+    closes: int = 0
+
+
+class FakeRun(Run):
+    def __init__(self, instance: FakeInstance, job: Job, sink: TextSink) -> None:
+        self.instance = instance
+        self.job = job
+        self.sink = sink
+        self.cancelled = asyncio.Event()
+        self.task = asyncio.create_task(self._generate())
+
+    async def _generate(self) -> Outcome:
+        calls = self.instance.calls
+        if self.instance.busy:
+            calls.overlaps += 1
+        self.instance.busy = True
+        try:
+            words = self.job.messages[-1].text.split()
+            reply = [f"{w} " for w in words] or ["ok"]
+            count = 0
+            for word in reply[: self.job.sampling.max_tokens]:
+                try:
+                    await asyncio.wait_for(self.cancelled.wait(), self.instance.delay_s)
+                except asyncio.TimeoutError:
+                    pass
+                if self.cancelled.is_set():
+                    return Outcome("cancelled", prompt_tokens=len(words), output_tokens=count)
+                if word.strip() == "FAIL":
+                    return Outcome("error", error_code="runtime_error",
+                                   error_message="injected")
+                self.sink.on_text(word)
+                count += 1
+            reason = "length" if count < len(reply) else "stop"
+            return Outcome(reason, prompt_tokens=len(words), output_tokens=count)
+        finally:
+            self.instance.busy = False
+            calls.finished.append(self.job.request_id)
+
+    def cancel(self) -> None:
+        self.instance.calls.cancels.append(self.job.request_id)
+        self.cancelled.set()
+
+    async def wait(self) -> Outcome:
+        return await asyncio.shield(self.task)
+
+
+class FakeInstance(EngineInstance):
+    def __init__(self, index: int, calls: Calls, delay_s: float) -> None:
+        self.index = index
+        self.calls = calls
+        self.delay_s = delay_s
+        self.busy = False
+
+    def start(self, job: Job, sink: TextSink) -> Run:
+        self.calls.jobs.append(job)
+        return FakeRun(self, job, sink)
+
+
+class FakeEngine(Engine):
+    def __init__(self, settings: Settings, delay_s: float = 0.0, calls: Calls | None = None
+                 ) -> None:
+        self.calls = calls or Calls()
+        self._instances = [FakeInstance(i, self.calls, delay_s)
+                           for i in range(settings.instances)]
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(id="fake", engine="fake", context_length=1024)
+
+    @property
+    def instances(self) -> list[EngineInstance]:
+        return list(self._instances)
+
+    async def load(self) -> None:
+        self.calls.loads += 1
+
+    async def close(self) -> None:
+        self.calls.closes += 1

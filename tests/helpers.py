@@ -1,0 +1,82 @@
+"""Shared test helpers: the timing unit and a protocol-v1 WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import aiohttp
+import msgpack
+
+# One timing unit for every test timeout; raise RKSTREAM_TEST_TIMING on a slow machine.
+MS = float(os.environ.get("RKSTREAM_TEST_TIMING", "1")) / 1000.0
+
+
+class WSClient:
+    """A small protocol client written from docs/protocol.md only."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, encoding: str = "msgpack") -> None:
+        self.ws = ws
+        self.encoding = encoding
+        self.events: list[dict[str, Any]] = []
+
+    async def send(self, event: dict[str, Any], *, as_text: bool | None = None) -> None:
+        text = self.encoding == "json" if as_text is None else as_text
+        if text:
+            await self.ws.send_str(json.dumps(event))
+        else:
+            await self.ws.send_bytes(msgpack.packb(event, use_bin_type=True))
+
+    async def recv(self, timeout: float = 5000 * MS) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            event: dict[str, Any] = msgpack.unpackb(msg.data, raw=False)
+        elif msg.type == aiohttp.WSMsgType.TEXT:
+            event = json.loads(msg.data)
+        else:
+            raise ConnectionError(f"socket ended: {msg.type} {msg.data!r} {msg.extra!r}")
+        self.events.append(event)
+        return event
+
+    async def recv_type(self, kind: str, timeout: float = 5000 * MS) -> dict[str, Any]:
+        """Receive until an event of ``kind`` arrives."""
+        async with asyncio.timeout(timeout) if hasattr(asyncio, "timeout") else _null():
+            while True:
+                event = await self.recv(timeout)
+                if event["type"] == kind:
+                    return event
+
+    async def until_done(self, request_ids: set[str], timeout: float = 10000 * MS
+                         ) -> dict[str, dict[str, Any]]:
+        """Receive until each request in ``request_ids`` has its response.done."""
+        done: dict[str, dict[str, Any]] = {}
+        while set(done) != request_ids:
+            event = await self.recv(timeout)
+            if event["type"] == "response.done":
+                assert event["request_id"] not in done, "two response.done for one request"
+                done[event["request_id"]] = event
+        return done
+
+    def deltas(self, request_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.events
+                if e["type"] == "response.output_text.delta" and e["request_id"] == request_id]
+
+    def text(self, request_id: str) -> str:
+        deltas = self.deltas(request_id)
+        assert [d["seq"] for d in deltas] == list(range(len(deltas))), "seq not 0,1,2,..."
+        return "".join(d["delta"] for d in deltas)
+
+
+class _null:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def create(request_id: str, text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "response.create", "request_id": request_id,
+            "input": [{"role": "user", "content": text}], **extra}

@@ -1,0 +1,100 @@
+"""The scheduler: arrival order, queue limit, cancellation, several instances."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fakes import FakeEngine
+
+from helpers import MS
+from rkstream.config import Settings
+from rkstream.engines.base import Job, SamplingSettings
+from rkstream.errors import QueueFullError
+from rkstream.protocol.events import Message, TextPart
+from rkstream.scheduler import Scheduler
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.text: list[str] = []
+
+    def on_text(self, text: str) -> None:
+        self.text.append(text)
+
+
+def job(rid: str, text: str = "a b c", max_tokens: int = 100) -> Job:
+    return Job(request_id=rid, messages=(Message("user", (TextPart(text),)),),
+               instructions=None,
+               sampling=SamplingSettings(max_tokens=max_tokens, temperature=0.8, top_p=0.9,
+                                         top_k=1, repeat_penalty=1.1, frequency_penalty=0,
+                                         presence_penalty=0))
+
+
+def engine(instances: int = 1, delay_ms: float = 5) -> FakeEngine:
+    from dataclasses import replace
+    return FakeEngine(replace(Settings(), instances=instances), delay_s=delay_ms * MS)
+
+
+async def test_runs_in_arrival_order_one_at_a_time() -> None:
+    fake = engine()
+    scheduler = Scheduler(fake.instances, max_queue=10)
+    tickets = [scheduler.submit(job(f"r{i}"), Sink()) for i in range(4)]
+    assert [t.queue_position for t in tickets] == [0, 0, 1, 2]
+    outcomes = await asyncio.gather(*(t.outcome for t in tickets))
+    assert [o.finish_reason for o in outcomes] == ["stop"] * 4
+    assert fake.calls.finished == ["r0", "r1", "r2", "r3"]
+    assert fake.calls.overlaps == 0
+
+
+async def test_queue_full() -> None:
+    scheduler = Scheduler(engine().instances, max_queue=1)
+    scheduler.submit(job("run"), Sink())
+    scheduler.submit(job("wait"), Sink())
+    with pytest.raises(QueueFullError) as info:
+        scheduler.submit(job("refused"), Sink())
+    assert info.value.code == "queue_full"
+    await scheduler.close()
+
+
+async def test_cancel_queued_never_reaches_engine() -> None:
+    fake = engine()
+    scheduler = Scheduler(fake.instances, max_queue=5)
+    first = scheduler.submit(job("first"), Sink())
+    queued = scheduler.submit(job("queued"), Sink())
+    scheduler.cancel(queued)
+    assert (await queued.outcome).finish_reason == "cancelled"
+    await first.outcome
+    assert [j.request_id for j in fake.calls.jobs] == ["first"]
+
+
+async def test_cancel_running_reaches_engine() -> None:
+    fake = engine(delay_ms=50)
+    scheduler = Scheduler(fake.instances, max_queue=5)
+    ticket = scheduler.submit(job("r", "w " * 100), Sink())
+    await asyncio.sleep(60 * MS)
+    scheduler.cancel(ticket)
+    assert (await ticket.outcome).finish_reason == "cancelled"
+    assert fake.calls.cancels == ["r"]
+
+
+async def test_two_instances_run_two_jobs_at_once() -> None:
+    fake = engine(instances=2, delay_ms=20)
+    scheduler = Scheduler(fake.instances, max_queue=5)
+    tickets = [scheduler.submit(job(f"r{i}"), Sink()) for i in range(3)]
+    assert [t.queue_position for t in tickets] == [0, 0, 0]
+    await asyncio.gather(*(t.outcome for t in tickets))
+    assert fake.calls.overlaps == 0  # each instance alone ran one job at a time
+    assert set(fake.calls.finished) == {"r0", "r1", "r2"}
+
+
+async def test_close_cancels_everything() -> None:
+    fake = engine(delay_ms=50)
+    scheduler = Scheduler(fake.instances, max_queue=5)
+    running = scheduler.submit(job("a", "w " * 50), Sink())
+    waiting = scheduler.submit(job("b"), Sink())
+    await scheduler.close()
+    assert (await running.outcome).finish_reason == "cancelled"
+    assert (await waiting.outcome).finish_reason == "cancelled"
+    late = scheduler.submit(job("c"), Sink())
+    assert (await late.outcome).error_code == "shutting_down"

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 from rkstream.config import Settings
 from rkstream.engines.base import (
-    Engine, EngineInstance, Job, ModelInfo, Outcome, Run, TextSink,
+    Engine,
+    EngineInstance,
+    Job,
+    ModelInfo,
+    Outcome,
+    Run,
+    TextSink,
 )
 
 
@@ -54,8 +60,8 @@ class FakeRun(Run):
                                    error_message="injected")
                 self.sink.on_text(word)
                 count += 1
-            reason = "length" if count < len(reply) else "stop"
-            return Outcome(reason, prompt_tokens=len(words), output_tokens=count)
+            return Outcome("length" if count < len(reply) else "stop",
+                           prompt_tokens=len(words), output_tokens=count)
         finally:
             self.instance.busy = False
             calls.finished.append(self.job.request_id)

@@ -17,7 +17,8 @@ MS = float(os.environ.get("RKSTREAM_TEST_TIMING", "1")) / 1000.0
 class WSClient:
     """A small protocol client written from docs/protocol.md only."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, encoding: str = "msgpack") -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse[Any], encoding: str = "msgpack"
+                 ) -> None:
         self.ws = ws
         self.encoding = encoding
         self.events: list[dict[str, Any]] = []

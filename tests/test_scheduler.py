@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 from fakes import FakeEngine
-
 from helpers import MS
+
 from rkstream.config import Settings
 from rkstream.engines.base import Job, SamplingSettings
 from rkstream.errors import QueueFullError

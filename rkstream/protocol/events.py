@@ -6,7 +6,7 @@ These are plain values: no socket, no engine. See docs/protocol.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal, Union
+from typing import Literal
 
 PROTOCOL = "rkstream.v1"
 SUBPROTOCOL_MSGPACK = "rkstream.v1+msgpack"
@@ -68,7 +68,7 @@ class FramePart:
     stream: str
 
 
-Part = Union[TextPart, ImagePart, FramePart]
+Part = TextPart | ImagePart | FramePart
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,6 @@ class Ping:
     event_id: str | None = None
 
 
-ClientEvent = Union[
-    SessionUpdate, ResponseCreate, ResponseCancel, ImageUpload, FrameAppend, Ping
-]
+ClientEvent = (
+    SessionUpdate | ResponseCreate | ResponseCancel | ImageUpload | FrameAppend | Ping
+)

@@ -92,7 +92,7 @@ class _Fields:
             self.path(key),
         )
 
-    def str(self, key: str, *, required: bool = False, max_chars: int | None = None,
+    def string(self, key: str, *, required: bool = False, max_chars: int | None = None,
             non_empty: bool = False) -> str | None:
         value = self._get(key, required)
         if value is None:
@@ -110,7 +110,7 @@ class _Fields:
             )
         return value
 
-    def int(self, key: str, *, required: bool = False, minimum: int | None = None,
+    def integer(self, key: str, *, required: bool = False, minimum: int | None = None,
             maximum: int | None = None, accept_float: bool = False) -> int | None:
         value = self._get(key, required)
         if value is None:
@@ -129,7 +129,7 @@ class _Fields:
             )
         return value
 
-    def bool(self, key: str) -> bool | None:
+    def flag(self, key: str) -> bool | None:
         value = self._get(key, False)
         if value is None:
             return None
@@ -137,7 +137,7 @@ class _Fields:
             raise self._wrong(key, "true or false", value)
         return value
 
-    def bytes(self, key: str, *, required: bool = False) -> bytes | None:
+    def blob(self, key: str, *, required: bool = False) -> bytes | None:
         value = self._get(key, required)
         if value is None:
             return None
@@ -153,7 +153,7 @@ class _Fields:
         expected = "binary (msgpack bin)" if self.binary else "a base64 string"
         raise self._wrong(key, expected, value)
 
-    def map(self, key: str) -> Mapping[str, Any] | None:
+    def mapping(self, key: str) -> Mapping[str, Any] | None:
         value = self._get(key, False)
         if value is None:
             return None
@@ -161,7 +161,7 @@ class _Fields:
             raise self._wrong(key, "a map", value)
         return value
 
-    def list(self, key: str, *, required: bool = False) -> list[Any] | None:
+    def array(self, key: str, *, required: bool = False) -> list[Any] | None:
         value = self._get(key, required)
         if value is None:
             return None
@@ -208,7 +208,7 @@ def parse_params(f: _Fields) -> Params:
         if raw is None:
             continue
         if kind == "int":
-            values[name] = f.int(name, minimum=int(lo), maximum=int(hi))
+            values[name] = f.integer(name, minimum=int(lo), maximum=int(hi))
             continue
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
             raise f._wrong(name, "a number", raw)
@@ -217,7 +217,7 @@ def parse_params(f: _Fields) -> Params:
                           f"{f.path(name)} = {raw} is out of range {_range(lo, hi)}",
                           f.path(name))
         values[name] = float(raw)
-    stops = f.list("stop")
+    stops = f.array("stop")
     if stops is not None:
         if len(stops) > MAX_STOP_SEQUENCES:
             raise f.error("invalid_param",
@@ -234,13 +234,13 @@ def parse_params(f: _Fields) -> Params:
 
 
 def _parse_image_fields(f: _Fields) -> dict[str, Any]:
-    fmt = f.str("format")
+    fmt = f.string("format")
     if fmt is not None and fmt not in IMAGE_FORMATS:
         raise f.error("invalid_field",
                       f"{f.path('format')} = {fmt!r} is not one of " + ", ".join(IMAGE_FORMATS),
                       f.path("format"))
-    width = f.int("width", minimum=1, maximum=1 << 16)
-    height = f.int("height", minimum=1, maximum=1 << 16)
+    width = f.integer("width", minimum=1, maximum=1 << 16)
+    height = f.integer("height", minimum=1, maximum=1 << 16)
     if fmt in ("rgb", "bgr") and (width is None or height is None):
         raise f.error("missing_field",
                       f"{f.where}: raw {fmt} pixels need width and height", f.path("width"))
@@ -251,19 +251,19 @@ def _parse_part(f: _Fields, raw: Any, where: str) -> Part:
     if not isinstance(raw, Mapping):
         raise f.error("invalid_field", f"{where} must be a map, not {_type_name(raw)}", where)
     p = f.child(raw, where)
-    kind = p.str("type", required=True)
+    kind = p.string("type", required=True)
     part: Part
     if kind == "text":
-        part = TextPart(text=p.str("text", required=True) or "")
+        part = TextPart(text=p.string("text", required=True) or "")
     elif kind == "image":
-        image_id = p.str("image_id", max_chars=MAX_ID_CHARS, non_empty=True)
-        data = None if image_id is not None else p.bytes("data", required=True)
+        image_id = p.string("image_id", max_chars=MAX_ID_CHARS, non_empty=True)
+        data = None if image_id is not None else p.blob("data", required=True)
         if image_id is not None and "data" in raw:
             raise p.error("invalid_field", f"{where}: give data or image_id, not both",
                           p.path("data"))
         part = ImagePart(data=data, image_id=image_id, **_parse_image_fields(p))
     elif kind == "frame":
-        part = FramePart(stream=p.str("stream", required=True, max_chars=MAX_ID_CHARS,
+        part = FramePart(stream=p.string("stream", required=True, max_chars=MAX_ID_CHARS,
                                       non_empty=True) or "")
     else:
         raise p.error("invalid_field",
@@ -277,7 +277,7 @@ def _parse_message(f: _Fields, raw: Any, where: str) -> Message:
     if not isinstance(raw, Mapping):
         raise f.error("invalid_field", f"{where} must be a map, not {_type_name(raw)}", where)
     m = f.child(raw, where)
-    role = m.str("role", required=True)
+    role = m.string("role", required=True)
     if role not in ROLES:
         raise m.error("invalid_field",
                       f"{m.path('role')} = {role!r} is not one of " + ", ".join(ROLES),
@@ -297,13 +297,13 @@ def _parse_message(f: _Fields, raw: Any, where: str) -> Message:
 
 
 def _session_update(f: _Fields) -> SessionUpdate:
-    session = f.map("session")
+    session = f.mapping("session")
     if session is None:
         raise f.error("missing_field", "session is required", "session")
     s = f.child(session, "session")
     clear = "instructions" in session and session["instructions"] is None
-    instructions = s.str("instructions")
-    raw_params = s.map("params")
+    instructions = s.string("instructions")
+    raw_params = s.mapping("params")
     params = parse_params(s.child(raw_params, "session.params")) if raw_params else Params()
     s.finish()
     return SessionUpdate(instructions=instructions, params=params, clear_instructions=clear,
@@ -311,13 +311,13 @@ def _session_update(f: _Fields) -> SessionUpdate:
 
 
 def _response_create(f: _Fields) -> ResponseCreate:
-    messages = f.list("input", required=True) or []
+    messages = f.array("input", required=True) or []
     if not messages:
         raise f.error("invalid_field", "input must hold at least one message", "input")
     parsed = tuple(_parse_message(f, m, f"input[{i}]") for i, m in enumerate(messages))
-    raw_params = f.map("params")
+    raw_params = f.mapping("params")
     params = parse_params(f.child(raw_params, "params")) if raw_params else Params()
-    stream = f.bool("stream")
+    stream = f.flag("stream")
     assert f.request_id is not None  # read by parse_event before dispatch
     return ResponseCreate(request_id=f.request_id, input=parsed, params=params,
                           stream=True if stream is None else stream, event_id=f.event_id)
@@ -329,17 +329,17 @@ def _response_cancel(f: _Fields) -> ResponseCancel:
 
 
 def _image_upload(f: _Fields) -> ImageUpload:
-    image_id = f.str("image_id", max_chars=MAX_ID_CHARS, non_empty=True)
-    data = f.bytes("data", required=True) or b""
+    image_id = f.string("image_id", max_chars=MAX_ID_CHARS, non_empty=True)
+    data = f.blob("data", required=True) or b""
     return ImageUpload(data=data, image_id=image_id, event_id=f.event_id,
                        **_parse_image_fields(f))
 
 
 def _frame_append(f: _Fields) -> FrameAppend:
-    stream = f.str("stream", required=True, max_chars=MAX_ID_CHARS, non_empty=True) or ""
-    seq = f.int("seq", required=True, minimum=0)
-    ts_ns = f.int("ts_ns", minimum=0, accept_float=True)
-    data = f.bytes("data", required=True) or b""
+    stream = f.string("stream", required=True, max_chars=MAX_ID_CHARS, non_empty=True) or ""
+    seq = f.integer("seq", required=True, minimum=0)
+    ts_ns = f.integer("ts_ns", minimum=0, accept_float=True)
+    data = f.blob("data", required=True) or b""
     assert seq is not None
     return FrameAppend(stream=stream, seq=seq, ts_ns=ts_ns, data=data, event_id=f.event_id,
                        **_parse_image_fields(f))
@@ -390,9 +390,9 @@ def parse_event(obj: Any, *, binary: bool = True) -> ClientEvent:
     parser, needs_id = entry
     f = _Fields(obj, "", event_id=event_id, binary=binary)
     f.used.add("type")
-    f.str("event_id", max_chars=MAX_ID_CHARS)
+    f.string("event_id", max_chars=MAX_ID_CHARS)
     if needs_id:
-        f.request_id = f.str("request_id", required=True, max_chars=MAX_ID_CHARS,
+        f.request_id = f.string("request_id", required=True, max_chars=MAX_ID_CHARS,
                              non_empty=True)
     event = parser(f)
     f.finish()

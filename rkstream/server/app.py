@@ -73,7 +73,7 @@ def _static_dir(settings: Settings) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-ENGINE_FACTORY = web.AppKey("rkstream_engine_factory", EngineFactory)
+ENGINE_FACTORY: web.AppKey[EngineFactory] = web.AppKey("rkstream_engine_factory")
 
 
 def make_app(settings: Settings, engine_factory: EngineFactory = default_engine

@@ -21,7 +21,13 @@ from ..log import ws_log
 from ..protocol import server_events as ev
 from ..protocol.codec import decode_binary, decode_text
 from ..protocol.events import (
-    ClientEvent, FrameAppend, ImageUpload, Params, Ping, ResponseCancel, ResponseCreate,
+    ClientEvent,
+    FrameAppend,
+    ImageUpload,
+    Params,
+    Ping,
+    ResponseCancel,
+    ResponseCreate,
     SessionUpdate,
 )
 from ..protocol.parse import parse_event

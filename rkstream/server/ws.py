@@ -12,6 +12,7 @@ import asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..log import ws_log
+from ..protocol.codec import Encoding
 from ..protocol.events import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 from .connection import Connection
 from .outbox import Outbox
@@ -30,7 +31,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.limits.max_message_bytes,
     )
     await ws.prepare(request)
-    encoding = "json" if ws.ws_protocol == SUBPROTOCOL_JSON else "msgpack"
+    encoding: Encoding = "json" if ws.ws_protocol == SUBPROTOCOL_JSON else "msgpack"
 
     async def send(data: bytes | str) -> None:
         if isinstance(data, str):

@@ -9,8 +9,16 @@ import pytest
 
 from rkstream.errors import ProtocolError
 from rkstream.protocol.events import (
-    FrameAppend, FramePart, ImagePart, ImageUpload, Params, Ping, ResponseCancel,
-    ResponseCreate, SessionUpdate, TextPart,
+    FrameAppend,
+    FramePart,
+    ImagePart,
+    ImageUpload,
+    Params,
+    Ping,
+    ResponseCancel,
+    ResponseCreate,
+    SessionUpdate,
+    TextPart,
 )
 from rkstream.protocol.parse import parse_event
 

@@ -50,6 +50,8 @@ class RKLLMEngine(Engine):
         """
         loop = asyncio.get_running_loop()
         runtime, model = await loop.run_in_executor(None, self._prepare_sync)
+        # Start the abort thread now, so the first cancel does not wait for it.
+        await asyncio.wrap_future(self._control.submit(lambda: None))
         self.runtime = runtime
         engine_log.info("runtime %s (line %s) from %s", runtime.version or "?", runtime.line,
                         runtime.path)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ...config import RKLLMSettings
 from ...config import SamplingSettings as SamplingDefaults
@@ -31,6 +31,7 @@ from .loader import RuntimeLibrary
 from .structs import RunStructs, make_param, make_run_structs
 
 CONTINUE, PAUSE = 0, 1
+ABORT_GRACE_S = 0.05  # after a cancel, pause generation if abort has not taken effect
 
 
 @dataclass
@@ -57,11 +58,15 @@ class RKLLMRun(Run):
         self.job = job
         self.structs = structs
         self.max_tokens = job.sampling.max_tokens
+        if instance.runtime.line == "1.2":  # the init-time cap is the runtime's hard limit
+            self.max_tokens = min(self.max_tokens, instance.settings.max_new_tokens)
         self._stops = StopMatcher(job.sampling.stop)
-        self._channel: LoopChannel[Union[str, NativeFacts]] = LoopChannel(loop, self._on_items)
+        self._channel: LoopChannel[str | NativeFacts] = LoopChannel(loop, self._on_items)
         self._done: asyncio.Future[Outcome] = loop.create_future()
         self._cancelled = False
+        self.cancel_s: float | None = None
         # Read by the callback thread; a plain bool is enough under the GIL.
+        # Set for stop sequences only: a client cancel goes through rkllm_abort.
         self.stop_requested = False
         # Callback-thread state.
         self.stitcher = Utf8Stitcher()
@@ -88,6 +93,8 @@ class RKLLMRun(Run):
                     self._channel.put(text)
             if self.stop_requested or self.tokens >= self.max_tokens:
                 return PAUSE  # stops at once, also where abort is slow
+            if self.cancel_s is not None and time.perf_counter() - self.cancel_s > ABORT_GRACE_S:
+                return PAUSE  # the abort was lost (it raced the start of rkllm_run)
         elif state == abi.RKLLM_RUN_FINISH:
             perf = result.contents.perf
             self.perf = (perf.prefill_time_ms, perf.prefill_tokens,
@@ -107,7 +114,7 @@ class RKLLMRun(Run):
             end_s=time.perf_counter(), exception=exception))
 
     # -- event loop --------------------------------------------------------
-    def _on_items(self, items: list[Union[str, NativeFacts]]) -> None:
+    def _on_items(self, items: list[str | NativeFacts]) -> None:
         for item in items:
             if isinstance(item, str):
                 text = self._stops.feed(item)
@@ -155,7 +162,12 @@ class RKLLMRun(Run):
         if self._done.done() or self._cancelled:
             return
         self._cancelled = True
-        self._request_stop()
+        self.cancel_s = time.perf_counter()
+        self._instance.abort(self)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
 
     async def wait(self) -> Outcome:
         return await asyncio.shield(self._done)
@@ -254,7 +266,7 @@ class RKLLMInstance(EngineInstance):
             self._active = run
         run.start_s = time.perf_counter()
         ret, exception = -1, None
-        if run.stop_requested:  # cancelled before it reached the runtime
+        if run.stop_requested or run.cancelled:  # cancelled before it reached the runtime
             with self._lock:
                 self._active = None
             run.finish_native(0, None)

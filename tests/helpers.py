@@ -55,7 +55,7 @@ class WSClient:
         done: dict[str, dict[str, Any]] = {}
         while set(done) != request_ids:
             event = await self.recv(timeout)
-            if event["type"] == "response.done":
+            if event["type"] == "response.done" and event["request_id"] in request_ids:
                 assert event["request_id"] not in done, "two response.done for one request"
                 done[event["request_id"]] = event
         return done

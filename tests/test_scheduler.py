@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fakes import FakeEngine
-from helpers import MS
 
 from rkstream.config import Settings
 from rkstream.engines.base import Job, SamplingSettings
 from rkstream.errors import QueueFullError
 from rkstream.protocol.events import Message, TextPart
 from rkstream.scheduler import Scheduler
+
+from fakes import FakeEngine
+from helpers import MS
 
 
 class Sink:

@@ -15,11 +15,12 @@ import aiohttp
 import msgpack
 import pytest
 from aiohttp.test_utils import TestClient
-from fakes import Calls, FakeEngine
-from helpers import MS, WSClient, create
 
 from rkstream.config import LimitSettings, Settings
 from rkstream.server.app import make_app
+
+from fakes import Calls, FakeEngine
+from helpers import MS, WSClient, create
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

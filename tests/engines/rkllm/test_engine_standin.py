@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ModelFactory, Records
-from helpers import MS
 
 from rkstream.config import RKLLMSettings, Settings
 from rkstream.engines.base import Job, Outcome, SamplingSettings
 from rkstream.engines.rkllm.engine import RKLLMEngine
 from rkstream.errors import EngineInitError, ModelFileError
 from rkstream.protocol.events import Message, TextPart
+
+from conftest import ModelFactory, Records
+from helpers import MS
 
 LINES = ("1.3", "1.2")
 

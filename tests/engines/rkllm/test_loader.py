@@ -8,7 +8,6 @@ rkllm_* function and embeds the version text the real runtime carries.
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -382,9 +381,16 @@ def test_rknn_given_as_model(tmp_path: Path) -> None:
     assert "pass the .rkllm file as rkllm.model and the .rknn as the vision encoder" in message
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_model(tmp_path: Path) -> None:
+def test_unreadable_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = write(tmp_path / "m.rkllm", b"data")
-    model.chmod(0)
-    with pytest.raises(ModelFileError, match="cannot be read"):
+    real_open = open
+
+    def refuse(file: Any, *args: Any, **kwargs: Any) -> Any:
+        # chmod 0 does not stop root, so the refusal is simulated at open().
+        if Path(file) == model:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(ModelFileError, match="cannot be read .Permission denied."):
         check_model_file(model)

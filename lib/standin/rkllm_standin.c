@@ -1,0 +1,1833 @@
+/*
+ * rkllm_standin.c - a host-side stand-in for Rockchip's librkllmrt.so.
+ *
+ * It exports the C ABI of one runtime line (RKLLM_LINE 13 = 1.3.0,
+ * 12 = 1.2.3) and produces scripted "generations" so that a binding can be
+ * exercised on machines without an NPU.  Behaviour is configured by a small
+ * text "model file" and by [[key=value]] directives inside prompts; every API
+ * call can be appended as one JSON object per line to a record file.
+ * See lib/README.md for the user-facing description.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include "rkllm_standin.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Layout checks against rkllm_abi_1_3.json / rkllm_abi_1_2.json            */
+/* ------------------------------------------------------------------------ */
+
+#define CHECK_SIZE(T, n) _Static_assert(sizeof(T) == (n), "sizeof " #T " != " #n)
+#define CHECK_ALIGN(T, n) _Static_assert(_Alignof(T) == (n), "alignof " #T " != " #n)
+#define CHECK_OFF(T, f, n) \
+    _Static_assert(offsetof(T, f) == (n), "offsetof(" #T ", " #f ") != " #n)
+
+/* Enums and scalar assumptions shared by both lines. */
+_Static_assert(sizeof(LLMCallState) == 4, "LLMCallState must be 4 bytes");
+_Static_assert(sizeof(RKLLMInputType) == 4, "RKLLMInputType must be 4 bytes");
+_Static_assert(sizeof(RKLLMInferMode) == 4, "RKLLMInferMode must be 4 bytes");
+_Static_assert(sizeof(bool) == 1, "bool must be 1 byte");
+_Static_assert(sizeof(void *) == 8 && sizeof(size_t) == 8, "LP64 target required");
+_Static_assert(RKLLM_RUN_NORMAL == 0 && RKLLM_RUN_WAITING == 1 &&
+                   RKLLM_RUN_FINISH == 2 && RKLLM_RUN_ERROR == 3,
+               "LLMCallState values");
+_Static_assert(RKLLM_INPUT_PROMPT == 0 && RKLLM_INPUT_TOKEN == 1 &&
+                   RKLLM_INPUT_EMBED == 2 && RKLLM_INPUT_MULTIMODAL == 3,
+               "RKLLMInputType values");
+_Static_assert(RKLLM_INFER_GENERATE == 0 && RKLLM_INFER_GET_LAST_HIDDEN_LAYER == 1 &&
+                   RKLLM_INFER_GET_LOGITS == 2,
+               "RKLLMInferMode values");
+_Static_assert(CPU0 == 0x01 && CPU3 == 0x08 && CPU4 == 0x10 && CPU7 == 0x80, "CPU macros");
+
+/* RKLLMExtendParam (identical in both lines) */
+CHECK_SIZE(RKLLMExtendParam, 120);
+CHECK_ALIGN(RKLLMExtendParam, 4);
+CHECK_OFF(RKLLMExtendParam, base_domain_id, 0);
+CHECK_OFF(RKLLMExtendParam, embed_flash, 4);
+CHECK_OFF(RKLLMExtendParam, enabled_cpus_num, 5);
+CHECK_OFF(RKLLMExtendParam, enabled_cpus_mask, 8);
+CHECK_OFF(RKLLMExtendParam, n_batch, 12);
+CHECK_OFF(RKLLMExtendParam, use_cross_attn, 13);
+CHECK_OFF(RKLLMExtendParam, reserved, 14);
+
+/* RKLLMParam: common head */
+CHECK_ALIGN(RKLLMParam, 8);
+CHECK_OFF(RKLLMParam, model_path, 0);
+CHECK_OFF(RKLLMParam, max_context_len, 8);
+CHECK_OFF(RKLLMParam, max_new_tokens, 12);
+CHECK_OFF(RKLLMParam, top_k, 16);
+CHECK_OFF(RKLLMParam, n_keep, 20);
+CHECK_OFF(RKLLMParam, top_p, 24);
+CHECK_OFF(RKLLMParam, temperature, 28);
+CHECK_OFF(RKLLMParam, repeat_penalty, 32);
+CHECK_OFF(RKLLMParam, frequency_penalty, 36);
+CHECK_OFF(RKLLMParam, presence_penalty, 40);
+CHECK_OFF(RKLLMParam, mirostat, 44);
+CHECK_OFF(RKLLMParam, mirostat_tau, 48);
+CHECK_OFF(RKLLMParam, mirostat_eta, 52);
+CHECK_OFF(RKLLMParam, skip_special_token, 56);
+
+CHECK_SIZE(RKLLMLoraAdapter, 24);
+CHECK_OFF(RKLLMLoraAdapter, lora_adapter_path, 0);
+CHECK_OFF(RKLLMLoraAdapter, lora_adapter_name, 8);
+CHECK_OFF(RKLLMLoraAdapter, scale, 16);
+
+CHECK_SIZE(RKLLMEmbedInput, 16);
+CHECK_OFF(RKLLMEmbedInput, embed, 0);
+CHECK_OFF(RKLLMEmbedInput, n_tokens, 8);
+
+CHECK_SIZE(RKLLMTokenInput, 16);
+CHECK_OFF(RKLLMTokenInput, input_ids, 0);
+CHECK_OFF(RKLLMTokenInput, n_tokens, 8);
+
+/* RKLLMInput: common head */
+CHECK_ALIGN(RKLLMInput, 8);
+CHECK_OFF(RKLLMInput, role, 0);
+CHECK_OFF(RKLLMInput, enable_thinking, 8);
+CHECK_OFF(RKLLMInput, input_type, 12);
+CHECK_OFF(RKLLMInput, prompt_input, 16);
+CHECK_OFF(RKLLMInput, embed_input, 16);
+CHECK_OFF(RKLLMInput, token_input, 16);
+CHECK_OFF(RKLLMInput, multimodal_input, 16);
+
+CHECK_SIZE(RKLLMLoraParam, 8);
+CHECK_OFF(RKLLMLoraParam, lora_adapter_name, 0);
+
+CHECK_SIZE(RKLLMPromptCacheParam, 16);
+CHECK_OFF(RKLLMPromptCacheParam, save_prompt_cache, 0);
+CHECK_OFF(RKLLMPromptCacheParam, prompt_cache_path, 8);
+
+CHECK_SIZE(RKLLMCrossAttnParam, 40);
+CHECK_OFF(RKLLMCrossAttnParam, encoder_k_cache, 0);
+CHECK_OFF(RKLLMCrossAttnParam, encoder_v_cache, 8);
+CHECK_OFF(RKLLMCrossAttnParam, encoder_mask, 16);
+CHECK_OFF(RKLLMCrossAttnParam, encoder_pos, 24);
+CHECK_OFF(RKLLMCrossAttnParam, num_tokens, 32);
+
+/* RKLLMInferParam: common head */
+CHECK_ALIGN(RKLLMInferParam, 8);
+CHECK_OFF(RKLLMInferParam, mode, 0);
+CHECK_OFF(RKLLMInferParam, lora_params, 8);
+CHECK_OFF(RKLLMInferParam, prompt_cache_params, 16);
+
+CHECK_SIZE(RKLLMResultLastHiddenLayer, 16);
+CHECK_OFF(RKLLMResultLastHiddenLayer, hidden_states, 0);
+CHECK_OFF(RKLLMResultLastHiddenLayer, embd_size, 8);
+CHECK_OFF(RKLLMResultLastHiddenLayer, num_tokens, 12);
+
+CHECK_SIZE(RKLLMResultLogits, 16);
+CHECK_OFF(RKLLMResultLogits, logits, 0);
+CHECK_OFF(RKLLMResultLogits, vocab_size, 8);
+CHECK_OFF(RKLLMResultLogits, num_tokens, 12);
+
+CHECK_SIZE(RKLLMPerfStat, 20);
+CHECK_ALIGN(RKLLMPerfStat, 4);
+CHECK_OFF(RKLLMPerfStat, prefill_time_ms, 0);
+CHECK_OFF(RKLLMPerfStat, prefill_tokens, 4);
+CHECK_OFF(RKLLMPerfStat, generate_time_ms, 8);
+CHECK_OFF(RKLLMPerfStat, generate_tokens, 12);
+CHECK_OFF(RKLLMPerfStat, memory_usage_mb, 16);
+
+CHECK_SIZE(RKLLMResult, 72);
+CHECK_ALIGN(RKLLMResult, 8);
+CHECK_OFF(RKLLMResult, text, 0);
+CHECK_OFF(RKLLMResult, token_id, 8);
+CHECK_OFF(RKLLMResult, last_hidden_layer, 16);
+CHECK_OFF(RKLLMResult, logits, 32);
+CHECK_OFF(RKLLMResult, perf, 48);
+
+#if RKLLM_LINE >= 13
+CHECK_SIZE(RKLLMParam, 184);
+CHECK_OFF(RKLLMParam, ignore_eos_token, 57);
+CHECK_OFF(RKLLMParam, is_async, 58);
+CHECK_OFF(RKLLMParam, extend_param, 60);
+
+CHECK_SIZE(RKLLMMultiModalInput, 144);
+CHECK_ALIGN(RKLLMMultiModalInput, 8);
+CHECK_OFF(RKLLMMultiModalInput, prompt, 0);
+CHECK_OFF(RKLLMMultiModalInput, image, 8);
+CHECK_OFF(RKLLMMultiModalInput, video, 72);
+CHECK_SIZE(((RKLLMMultiModalInput *)0)->image, 64);
+CHECK_OFF(RKLLMMultiModalInput, image.image_embed, 8 + 0);
+CHECK_OFF(RKLLMMultiModalInput, image.n_image_tokens, 8 + 8);
+CHECK_OFF(RKLLMMultiModalInput, image.n_image, 8 + 16);
+CHECK_OFF(RKLLMMultiModalInput, image.image_start, 8 + 24);
+CHECK_OFF(RKLLMMultiModalInput, image.image_end, 8 + 32);
+CHECK_OFF(RKLLMMultiModalInput, image.image_content, 8 + 40);
+CHECK_OFF(RKLLMMultiModalInput, image.image_width, 8 + 48);
+CHECK_OFF(RKLLMMultiModalInput, image.image_height, 8 + 56);
+CHECK_SIZE(((RKLLMMultiModalInput *)0)->video, 72);
+CHECK_OFF(RKLLMMultiModalInput, video.video_embed, 72 + 0);
+CHECK_OFF(RKLLMMultiModalInput, video.n_frame_tokens, 72 + 8);
+CHECK_OFF(RKLLMMultiModalInput, video.n_frame_per_video, 72 + 16);
+CHECK_OFF(RKLLMMultiModalInput, video.n_video, 72 + 24);
+CHECK_OFF(RKLLMMultiModalInput, video.video_start, 72 + 32);
+CHECK_OFF(RKLLMMultiModalInput, video.video_end, 72 + 40);
+CHECK_OFF(RKLLMMultiModalInput, video.video_content, 72 + 48);
+CHECK_OFF(RKLLMMultiModalInput, video.frame_width, 72 + 56);
+CHECK_OFF(RKLLMMultiModalInput, video.frame_height, 72 + 64);
+
+CHECK_SIZE(RKLLMInput, 160);
+
+CHECK_SIZE(RKLLMSamplingParam, 36);
+CHECK_ALIGN(RKLLMSamplingParam, 4);
+CHECK_OFF(RKLLMSamplingParam, top_k, 0);
+CHECK_OFF(RKLLMSamplingParam, top_p, 4);
+CHECK_OFF(RKLLMSamplingParam, temperature, 8);
+CHECK_OFF(RKLLMSamplingParam, repeat_penalty, 12);
+CHECK_OFF(RKLLMSamplingParam, frequency_penalty, 16);
+CHECK_OFF(RKLLMSamplingParam, presence_penalty, 20);
+CHECK_OFF(RKLLMSamplingParam, mirostat, 24);
+CHECK_OFF(RKLLMSamplingParam, mirostat_tau, 28);
+CHECK_OFF(RKLLMSamplingParam, mirostat_eta, 32);
+
+CHECK_SIZE(RKLLMInferParam, 40);
+CHECK_OFF(RKLLMInferParam, sampling_params, 24);
+CHECK_OFF(RKLLMInferParam, keep_history, 32);
+CHECK_OFF(RKLLMInferParam, max_new_tokens, 36);
+
+CHECK_SIZE(RKLLMCallback, 48);
+CHECK_OFF(RKLLMCallback, result_callback, 0);
+CHECK_OFF(RKLLMCallback, result_userdata, 8);
+CHECK_OFF(RKLLMCallback, tokenizer_callback, 16);
+CHECK_OFF(RKLLMCallback, tokenizer_userdata, 24);
+CHECK_OFF(RKLLMCallback, embed_callback, 32);
+CHECK_OFF(RKLLMCallback, embed_userdata, 40);
+#else
+CHECK_SIZE(RKLLMParam, 208);
+CHECK_OFF(RKLLMParam, is_async, 57);
+CHECK_OFF(RKLLMParam, img_start, 64);
+CHECK_OFF(RKLLMParam, img_end, 72);
+CHECK_OFF(RKLLMParam, img_content, 80);
+CHECK_OFF(RKLLMParam, extend_param, 88);
+
+CHECK_SIZE(RKLLMMultiModalInput, 48);
+CHECK_OFF(RKLLMMultiModalInput, prompt, 0);
+CHECK_OFF(RKLLMMultiModalInput, image_embed, 8);
+CHECK_OFF(RKLLMMultiModalInput, n_image_tokens, 16);
+CHECK_OFF(RKLLMMultiModalInput, n_image, 24);
+CHECK_OFF(RKLLMMultiModalInput, image_width, 32);
+CHECK_OFF(RKLLMMultiModalInput, image_height, 40);
+
+CHECK_SIZE(RKLLMInput, 64);
+
+CHECK_SIZE(RKLLMInferParam, 32);
+CHECK_OFF(RKLLMInferParam, keep_history, 24);
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version text (scanned for in the .so bytes by the Python side)           */
+/* ------------------------------------------------------------------------ */
+
+#if RKLLM_LINE >= 13
+#define STANDIN_VERSION "1.3.0"
+#else
+#define STANDIN_VERSION "1.2.3"
+#endif
+
+__attribute__((used)) static const char standin_version_tag[] =
+    "rkllm-runtime version: " STANDIN_VERSION;
+__attribute__((used)) static const char standin_version_suffix[] = " (rkstream stand-in)";
+
+/* ------------------------------------------------------------------------ */
+/* Small utilities                                                          */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fputs("E rkllm: stand-in: out of memory\n", stderr);
+        abort();
+    }
+    return q;
+}
+
+static char *xstrdup(const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t n = strlen(s);
+    char *d = xrealloc(NULL, n + 1);
+    memcpy(d, s, n + 1);
+    return d;
+}
+
+static char *xstrndup(const char *s, size_t n)
+{
+    char *d = xrealloc(NULL, n + 1);
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+static int is_ws(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* Growable byte buffer, always NUL-terminated when non-empty. */
+typedef struct {
+    char *p;
+    size_t n;
+    size_t cap;
+} sbuf;
+
+static void sb_reserve(sbuf *b, size_t extra)
+{
+    if (b->n + extra + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->n + extra + 1)
+        cap *= 2;
+    b->p = xrealloc(b->p, cap);
+    b->cap = cap;
+}
+
+static void sb_add(sbuf *b, const char *s, size_t n)
+{
+    sb_reserve(b, n);
+    if (n)
+        memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+static void sb_puts(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
+
+static void sb_putc(sbuf *b, char c) { sb_add(b, &c, 1); }
+
+static void sb_clear(sbuf *b)
+{
+    b->n = 0;
+    if (b->p)
+        b->p[0] = '\0';
+}
+
+static void sb_free(sbuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->n = b->cap = 0;
+}
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof tmp) {
+        sb_add(b, tmp, (size_t)n);
+        return;
+    }
+    sb_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->n, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)n;
+}
+
+/* Peak resident set size (VmHWM) in MB, 0 if unavailable. */
+static float peak_memory_mb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0.0f;
+    char line[256];
+    float mb = 0.0f;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            long kb = strtol(line + 6, NULL, 10);
+            if (kb > 0)
+                mb = (float)kb / 1024.0f;
+            break;
+        }
+    }
+    fclose(f);
+    return mb;
+}
+
+/* ------------------------------------------------------------------------ */
+/* JSON record writer                                                       */
+/* ------------------------------------------------------------------------ */
+
+static pthread_mutex_t record_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void js_strn(sbuf *b, const char *s, size_t n)
+{
+    sb_putc(b, '"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"') {
+            sb_puts(b, "\\\"");
+        } else if (c == '\\') {
+            sb_puts(b, "\\\\");
+        } else if (c < 0x20 || c == 0x7f) {
+            sb_printf(b, "\\u%04x", c);
+        } else {
+            sb_putc(b, (char)c);
+        }
+    }
+    sb_putc(b, '"');
+}
+
+static void js_str(sbuf *b, const char *s)
+{
+    if (!s)
+        sb_puts(b, "null");
+    else
+        js_strn(b, s, strlen(s));
+}
+
+/* Locale-proof number formatting; non-finite values become null. */
+static void js_num(sbuf *b, double v, int precision)
+{
+    if (!isfinite(v)) {
+        sb_puts(b, "null");
+        return;
+    }
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, "%.*g", precision, v);
+    for (char *c = tmp; *c; c++)
+        if (*c == ',')
+            *c = '.';
+    sb_puts(b, tmp);
+}
+
+static void jk(sbuf *b, const char *key)
+{
+    sb_putc(b, ',');
+    js_str(b, key);
+    sb_putc(b, ':');
+}
+
+static void jk_str(sbuf *b, const char *key, const char *s)
+{
+    jk(b, key);
+    js_str(b, s);
+}
+
+static void jk_int(sbuf *b, const char *key, long long v)
+{
+    jk(b, key);
+    sb_printf(b, "%lld", v);
+}
+
+static void jk_uint(sbuf *b, const char *key, unsigned long long v)
+{
+    jk(b, key);
+    sb_printf(b, "%llu", v);
+}
+
+static void jk_f(sbuf *b, const char *key, double v)
+{
+    jk(b, key);
+    js_num(b, v, 6);
+}
+
+static void jk_bool(sbuf *b, const char *key, int v)
+{
+    jk(b, key);
+    sb_puts(b, v ? "true" : "false");
+}
+
+static void rec_begin(sbuf *b, const char *call, const void *handle)
+{
+    sb_clear(b);
+    sb_puts(b, "{\"call\":");
+    js_str(b, call);
+    jk_uint(b, "handle", (unsigned long long)(uintptr_t)handle);
+    jk_int(b, "tid", (long long)gettid());
+    jk_uint(b, "t_ns", (unsigned long long)now_ns());
+}
+
+/* Close the object and append it as one line; frees nothing. */
+static void rec_commit(sbuf *b, const char *path)
+{
+    sb_puts(b, "}\n");
+    if (!path || !*path)
+        return;
+    pthread_mutex_lock(&record_lock);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        static int warned;
+        if (!warned) {
+            fprintf(stderr, "W rkllm: stand-in: cannot open record file %s: %s\n", path,
+                    strerror(errno));
+            warned = 1;
+        }
+    } else {
+        size_t off = 0;
+        while (off < b->n) {
+            ssize_t w = write(fd, b->p + off, b->n - off);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                break;
+            }
+            off += (size_t)w;
+        }
+        close(fd);
+    }
+    pthread_mutex_unlock(&record_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Behaviour configuration (model file keys and prompt directives)          */
+/* ------------------------------------------------------------------------ */
+
+enum { WAIT_CONTINUE = 0, WAIT_REPEAT = 1, WAIT_NONE = 2 };
+
+typedef struct {
+    char *reply; /* NULL or "" = echo the prompt */
+    long n_tokens;
+    long token_bytes;
+    long waiting;
+    long token_delay_us;
+    long prefill_delay_us;
+    long prefill_us_per_byte;
+    long stamp;
+    long fail_init;
+    long fail_run;
+    long error_after;
+    long finish_on_abort;
+    long embed_width;
+    long caller_thread; /* callback_thread: 0 native, 1 caller */
+    char *record;
+} sconf;
+
+static void conf_defaults(sconf *c)
+{
+    memset(c, 0, sizeof *c);
+    c->error_after = -1;
+    c->finish_on_abort = 1;
+    c->embed_width = 16;
+}
+
+static void conf_free(sconf *c)
+{
+    free(c->reply);
+    free(c->record);
+    c->reply = c->record = NULL;
+}
+
+enum { K_REPLY, K_INT, K_BOOL, K_WAITING, K_PATH, K_THREAD };
+
+typedef struct {
+    const char *name;
+    int kind;
+    size_t off;     /* offset of a long member (K_INT/K_BOOL/K_WAITING/K_THREAD) */
+    long min;       /* smallest accepted value for K_INT */
+    int file_only;  /* not accepted as a prompt directive */
+} keydef;
+
+#define LONG_KEY(nm, kind, min, fo) {#nm, kind, offsetof(sconf, nm), min, fo}
+
+static const keydef conf_keys[] = {
+    {"reply", K_REPLY, 0, 0, 0},
+    LONG_KEY(n_tokens, K_INT, LONG_MIN, 0),
+    LONG_KEY(token_bytes, K_INT, 0, 0),
+    LONG_KEY(waiting, K_WAITING, 0, 0),
+    LONG_KEY(token_delay_us, K_INT, 0, 0),
+    LONG_KEY(prefill_delay_us, K_INT, 0, 0),
+    LONG_KEY(prefill_us_per_byte, K_INT, 0, 0),
+    LONG_KEY(stamp, K_BOOL, 0, 0),
+    LONG_KEY(fail_init, K_BOOL, 0, 1),
+    LONG_KEY(fail_run, K_BOOL, 0, 0),
+    LONG_KEY(error_after, K_INT, LONG_MIN, 0),
+    LONG_KEY(finish_on_abort, K_BOOL, 0, 0),
+    LONG_KEY(embed_width, K_INT, 0, 0),
+    {"record", K_PATH, 0, 0, 1},
+    {"callback_thread", K_THREAD, offsetof(sconf, caller_thread), 0, 1},
+};
+
+/* Decode the reply escapes: \n newline, \t tab, \r CR, \\ backslash. */
+static char *unescape(const char *s, size_t n)
+{
+    char *out = xrealloc(NULL, n + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' && i + 1 < n) {
+            char e = s[i + 1];
+            char r = 0;
+            if (e == 'n')
+                r = '\n';
+            else if (e == 't')
+                r = '\t';
+            else if (e == 'r')
+                r = '\r';
+            else if (e == '\\')
+                r = '\\';
+            if (r) {
+                out[o++] = r;
+                i++;
+                continue;
+            }
+        }
+        out[o++] = s[i];
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static int parse_long(const char *s, long *out)
+{
+    while (is_ws((unsigned char)*s))
+        s++;
+    if (!*s)
+        return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s)
+        return -1;
+    while (is_ws((unsigned char)*end))
+        end++;
+    if (*end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_bool(const char *s, long *out)
+{
+    if (!strcmp(s, "1") || !strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")) {
+        *out = 1;
+        return 0;
+    }
+    if (!strcmp(s, "0") || !strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")) {
+        *out = 0;
+        return 0;
+    }
+    return -1;
+}
+
+enum { SET_OK = 0, SET_UNKNOWN = 1, SET_BAD_VALUE = 2, SET_NOT_HERE = 3 };
+
+/* Apply key=value (value is NUL-terminated, key has length klen). */
+static int conf_set(sconf *c, const char *key, size_t klen, const char *value, int from_prompt)
+{
+    const keydef *kd = NULL;
+    for (size_t i = 0; i < sizeof conf_keys / sizeof conf_keys[0]; i++) {
+        if (strlen(conf_keys[i].name) == klen && !memcmp(conf_keys[i].name, key, klen)) {
+            kd = &conf_keys[i];
+            break;
+        }
+    }
+    if (!kd)
+        return SET_UNKNOWN;
+    if (from_prompt && kd->file_only)
+        return SET_NOT_HERE;
+
+    long v = 0;
+    long *slot = (long *)((char *)c + kd->off);
+    switch (kd->kind) {
+    case K_REPLY:
+        free(c->reply);
+        c->reply = unescape(value, strlen(value));
+        return SET_OK;
+    case K_PATH:
+        free(c->record);
+        c->record = xstrdup(value);
+        return SET_OK;
+    case K_INT:
+        if (parse_long(value, &v) || v < kd->min)
+            return SET_BAD_VALUE;
+        *slot = v;
+        return SET_OK;
+    case K_BOOL:
+        if (parse_bool(value, &v))
+            return SET_BAD_VALUE;
+        *slot = v;
+        return SET_OK;
+    case K_WAITING:
+        if (!strcmp(value, "continue"))
+            *slot = WAIT_CONTINUE;
+        else if (!strcmp(value, "repeat"))
+            *slot = WAIT_REPEAT;
+        else if (!strcmp(value, "none"))
+            *slot = WAIT_NONE;
+        else
+            return SET_BAD_VALUE;
+        return SET_OK;
+    case K_THREAD:
+        if (!strcmp(value, "native"))
+            *slot = 0;
+        else if (!strcmp(value, "caller"))
+            *slot = 1;
+        else
+            return SET_BAD_VALUE;
+        return SET_OK;
+    }
+    return SET_BAD_VALUE;
+}
+
+static void warn_set(int rc, const char *where, const char *key, size_t klen, const char *value)
+{
+    if (rc == SET_UNKNOWN)
+        fprintf(stderr, "W rkllm: stand-in: %s: unknown key '%.*s' ignored\n", where, (int)klen,
+                key);
+    else if (rc == SET_NOT_HERE)
+        fprintf(stderr, "W rkllm: stand-in: %s: key '%.*s' is only valid in the model file\n",
+                where, (int)klen, key);
+    else if (rc == SET_BAD_VALUE)
+        fprintf(stderr, "W rkllm: stand-in: %s: bad value '%s' for key '%.*s' ignored\n", where,
+                value, (int)klen, key);
+}
+
+static const char standin_magic_line[] = "#rkstream-standin";
+
+/*
+ * Open and interpret the model file.  Returns 0 on success, -1 on failure
+ * (message already printed).  Files that are not stand-in descriptions are
+ * accepted and give the defaults.
+ */
+static int load_model_file(const char *path, sconf *c)
+{
+    if (!path) {
+        fprintf(stderr, "E rkllm: failed to open model file (null)\n");
+        return -1;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "E rkllm: failed to open model file %s\n", path);
+        return -1;
+    }
+    char head[64];
+    size_t got = fread(head, 1, sizeof head, f);
+    if (ferror(f)) {
+        fclose(f);
+        fprintf(stderr, "E rkllm: failed to open model file %s\n", path);
+        return -1;
+    }
+    if (got >= 4 && !memcmp(head, "RKNN", 4)) {
+        fclose(f);
+        fprintf(stderr, "E rkllm: invalid rkllm model!\n");
+        return -1;
+    }
+    size_t ml = sizeof standin_magic_line - 1;
+    int is_standin = got >= ml && !memcmp(head, standin_magic_line, ml);
+    if (is_standin) {
+        /* the magic must be the whole first line (trailing blanks allowed) */
+        for (size_t i = ml; i < got && head[i] != '\n'; i++)
+            if (!is_ws((unsigned char)head[i]))
+                is_standin = 0;
+    }
+    if (!is_standin) {
+        fclose(f);
+        return 0;
+    }
+
+    sbuf text = {0};
+    sb_add(&text, head, got);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        sb_add(&text, chunk, n);
+    fclose(f);
+
+    char *line = text.p;
+    int lineno = 0;
+    while (line && *line) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        lineno++;
+        if (lineno > 1) {
+            char *s = line;
+            while (is_ws((unsigned char)*s))
+                s++;
+            char *e = s + strlen(s);
+            while (e > s && is_ws((unsigned char)e[-1]))
+                *--e = '\0';
+            if (*s && *s != '#') {
+                char *eq = strchr(s, '=');
+                char where[64];
+                snprintf(where, sizeof where, "model file line %d", lineno);
+                if (!eq) {
+                    fprintf(stderr, "W rkllm: stand-in: %s: expected 'key = value', ignored\n",
+                            where);
+                } else {
+                    char *ke = eq;
+                    while (ke > s && is_ws((unsigned char)ke[-1]))
+                        ke--;
+                    char *v = eq + 1;
+                    while (is_ws((unsigned char)*v))
+                        v++;
+                    size_t vl = strlen(v);
+                    if (vl >= 2 && v[0] == '"' && v[vl - 1] == '"') {
+                        v[vl - 1] = '\0'; /* "quoted" keeps edge blanks */
+                        v++;
+                    }
+                    int rc = conf_set(c, s, (size_t)(ke - s), v, 0);
+                    warn_set(rc, where, s, (size_t)(ke - s), v);
+                }
+            }
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    sb_free(&text);
+    return 0;
+}
+
+/*
+ * Remove [[key=value]] directives from a prompt, applying them to c.
+ * A directive needs an identifier key, '=' and a closing "]]"; anything
+ * else is left in the text untouched.  Returns the remaining text.
+ */
+static char *apply_directives(const char *prompt, sconf *c)
+{
+    sbuf out = {0};
+    sb_add(&out, "", 0);
+    if (!prompt)
+        return out.p;
+    size_t i = 0;
+    while (prompt[i]) {
+        if (prompt[i] == '[' && prompt[i + 1] == '[') {
+            size_t k = i + 2, j = k;
+            unsigned char ch = (unsigned char)prompt[j];
+            if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_') {
+                for (;;) {
+                    ch = (unsigned char)prompt[j];
+                    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                        (ch >= '0' && ch <= '9') || ch == '_')
+                        j++;
+                    else
+                        break;
+                }
+                if (prompt[j] == '=') {
+                    const char *close = strstr(prompt + j + 1, "]]");
+                    if (close) {
+                        char *value = xstrndup(prompt + j + 1, (size_t)(close - (prompt + j + 1)));
+                        int rc = conf_set(c, prompt + k, j - k, value, 1);
+                        warn_set(rc, "prompt directive", prompt + k, j - k, value);
+                        free(value);
+                        i = (size_t)(close - prompt) + 2;
+                        continue;
+                    }
+                }
+            }
+        }
+        sb_putc(&out, prompt[i]);
+        i++;
+    }
+    return out.p;
+}
+
+/* Collapse whitespace runs to one space and trim both ends. */
+static void collapse_ws(sbuf *out, const char *s)
+{
+    int pending_space = 0;
+    int any = 0;
+    for (; *s; s++) {
+        if (is_ws((unsigned char)*s)) {
+            pending_space = any;
+            continue;
+        }
+        if (pending_space)
+            sb_putc(out, ' ');
+        pending_space = 0;
+        sb_putc(out, *s);
+        any = 1;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tokenising and UTF-8                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    size_t off;
+    size_t len;
+} span;
+
+/*
+ * Word tokens: a maximal run of non-blank bytes plus the blanks after it;
+ * blanks at the very start belong to the first token.  With chunk > 0 the
+ * text is cut every `chunk` bytes instead.
+ */
+static span *tokenize(const char *s, size_t n, long chunk, size_t *count)
+{
+    span *v = NULL;
+    size_t cnt = 0, cap = 0;
+    size_t i = 0;
+    while (i < n) {
+        size_t start = i;
+        if (chunk > 0) {
+            i = (n - i > (size_t)chunk) ? i + (size_t)chunk : n;
+        } else {
+            while (i < n && is_ws((unsigned char)s[i]))
+                i++;
+            while (i < n && !is_ws((unsigned char)s[i]))
+                i++;
+            while (i < n && is_ws((unsigned char)s[i]))
+                i++;
+        }
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : 16;
+            v = xrealloc(v, cap * sizeof *v);
+        }
+        v[cnt].off = start;
+        v[cnt].len = i - start;
+        cnt++;
+    }
+    *count = cnt;
+    return v;
+}
+
+static size_t count_words(const char *s)
+{
+    size_t n = 0;
+    span *t = tokenize(s, strlen(s), 0, &n);
+    free(t);
+    return n;
+}
+
+/* 1 if the bytes end in the middle of a (well-formed so far) UTF-8 character. */
+static int utf8_cut_at_end(const unsigned char *b, size_t n)
+{
+    if (n == 0)
+        return 0;
+    size_t j = n - 1;
+    size_t back = 0;
+    while ((b[j] & 0xC0) == 0x80) {
+        if (j == 0 || back == 3)
+            return 0; /* stray continuation bytes: invalid, not incomplete */
+        j--;
+        back++;
+    }
+    unsigned char lead = b[j];
+    size_t need;
+    if (lead < 0x80)
+        need = 1;
+    else if ((lead & 0xE0) == 0xC0)
+        need = 2;
+    else if ((lead & 0xF0) == 0xE0)
+        need = 3;
+    else if ((lead & 0xF8) == 0xF0)
+        need = 4;
+    else
+        need = 1; /* invalid lead byte: deliver as is */
+    return n - j < need;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Handles and runs                                                         */
+/* ------------------------------------------------------------------------ */
+
+#define HANDLE_MAGIC 0x524b5354u /* "RKST" */
+
+typedef struct standin_handle {
+    uint32_t magic;
+    pthread_mutex_t mu;
+    pthread_cond_t idle_cv;
+    atomic_int abort_flag;
+    atomic_int active; /* number of runs in progress */
+    long history;      /* tokens kept between keep_history runs */
+    sconf base;
+    char *record;      /* resolved record path, NULL = none */
+    LLMResultCallback cb;
+    void *cb_userdata; /* 1.3: RKLLMCallback.result_userdata */
+    int32_t max_new_tokens;
+    int n_batch;
+    int ignore_eos;
+    char *img_start, *img_end, *img_content; /* 1.2: copied from RKLLMParam */
+} standin_handle;
+
+/* Handle whose callback is running on this thread (to refuse destroy). */
+static _Thread_local standin_handle *tl_in_callback;
+
+static standin_handle *get_handle(LLMHandle hnd)
+{
+    standin_handle *h = (standin_handle *)hnd;
+    if (!h || h->magic != HANDLE_MAGIC)
+        return NULL;
+    return h;
+}
+
+typedef struct {
+    standin_handle *h;
+    sconf cf;           /* effective settings for this run (cf.reply owned) */
+    char *reply;        /* bytes to generate */
+    size_t reply_len;
+    long own_tokens;    /* prompt tokens of this input */
+    long prefill_tokens;/* own_tokens + history */
+    unsigned long long prompt_bytes;
+    long limit;         /* <= 0: unlimited */
+    int keep_history;
+    int ignore_eos;
+    int invalid;
+    int is_async;
+    LLMResultCallback cb;
+    void *userdata;
+    /* outcome */
+    int ret;
+    const char *finish;
+    long generated;
+} run_job;
+
+/* Sleep up to `us` microseconds, waking every <= 0.5 ms to look at the abort
+ * flag.  Returns 1 when interrupted by an abort. */
+static int sleep_abortable(standin_handle *h, unsigned long long us)
+{
+    uint64_t deadline = now_ns() + us * 1000ull;
+    for (;;) {
+        if (atomic_load(&h->abort_flag))
+            return 1;
+        uint64_t t = now_ns();
+        if (t >= deadline)
+            return 0;
+        uint64_t left = deadline - t;
+        if (left > 500000ull)
+            left = 500000ull;
+        struct timespec ts = {0, (long)left};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int emit(run_job *j, const char *text, int32_t id, LLMCallState state,
+                const RKLLMPerfStat *perf)
+{
+    if (!j->cb)
+        return 0;
+    RKLLMResult r;
+    memset(&r, 0, sizeof r);
+    r.text = text;
+    r.token_id = id;
+    if (perf)
+        r.perf = *perf;
+    standin_handle *prev = tl_in_callback;
+    tl_in_callback = j->h;
+    int rv = j->cb(&r, j->userdata, state);
+    tl_in_callback = prev;
+    return rv;
+}
+
+/* Benchmark step: the text is the monotonic clock read just before the call. */
+static int emit_stamp(run_job *j, int32_t id)
+{
+    char buf[48];
+    RKLLMResult r;
+    if (!j->cb)
+        return 0;
+    memset(&r, 0, sizeof r);
+    r.text = buf;
+    r.token_id = id;
+    standin_handle *prev = tl_in_callback;
+    tl_in_callback = j->h;
+    snprintf(buf, sizeof buf, "[%llu]", (unsigned long long)now_ns());
+    int rv = j->cb(&r, j->userdata, RKLLM_RUN_NORMAL);
+    tl_in_callback = prev;
+    return rv;
+}
+
+static unsigned long long sat_add_mul(unsigned long long a, unsigned long long b,
+                                      unsigned long long c)
+{
+    const unsigned long long cap = 1000000000000ull; /* ~11.6 days, in us */
+    if (c && b > cap / c)
+        return cap;
+    unsigned long long v = a + b * c;
+    return v > cap ? cap : v;
+}
+
+/* The generation itself: callbacks, timing, FINISH/ERROR. */
+static void job_generate(run_job *j)
+{
+    standin_handle *h = j->h;
+    const sconf *cf = &j->cf;
+    uint64_t t0 = now_ns(), t1 = t0;
+    int aborted = 0, errored = 0;
+    j->generated = 0;
+    j->ret = 0;
+    j->finish = "eos";
+
+    sbuf pend = {0}, step = {0};
+    span *toks = NULL;
+
+    if (j->invalid || cf->fail_run) {
+        emit(j, NULL, 0, RKLLM_RUN_ERROR, NULL);
+        j->ret = -1;
+        j->finish = "error";
+        return;
+    }
+
+    unsigned long long pre_us = sat_add_mul((unsigned long long)cf->prefill_delay_us,
+                                            j->prompt_bytes,
+                                            (unsigned long long)cf->prefill_us_per_byte);
+    if (pre_us && sleep_abortable(h, pre_us))
+        aborted = 1;
+    if (atomic_load(&h->abort_flag))
+        aborted = 1;
+    t1 = now_ns();
+
+    size_t ntok = 0;
+    if (!aborted)
+        toks = tokenize(j->reply, j->reply_len, cf->token_bytes, &ntok);
+    long planned = cf->n_tokens > 0 ? cf->n_tokens : (long)ntok;
+    if (cf->n_tokens <= 0 && j->ignore_eos && j->limit > 0)
+        planned = j->limit; /* keep going past "EOS" up to the cap */
+    if (ntok == 0)
+        planned = 0;
+
+    for (long i = 0; !aborted; i++) {
+        if (i >= planned) {
+            j->finish = "eos";
+            break;
+        }
+        if (j->limit > 0 && j->generated >= j->limit) {
+            j->finish = "length";
+            break;
+        }
+        if (cf->error_after >= 0 && j->generated >= cf->error_after) {
+            errored = 1;
+            break;
+        }
+        if (atomic_load(&h->abort_flag) ||
+            (cf->token_delay_us > 0 &&
+             sleep_abortable(h, (unsigned long long)cf->token_delay_us))) {
+            aborted = 1;
+            break;
+        }
+        const span *t = &toks[(size_t)i % ntok];
+        const char *tb = j->reply + t->off;
+        int32_t id = (int32_t)(j->generated & 0x7fffffff);
+        int rv;
+        if (cf->stamp) {
+            rv = emit_stamp(j, id);
+        } else if (cf->waiting == WAIT_NONE) {
+            sb_clear(&step);
+            sb_add(&step, tb, t->len);
+            rv = emit(j, step.p, id, RKLLM_RUN_NORMAL, NULL);
+        } else {
+            sb_add(&pend, tb, t->len); /* pend = P + T */
+            int cut = utf8_cut_at_end((const unsigned char *)pend.p, pend.n);
+            sb_clear(&step);
+            if (cf->waiting == WAIT_REPEAT)
+                sb_add(&step, pend.p, pend.n);
+            else
+                sb_add(&step, tb, t->len);
+            rv = emit(j, step.p, id, cut ? RKLLM_RUN_WAITING : RKLLM_RUN_NORMAL, NULL);
+            if (!cut)
+                sb_clear(&pend);
+        }
+        j->generated++;
+        if (rv == 1) {
+            j->finish = "pause";
+            break;
+        }
+    }
+
+    if (aborted) {
+        j->finish = "abort";
+    } else if (errored) {
+        j->finish = "error";
+    } else if (pend.n > 0 && (!strcmp(j->finish, "eos") || !strcmp(j->finish, "length"))) {
+        /* bytes still held back at the end: hand them over as a NORMAL step */
+        sb_clear(&step);
+        sb_add(&step, pend.p, pend.n);
+        emit(j, step.p, (int32_t)(j->generated & 0x7fffffff), RKLLM_RUN_NORMAL, NULL);
+        j->generated++;
+    }
+    uint64_t t2 = now_ns();
+
+    if (errored) {
+        emit(j, NULL, (int32_t)(j->generated & 0x7fffffff), RKLLM_RUN_ERROR, NULL);
+        j->ret = -1;
+    } else if (!aborted || cf->finish_on_abort) {
+        RKLLMPerfStat perf;
+        memset(&perf, 0, sizeof perf);
+        perf.prefill_tokens = (int)(j->prefill_tokens > INT_MAX ? INT_MAX : j->prefill_tokens);
+        perf.prefill_time_ms = (float)((double)(t1 - t0) / 1e6);
+        perf.generate_tokens = (int)(j->generated > INT_MAX ? INT_MAX : j->generated);
+        perf.generate_time_ms = (float)((double)(t2 - t1) / 1e6);
+        perf.memory_usage_mb = peak_memory_mb();
+        emit(j, NULL, 0, RKLLM_RUN_FINISH, &perf);
+    }
+
+    free(toks);
+    sb_free(&pend);
+    sb_free(&step);
+}
+
+static void job_free(run_job *j)
+{
+    free(j->reply);
+    conf_free(&j->cf);
+    free(j);
+}
+
+/* Record the end of the run, update history, drop the running count.
+ * The handle must not be touched after this returns. */
+static void job_finish(run_job *j)
+{
+    standin_handle *h = j->h;
+    sbuf rec = {0};
+    rec_begin(&rec, "run_end", h);
+    jk_int(&rec, "ret", j->ret);
+    jk_int(&rec, "generated", j->generated);
+    jk_str(&rec, "finish", j->finish);
+    jk_int(&rec, "prefill_tokens", j->prefill_tokens);
+    jk_bool(&rec, "async", j->is_async);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+
+    pthread_mutex_lock(&h->mu);
+    if (j->keep_history && !j->invalid && !j->cf.fail_run)
+        h->history += j->own_tokens + j->generated;
+    atomic_fetch_sub(&h->active, 1);
+    pthread_cond_broadcast(&h->idle_cv);
+    pthread_mutex_unlock(&h->mu);
+    job_free(j);
+}
+
+static const char *input_type_name(int t)
+{
+    switch (t) {
+    case RKLLM_INPUT_PROMPT:
+        return "prompt";
+    case RKLLM_INPUT_TOKEN:
+        return "token";
+    case RKLLM_INPUT_EMBED:
+        return "embed";
+    case RKLLM_INPUT_MULTIMODAL:
+        return "multimodal";
+    default:
+        return NULL;
+    }
+}
+
+static double sum_floats(const float *p, unsigned long long n)
+{
+    double s = 0.0;
+    if (!p)
+        return 0.0;
+    for (unsigned long long i = 0; i < n; i++)
+        s += (double)p[i];
+    return s;
+}
+
+static void rec_embed(sbuf *rec, const float *p, unsigned long long n)
+{
+    jk_uint(rec, "embed_floats", n);
+    jk(rec, "embed_sum");
+    js_num(rec, sum_floats(p, n), 17);
+}
+
+/*
+ * Everything that reads the caller's input happens here, on the caller's
+ * thread, so asynchronous runs never touch caller memory afterwards.
+ * Marks the run active and writes the "run" record.
+ */
+static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *inf,
+                            void *userdata, int is_async)
+{
+    run_job *j = xrealloc(NULL, sizeof *j);
+    memset(j, 0, sizeof *j);
+    j->h = h;
+    j->is_async = is_async;
+    j->cf = h->base;
+    j->cf.reply = xstrdup(h->base.reply);
+    j->cf.record = NULL;
+    j->cb = h->cb;
+    j->userdata = userdata;
+#if RKLLM_LINE >= 13
+    if (!j->userdata)
+        j->userdata = h->cb_userdata;
+#endif
+    j->keep_history = inf ? inf->keep_history != 0 : 0;
+    j->limit = h->max_new_tokens;
+#if RKLLM_LINE >= 13
+    if (inf && inf->max_new_tokens > 0)
+        j->limit = inf->max_new_tokens;
+#endif
+    j->ignore_eos = h->ignore_eos;
+    j->finish = "eos";
+
+    /* concurrency bookkeeping */
+    pthread_mutex_lock(&h->mu);
+    int prev = atomic_fetch_add(&h->active, 1);
+    atomic_store(&h->abort_flag, 0);
+    if (!j->keep_history)
+        h->history = 0;
+    long hist = h->history;
+    pthread_mutex_unlock(&h->mu);
+    if (prev > 0)
+        fprintf(stderr,
+                "W rkllm: stand-in: run started while another run is active on handle %p "
+                "(concurrent use of one instance)\n",
+                (void *)h);
+
+    sbuf rec = {0};
+    rec_begin(&rec, "run", h);
+    jk_str(&rec, "role", in ? in->role : NULL);
+    jk_bool(&rec, "enable_thinking", in ? in->enable_thinking : 0);
+    const char *tname = in ? input_type_name((int)in->input_type) : NULL;
+    jk_str(&rec, "input_type", tname);
+    if (in && !tname)
+        jk_int(&rec, "input_type_value", (long long)in->input_type);
+
+    char *clean = NULL; /* prompt with directives removed */
+    sbuf reply = {0};
+    if (!in || !tname) {
+        j->invalid = 1;
+        fprintf(stderr, "E rkllm: %s\n", in ? "unsupported input type" : "input is NULL");
+    } else if (in->input_type == RKLLM_INPUT_PROMPT ||
+               in->input_type == RKLLM_INPUT_MULTIMODAL) {
+        const char *raw = in->input_type == RKLLM_INPUT_PROMPT ? in->prompt_input
+                                                               : in->multimodal_input.prompt;
+        jk_str(&rec, "prompt", raw);
+        clean = apply_directives(raw, &j->cf);
+        j->own_tokens = (long)count_words(clean);
+        j->prompt_bytes = strlen(clean);
+        if (in->input_type == RKLLM_INPUT_MULTIMODAL) {
+            const RKLLMMultiModalInput *mm = &in->multimodal_input;
+#if RKLLM_LINE >= 13
+            unsigned long long n_img = mm->image.n_image, n_img_tok = mm->image.n_image_tokens;
+            jk_uint(&rec, "n_image", n_img);
+            jk_uint(&rec, "n_image_tokens", n_img_tok);
+            jk_uint(&rec, "image_width", mm->image.image_width);
+            jk_uint(&rec, "image_height", mm->image.image_height);
+            jk_str(&rec, "image_start", mm->image.image_start);
+            jk_str(&rec, "image_end", mm->image.image_end);
+            jk_str(&rec, "image_content", mm->image.image_content);
+            unsigned long long vid_tok =
+                (unsigned long long)mm->video.n_video * mm->video.n_frame_per_video *
+                mm->video.n_frame_tokens;
+            jk_uint(&rec, "n_video", mm->video.n_video);
+            jk_uint(&rec, "n_frame_per_video", mm->video.n_frame_per_video);
+            jk_uint(&rec, "n_frame_tokens", mm->video.n_frame_tokens);
+            j->own_tokens += (long)(n_img * n_img_tok + vid_tok);
+            rec_embed(&rec, mm->image.image_embed,
+                      n_img * n_img_tok * (unsigned long long)j->cf.embed_width);
+#else
+            unsigned long long n_img = mm->n_image, n_img_tok = mm->n_image_tokens;
+            jk_uint(&rec, "n_image", n_img);
+            jk_uint(&rec, "n_image_tokens", n_img_tok);
+            jk_uint(&rec, "image_width", mm->image_width);
+            jk_uint(&rec, "image_height", mm->image_height);
+            jk_str(&rec, "image_start", h->img_start);
+            jk_str(&rec, "image_end", h->img_end);
+            jk_str(&rec, "image_content", h->img_content);
+            j->own_tokens += (long)(n_img * n_img_tok);
+            rec_embed(&rec, mm->image_embed,
+                      n_img * n_img_tok * (unsigned long long)j->cf.embed_width);
+#endif
+        }
+        if (j->cf.reply && *j->cf.reply) {
+            sb_puts(&reply, j->cf.reply);
+        } else {
+            sb_puts(&reply, "Echo: ");
+            collapse_ws(&reply, clean);
+        }
+    } else if (in->input_type == RKLLM_INPUT_TOKEN) {
+        unsigned long long n = in->token_input.n_tokens;
+        jk_uint(&rec, "n_tokens", n);
+        long long idsum = 0;
+        if (in->token_input.input_ids)
+            for (unsigned long long i = 0; i < n; i++)
+                idsum += in->token_input.input_ids[i];
+        jk_int(&rec, "input_ids_sum", idsum);
+        j->own_tokens = (long)n;
+        if (j->cf.reply && *j->cf.reply)
+            sb_puts(&reply, j->cf.reply);
+        else
+            sb_printf(&reply, "Echo: [%llu tokens]", n);
+    } else { /* RKLLM_INPUT_EMBED */
+        unsigned long long n = in->embed_input.n_tokens;
+        jk_uint(&rec, "n_tokens", n);
+        rec_embed(&rec, in->embed_input.embed, n * (unsigned long long)j->cf.embed_width);
+        j->own_tokens = (long)n;
+        if (j->cf.reply && *j->cf.reply)
+            sb_puts(&reply, j->cf.reply);
+        else
+            sb_printf(&reply, "Echo: [%llu embeddings]", n);
+    }
+    free(clean);
+    if (!reply.p)
+        sb_add(&reply, "", 0);
+    j->reply = reply.p;
+    j->reply_len = reply.n;
+    j->prefill_tokens = j->own_tokens + hist;
+
+    if (!inf) {
+        jk(&rec, "infer");
+        sb_puts(&rec, "null");
+    } else {
+        jk(&rec, "infer");
+        sb_puts(&rec, "{\"mode\":");
+        sb_printf(&rec, "%d", (int)inf->mode);
+        jk_int(&rec, "keep_history", inf->keep_history);
+#if RKLLM_LINE >= 13
+        jk_int(&rec, "max_new_tokens", inf->max_new_tokens);
+        jk(&rec, "sampling");
+        const RKLLMSamplingParam *sp = inf->sampling_params;
+        if (!sp) {
+            sb_puts(&rec, "null");
+        } else {
+            sb_puts(&rec, "{\"top_k\":");
+            sb_printf(&rec, "%d", (int)sp->top_k);
+            jk_f(&rec, "top_p", sp->top_p);
+            jk_f(&rec, "temperature", sp->temperature);
+            jk_f(&rec, "repeat_penalty", sp->repeat_penalty);
+            jk_f(&rec, "frequency_penalty", sp->frequency_penalty);
+            jk_f(&rec, "presence_penalty", sp->presence_penalty);
+            jk_int(&rec, "mirostat", sp->mirostat);
+            jk_f(&rec, "mirostat_tau", sp->mirostat_tau);
+            jk_f(&rec, "mirostat_eta", sp->mirostat_eta);
+            sb_putc(&rec, '}');
+        }
+#endif
+        jk_str(&rec, "lora", inf->lora_params ? inf->lora_params->lora_adapter_name : NULL);
+        jk(&rec, "prompt_cache");
+        if (!inf->prompt_cache_params) {
+            sb_puts(&rec, "null");
+        } else {
+            sb_puts(&rec, "{\"save_prompt_cache\":");
+            sb_printf(&rec, "%d", inf->prompt_cache_params->save_prompt_cache);
+            jk_str(&rec, "prompt_cache_path", inf->prompt_cache_params->prompt_cache_path);
+            sb_putc(&rec, '}');
+        }
+        sb_putc(&rec, '}');
+    }
+    jk_int(&rec, "history_tokens", hist);
+    jk_int(&rec, "max_new_tokens_effective", j->limit);
+    jk_bool(&rec, "concurrent", prev > 0);
+    jk_bool(&rec, "async", is_async);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return j;
+}
+
+static void *native_run_thread(void *arg)
+{
+    job_generate((run_job *)arg);
+    return NULL;
+}
+
+static void *async_run_thread(void *arg)
+{
+    run_job *j = arg;
+    job_generate(j);
+    job_finish(j);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Exported API                                                             */
+/* ------------------------------------------------------------------------ */
+
+RKLLM_API RKLLMParam rkllm_createDefaultParam(void)
+{
+    RKLLMParam p;
+    memset(&p, 0, sizeof p);
+    p.model_path = NULL;
+    p.max_context_len = 4096;
+    p.max_new_tokens = 512;
+    p.top_k = 40;
+    p.n_keep = -1;
+    p.top_p = 0.9f;
+    p.temperature = 0.8f;
+    p.repeat_penalty = 1.1f;
+    p.frequency_penalty = 0.0f;
+    p.presence_penalty = 0.0f;
+    p.mirostat = 0;
+    p.mirostat_tau = 5.0f;
+    p.mirostat_eta = 0.1f;
+    p.skip_special_token = false;
+    p.is_async = false;
+    p.extend_param.base_domain_id = 0;
+    p.extend_param.enabled_cpus_num = 4;
+    p.extend_param.n_batch = 1;
+    return p;
+}
+
+static void rec_init(const char *path, standin_handle *h, const RKLLMParam *p, int ret)
+{
+    if (!path || !*path)
+        return;
+    sbuf rec = {0};
+    rec_begin(&rec, "init", h);
+    jk_int(&rec, "ret", ret);
+    jk_str(&rec, "model_path", p->model_path);
+    jk_int(&rec, "max_context_len", p->max_context_len);
+    jk_int(&rec, "max_new_tokens", p->max_new_tokens);
+    jk_int(&rec, "top_k", p->top_k);
+    jk_int(&rec, "n_keep", p->n_keep);
+    jk_f(&rec, "top_p", p->top_p);
+    jk_f(&rec, "temperature", p->temperature);
+    jk_f(&rec, "repeat_penalty", p->repeat_penalty);
+    jk_f(&rec, "frequency_penalty", p->frequency_penalty);
+    jk_f(&rec, "presence_penalty", p->presence_penalty);
+    jk_int(&rec, "mirostat", p->mirostat);
+    jk_f(&rec, "mirostat_tau", p->mirostat_tau);
+    jk_f(&rec, "mirostat_eta", p->mirostat_eta);
+    jk_bool(&rec, "skip_special_token", p->skip_special_token);
+#if RKLLM_LINE >= 13
+    jk_bool(&rec, "ignore_eos_token", p->ignore_eos_token);
+#endif
+    jk_bool(&rec, "is_async", p->is_async);
+#if RKLLM_LINE == 12
+    jk_str(&rec, "img_start", p->img_start);
+    jk_str(&rec, "img_end", p->img_end);
+    jk_str(&rec, "img_content", p->img_content);
+#endif
+    const RKLLMExtendParam *e = &p->extend_param;
+    jk(&rec, "extend_param");
+    sb_puts(&rec, "{\"base_domain_id\":");
+    sb_printf(&rec, "%d", (int)e->base_domain_id);
+    jk_int(&rec, "embed_flash", e->embed_flash);
+    jk_int(&rec, "enabled_cpus_num", e->enabled_cpus_num);
+    jk_uint(&rec, "enabled_cpus_mask", e->enabled_cpus_mask);
+    jk_int(&rec, "n_batch", e->n_batch);
+    jk_int(&rec, "use_cross_attn", e->use_cross_attn);
+    sb_putc(&rec, '}');
+    rec_commit(&rec, path);
+    sb_free(&rec);
+}
+
+#if RKLLM_LINE >= 13
+RKLLM_API int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLMCallback *callback)
+#else
+RKLLM_API int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback callback)
+#endif
+{
+    if (handle)
+        *handle = NULL;
+    if (!handle || !param) {
+        fprintf(stderr, "E rkllm: rkllm_init: handle or param is NULL\n");
+        return -1;
+    }
+    const char *env = getenv("RKLLM_STANDIN_RECORD");
+    sconf cf;
+    conf_defaults(&cf);
+    int rc = load_model_file(param->model_path, &cf);
+    const char *rec_path = (env && *env) ? env : cf.record;
+    if (rc == 0 && cf.fail_init) {
+        fprintf(stderr, "E rkllm: injected init failure\n");
+        rc = -1;
+    }
+    if (rc != 0) {
+        rec_init(rec_path, NULL, param, -1);
+        conf_free(&cf);
+        return -1;
+    }
+
+    standin_handle *h = xrealloc(NULL, sizeof *h);
+    memset(h, 0, sizeof *h);
+    h->magic = HANDLE_MAGIC;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->idle_cv, NULL);
+    atomic_init(&h->abort_flag, 0);
+    atomic_init(&h->active, 0);
+    h->base = cf;
+    h->record = (rec_path && *rec_path) ? xstrdup(rec_path) : NULL;
+#if RKLLM_LINE >= 13
+    h->cb = callback ? callback->result_callback : NULL;
+    h->cb_userdata = callback ? callback->result_userdata : NULL;
+    h->ignore_eos = param->ignore_eos_token;
+#else
+    h->cb = callback;
+    h->img_start = xstrdup(param->img_start);
+    h->img_end = xstrdup(param->img_end);
+    h->img_content = xstrdup(param->img_content);
+#endif
+    h->max_new_tokens = param->max_new_tokens;
+    h->n_batch = param->extend_param.n_batch > 0 ? param->extend_param.n_batch : 1;
+
+    fprintf(stdout, "I rkllm: %s%s, platform: host\n", standin_version_tag,
+            standin_version_suffix);
+    fflush(stdout);
+    rec_init(h->record, h, param, 0);
+    *handle = h;
+    return 0;
+}
+
+RKLLM_API int rkllm_run(LLMHandle handle, RKLLMInput *rkllm_input,
+                        RKLLMInferParam *rkllm_infer_params, void *userdata)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h) {
+        fprintf(stderr, "E rkllm: rkllm_run: invalid handle\n");
+        return -1;
+    }
+    run_job *j = job_prepare(h, rkllm_input, rkllm_infer_params, userdata, 0);
+    if (j->cf.caller_thread) {
+        job_generate(j);
+    } else {
+        pthread_t t;
+        if (pthread_create(&t, NULL, native_run_thread, j) == 0)
+            pthread_join(t, NULL);
+        else
+            job_generate(j); /* could not start a thread: do it here */
+    }
+    int ret = j->ret;
+    job_finish(j);
+    return ret;
+}
+
+RKLLM_API int rkllm_run_async(LLMHandle handle, RKLLMInput *rkllm_input,
+                              RKLLMInferParam *rkllm_infer_params, void *userdata)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h) {
+        fprintf(stderr, "E rkllm: rkllm_run_async: invalid handle\n");
+        return -1;
+    }
+    run_job *j = job_prepare(h, rkllm_input, rkllm_infer_params, userdata, 1);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int rc = pthread_create(&t, &attr, async_run_thread, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        fprintf(stderr, "E rkllm: rkllm_run_async: cannot start thread: %s\n", strerror(rc));
+        j->ret = -1;
+        j->finish = "error";
+        job_finish(j);
+        return -1;
+    }
+    return 0;
+}
+
+RKLLM_API int rkllm_abort(LLMHandle handle)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    atomic_store(&h->abort_flag, 1);
+    int running = atomic_load(&h->active) > 0;
+    sbuf rec = {0};
+    rec_begin(&rec, "abort", h);
+    jk_bool(&rec, "running", running);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return 0;
+}
+
+RKLLM_API int rkllm_is_running(LLMHandle handle)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return 0;
+    return atomic_load(&h->active) > 0 ? 1 : 0;
+}
+
+RKLLM_API int rkllm_destroy(LLMHandle handle)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    if (tl_in_callback == h) {
+        fprintf(stderr, "E rkllm: rkllm_destroy called from inside its own callback\n");
+        return -1;
+    }
+    pthread_mutex_lock(&h->mu);
+    int was_running = atomic_load(&h->active) > 0;
+    if (was_running)
+        atomic_store(&h->abort_flag, 1);
+    while (atomic_load(&h->active) > 0)
+        pthread_cond_wait(&h->idle_cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+
+    sbuf rec = {0};
+    rec_begin(&rec, "destroy", h);
+    jk_bool(&rec, "was_running", was_running);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+
+    h->magic = 0;
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->idle_cv);
+    conf_free(&h->base);
+    free(h->record);
+    free(h->img_start);
+    free(h->img_end);
+    free(h->img_content);
+    free(h);
+    return 0;
+}
+
+RKLLM_API int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *lora_adapter)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    int ret = lora_adapter ? 0 : -1;
+    sbuf rec = {0};
+    rec_begin(&rec, "load_lora", h);
+    jk_int(&rec, "ret", ret);
+    jk_str(&rec, "path", lora_adapter ? lora_adapter->lora_adapter_path : NULL);
+    jk_str(&rec, "name", lora_adapter ? lora_adapter->lora_adapter_name : NULL);
+    if (lora_adapter)
+        jk_f(&rec, "scale", lora_adapter->scale);
+    else
+        jk_str(&rec, "scale", NULL);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return ret;
+}
+
+RKLLM_API int rkllm_load_prompt_cache(LLMHandle handle, const char *prompt_cache_path)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    int ret = prompt_cache_path ? 0 : -1;
+    sbuf rec = {0};
+    rec_begin(&rec, "load_prompt_cache", h);
+    jk_int(&rec, "ret", ret);
+    jk_str(&rec, "path", prompt_cache_path);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return ret;
+}
+
+RKLLM_API int rkllm_release_prompt_cache(LLMHandle handle)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    sbuf rec = {0};
+    rec_begin(&rec, "release_prompt_cache", h);
+    jk_int(&rec, "ret", 0);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return 0;
+}
+
+RKLLM_API int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start_pos,
+                                   int *end_pos)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    int ranged = start_pos && end_pos;
+    pthread_mutex_lock(&h->mu);
+    if (ranged) {
+        /* only batch row 0 is modelled: drop the overlap of [start, end) */
+        long s = start_pos[0] < 0 ? 0 : start_pos[0];
+        long e = end_pos[0] > h->history ? h->history : end_pos[0];
+        if (e > s)
+            h->history -= e - s;
+    } else {
+        h->history = 0;
+    }
+    pthread_mutex_unlock(&h->mu);
+
+    sbuf rec = {0};
+    rec_begin(&rec, "clear_kv_cache", h);
+    jk_int(&rec, "ret", 0);
+    jk_int(&rec, "keep_system_prompt", keep_system_prompt);
+    if (ranged) {
+        jk_int(&rec, "start_pos", start_pos[0]);
+        jk_int(&rec, "end_pos", end_pos[0]);
+    } else {
+        jk_str(&rec, "start_pos", NULL);
+        jk_str(&rec, "end_pos", NULL);
+    }
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return 0;
+}
+
+RKLLM_API int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    pthread_mutex_lock(&h->mu);
+    long hist = h->history;
+    pthread_mutex_unlock(&h->mu);
+    int v = hist > INT_MAX ? INT_MAX : (int)hist;
+    int ret = cache_sizes ? 0 : -1;
+    if (cache_sizes)
+        for (int i = 0; i < h->n_batch; i++)
+            cache_sizes[i] = v;
+    sbuf rec = {0};
+    rec_begin(&rec, "get_kv_cache_size", h);
+    jk_int(&rec, "ret", ret);
+    jk_int(&rec, "size", v);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return ret;
+}
+
+RKLLM_API int rkllm_set_chat_template(LLMHandle handle, const char *system_prompt,
+                                      const char *prompt_prefix, const char *prompt_postfix)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    sbuf rec = {0};
+    rec_begin(&rec, "set_chat_template", h);
+    jk_int(&rec, "ret", 0);
+    jk_str(&rec, "system_prompt", system_prompt);
+    jk_str(&rec, "prompt_prefix", prompt_prefix);
+    jk_str(&rec, "prompt_postfix", prompt_postfix);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return 0;
+}
+
+RKLLM_API int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt,
+                                       const char *tools, const char *tool_response_str)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    sbuf rec = {0};
+    rec_begin(&rec, "set_function_tools", h);
+    jk_int(&rec, "ret", 0);
+    jk_str(&rec, "system_prompt", system_prompt);
+    jk_str(&rec, "tools", tools);
+    jk_str(&rec, "tool_response_str", tool_response_str);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return 0;
+}
+
+RKLLM_API int rkllm_set_cross_attn_params(LLMHandle handle,
+                                          RKLLMCrossAttnParam *cross_attn_params)
+{
+    standin_handle *h = get_handle(handle);
+    if (!h)
+        return -1;
+    int ret = cross_attn_params ? 0 : -1;
+    sbuf rec = {0};
+    rec_begin(&rec, "set_cross_attn_params", h);
+    jk_int(&rec, "ret", ret);
+    if (cross_attn_params)
+        jk_int(&rec, "num_tokens", cross_attn_params->num_tokens);
+    else
+        jk_str(&rec, "num_tokens", NULL);
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+    return ret;
+}

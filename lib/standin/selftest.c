@@ -1,0 +1,858 @@
+/*
+ * selftest.c - exercises the stand-in runtime through its public C API.
+ * Built once per runtime line (-DRKLLM_LINE=13 / 12) and linked against the
+ * matching library.  Last line of output: "N passed, N failed".
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include "rkllm_standin.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int n_pass, n_fail;
+
+#define CHECK(cond, ...)                                        \
+    do {                                                        \
+        if (cond) {                                             \
+            n_pass++;                                           \
+        } else {                                                \
+            n_fail++;                                           \
+            printf("FAIL line %d: %s -- ", __LINE__, #cond);    \
+            printf(__VA_ARGS__);                                \
+            printf("\n");                                       \
+        }                                                       \
+    } while (0)
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- text accumulation ------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} buf;
+
+static void buf_add(buf *b, const char *s, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        b->p = realloc(b->p, cap);
+        if (!b->p)
+            abort();
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+static const char *buf_str(buf *b) { return b->p ? b->p : ""; }
+
+/* Strict UTF-8 check (no overlongs/surrogates needed for this test). */
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
+                                 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        if (!len || i + len > n)
+            return 0;
+        for (size_t k = 1; k < len; k++)
+            if ((s[i + k] & 0xC0) != 0x80)
+                return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* ---- callback collector ------------------------------------------------ */
+
+typedef struct {
+    pthread_mutex_t mu;
+    buf all;          /* WAITING + NORMAL texts in order */
+    buf normal;       /* NORMAL texts only */
+    buf held;         /* continue-mode consumer: WAITING bytes not yet used */
+    int n_normal, n_waiting, n_finish, n_error;
+    int after_end;    /* callbacks after FINISH/ERROR */
+    int cont_bad;     /* continue consumer produced invalid UTF-8 */
+    int normal_bad;   /* a NORMAL text on its own was invalid UTF-8 */
+    int null_text;    /* NORMAL/WAITING with text NULL */
+    int error_text_nonnull;
+    int stamps_bad;
+    unsigned long long last_stamp;
+    int pause_after;  /* return 1 after this many NORMAL steps */
+    pid_t tid;
+    int tids_mixed;
+    RKLLMPerfStat perf;
+} collector;
+
+static void col_init(collector *c)
+{
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+}
+
+static void col_free(collector *c)
+{
+    free(c->all.p);
+    free(c->normal.p);
+    free(c->held.p);
+    pthread_mutex_destroy(&c->mu);
+}
+
+static int col_count(collector *c, int which)
+{
+    pthread_mutex_lock(&c->mu);
+    int v = which == 0 ? c->n_normal : which == 2 ? c->n_finish : c->n_error;
+    pthread_mutex_unlock(&c->mu);
+    return v;
+}
+
+static int on_result(RKLLMResult *r, void *userdata, LLMCallState st)
+{
+    collector *c = userdata;
+    if (!c)
+        return 0;
+    int ret = 0;
+    pthread_mutex_lock(&c->mu);
+    pid_t me = gettid();
+    if (c->tid && c->tid != me)
+        c->tids_mixed = 1;
+    c->tid = me;
+    if (c->n_finish || c->n_error)
+        c->after_end++;
+    switch (st) {
+    case RKLLM_RUN_NORMAL:
+    case RKLLM_RUN_WAITING:
+        if (!r->text) {
+            c->null_text++;
+            break;
+        }
+        {
+            size_t n = strlen(r->text);
+            buf_add(&c->all, r->text, n);
+            if (st == RKLLM_RUN_WAITING) {
+                c->n_waiting++;
+                buf_add(&c->held, r->text, n);
+            } else {
+                c->n_normal++;
+                buf_add(&c->normal, r->text, n);
+                if (!utf8_valid((const unsigned char *)r->text, n))
+                    c->normal_bad++;
+                buf_add(&c->held, r->text, n);
+                if (!utf8_valid((const unsigned char *)c->held.p, c->held.n))
+                    c->cont_bad++;
+                c->held.n = 0;
+                if (r->text[0] == '[') {
+                    char *end;
+                    unsigned long long v = strtoull(r->text + 1, &end, 10);
+                    if (*end != ']' || end[1] || v < c->last_stamp)
+                        c->stamps_bad++;
+                    c->last_stamp = v;
+                } else {
+                    c->stamps_bad++;
+                }
+                if (c->pause_after && c->n_normal >= c->pause_after)
+                    ret = 1;
+            }
+        }
+        break;
+    case RKLLM_RUN_FINISH:
+        c->n_finish++;
+        c->perf = r->perf;
+        break;
+    case RKLLM_RUN_ERROR:
+        c->n_error++;
+        if (r->text)
+            c->error_text_nonnull++;
+        break;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return ret;
+}
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static char tmpdir[256];
+static char record_path[300];
+
+static char *write_model(const char *name, const char *body)
+{
+    static char paths[40][320];
+    static int used;
+    char *p = paths[used++ % 40];
+    snprintf(p, 320, "%s/%s", tmpdir, name);
+    FILE *f = fopen(p, "wb");
+    if (!f) {
+        perror(p);
+        exit(2);
+    }
+    fputs(body, f);
+    fclose(f);
+    return p;
+}
+
+/* model file with the shared record key and extra lines */
+static char *standin_model(const char *name, const char *extra)
+{
+    char body[2048];
+    snprintf(body, sizeof body, "#rkstream-standin\n# test model\nrecord = %s\n%s\n",
+             record_path, extra);
+    return write_model(name, body);
+}
+
+#if RKLLM_LINE >= 13
+static collector *fallback_userdata; /* RKLLMCallback.result_userdata */
+#endif
+
+static int init_with(LLMHandle *h, const char *path, int max_new_tokens)
+{
+    RKLLMParam p = rkllm_createDefaultParam();
+    p.model_path = path;
+    p.max_new_tokens = max_new_tokens;
+    p.extend_param.enabled_cpus_mask = CPU4 | CPU5 | CPU6 | CPU7;
+#if RKLLM_LINE >= 13
+    RKLLMCallback cbs;
+    memset(&cbs, 0, sizeof cbs);
+    cbs.result_callback = on_result;
+    cbs.result_userdata = fallback_userdata;
+    return rkllm_init(h, &p, &cbs);
+#else
+    p.img_start = "<|vision_start|>";
+    p.img_end = "<|vision_end|>";
+    p.img_content = "<|image_pad|>";
+    return rkllm_init(h, &p, on_result);
+#endif
+}
+
+static int run_text(LLMHandle h, const char *prompt, collector *c, int keep_history,
+                    int max_new)
+{
+    RKLLMInput in;
+    memset(&in, 0, sizeof in);
+    in.role = "user";
+    in.input_type = RKLLM_INPUT_PROMPT;
+    in.prompt_input = prompt;
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    ip.mode = RKLLM_INFER_GENERATE;
+    ip.keep_history = keep_history;
+#if RKLLM_LINE >= 13
+    ip.max_new_tokens = max_new;
+#else
+    (void)max_new;
+#endif
+    return rkllm_run(h, &in, &ip, c);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    buf b = {0};
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        buf_add(&b, chunk, n);
+    fclose(f);
+    if (!b.p)
+        buf_add(&b, "", 0);
+    return b.p;
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+static void test_defaults(void)
+{
+    RKLLMParam p = rkllm_createDefaultParam();
+    CHECK(p.top_k == 40, "top_k %d", p.top_k);
+    CHECK(fabsf(p.top_p - 0.9f) < 1e-6f, "top_p %g", p.top_p);
+    CHECK(fabsf(p.temperature - 0.8f) < 1e-6f, "temperature %g", p.temperature);
+    CHECK(fabsf(p.repeat_penalty - 1.1f) < 1e-6f, "repeat_penalty %g", p.repeat_penalty);
+    CHECK(p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f, "penalties");
+    CHECK(p.mirostat == 0 && p.mirostat_tau == 5.0f && fabsf(p.mirostat_eta - 0.1f) < 1e-6f,
+          "mirostat");
+    CHECK(p.max_context_len == 4096 && p.max_new_tokens == 512 && p.n_keep == -1,
+          "ctx %d new %d keep %d", p.max_context_len, p.max_new_tokens, p.n_keep);
+    CHECK(p.extend_param.base_domain_id == 0 && p.extend_param.enabled_cpus_num == 4 &&
+              p.extend_param.n_batch == 1 && p.extend_param.enabled_cpus_mask == 0 &&
+              p.extend_param.embed_flash == 0 && p.extend_param.use_cross_attn == 0,
+          "extend_param");
+    CHECK(p.model_path == NULL && !p.skip_special_token && !p.is_async, "misc defaults");
+}
+
+static void test_init_failures(void)
+{
+    LLMHandle h = (LLMHandle)0x1;
+    char missing[320];
+    snprintf(missing, sizeof missing, "%s/does-not-exist.rkllm", tmpdir);
+    CHECK(init_with(&h, missing, 0) == -1 && h == NULL, "missing model file must fail");
+    h = (LLMHandle)0x1;
+    CHECK(init_with(&h, write_model("rknn.rkllm", "RKNN\x01\x02garbage"), 0) == -1 && h == NULL,
+          "RKNN file must fail");
+    CHECK(init_with(&h, standin_model("failinit.rkllm", "fail_init = 1"), 0) == -1,
+          "fail_init must fail");
+    /* any other content: accepted with defaults */
+    collector c;
+    col_init(&c);
+    CHECK(init_with(&h, write_model("opaque.rkllm", "\x7f" "ELF not a standin model\n"), 0) == 0 &&
+              h != NULL,
+          "opaque file must load");
+    if (h) {
+        CHECK(run_text(h, "ping", &c, 0, 0) == 0, "run on opaque model");
+        CHECK(strcmp(buf_str(&c.normal), "Echo: ping") == 0, "got '%s'", buf_str(&c.normal));
+        rkllm_destroy(h);
+    }
+    col_free(&c);
+}
+
+static void test_echo(LLMHandle h)
+{
+    collector c;
+    col_init(&c);
+    pid_t me = gettid();
+    int rc = run_text(h, "  hello \n\t world  [[prefill_delay_us=20000]] ", &c, 0, 0);
+    CHECK(rc == 0, "rc %d", rc);
+    CHECK(strcmp(buf_str(&c.normal), "Echo: hello world") == 0, "got '%s'", buf_str(&c.normal));
+    CHECK(c.n_normal == 3 && c.n_waiting == 0, "normal %d waiting %d", c.n_normal, c.n_waiting);
+    CHECK(c.n_finish == 1 && c.n_error == 0 && c.after_end == 0, "finish %d error %d after %d",
+          c.n_finish, c.n_error, c.after_end);
+    CHECK(c.perf.prefill_tokens == 2, "prefill_tokens %d", c.perf.prefill_tokens);
+    CHECK(c.perf.generate_tokens == 3, "generate_tokens %d", c.perf.generate_tokens);
+    CHECK(c.perf.prefill_time_ms >= 19.0f && c.perf.prefill_time_ms < 2000.0f,
+          "prefill_time_ms %g", c.perf.prefill_time_ms);
+    CHECK(c.perf.generate_time_ms >= 0.0f && c.perf.generate_time_ms < 2000.0f,
+          "generate_time_ms %g", c.perf.generate_time_ms);
+    CHECK(c.perf.memory_usage_mb > 0.0f, "memory_usage_mb %g", c.perf.memory_usage_mb);
+    CHECK(c.tid != 0 && c.tid != me && !c.tids_mixed,
+          "native callbacks must come from another (single) thread: %d vs caller %d", c.tid, me);
+    CHECK(rkllm_is_running(h) == 0, "idle after run");
+    col_free(&c);
+}
+
+static const char utf8_reply[] = "h\xc3\xa9llo \xe4\xb8\x96\xe7\x95\x8c \xf0\x9f\x8e\x89";
+
+static void test_utf8(LLMHandle h)
+{
+    const size_t nbytes = sizeof utf8_reply - 1; /* 18 */
+    const char *modes[] = {"continue", "repeat", "none"};
+    for (int m = 0; m < 3; m++) {
+        collector c;
+        col_init(&c);
+        char prompt[256];
+        snprintf(prompt, sizeof prompt,
+                 "hi [[reply=h\xc3\xa9llo \xe4\xb8\x96\xe7\x95\x8c \xf0\x9f\x8e\x89]] "
+                 "[[token_bytes=1]] [[waiting=%s]]",
+                 modes[m]);
+        int rc = run_text(h, prompt, &c, 0, 0);
+        CHECK(rc == 0 && c.n_finish == 1, "%s: rc %d finish %d", modes[m], rc, c.n_finish);
+        CHECK(c.perf.generate_tokens == (int)nbytes, "%s: generate_tokens %d", modes[m],
+              c.perf.generate_tokens);
+        CHECK(c.n_normal + c.n_waiting == (int)nbytes, "%s: steps %d", modes[m],
+              c.n_normal + c.n_waiting);
+        CHECK(c.perf.prefill_tokens == 1, "%s: prefill_tokens %d", modes[m],
+              c.perf.prefill_tokens);
+        if (m == 0) {
+            CHECK(strcmp(buf_str(&c.all), utf8_reply) == 0, "continue: all steps joined");
+            CHECK(c.n_waiting == 8, "continue: waiting %d", c.n_waiting);
+            CHECK(c.cont_bad == 0, "continue: held+T not valid UTF-8 %d times", c.cont_bad);
+            CHECK(c.normal_bad > 0, "continue: NORMAL text alone should be partial");
+        } else if (m == 1) {
+            CHECK(strcmp(buf_str(&c.normal), utf8_reply) == 0, "repeat: NORMAL texts joined");
+            CHECK(c.n_waiting == 8, "repeat: waiting %d", c.n_waiting);
+            CHECK(c.normal_bad == 0, "repeat: NORMAL text invalid %d times", c.normal_bad);
+        } else {
+            CHECK(strcmp(buf_str(&c.normal), utf8_reply) == 0, "none: NORMAL texts joined");
+            CHECK(c.n_waiting == 0, "none: waiting %d", c.n_waiting);
+            CHECK(c.normal_bad > 0, "none: raw bytes should split characters");
+        }
+        col_free(&c);
+    }
+
+    /* word tokens keep characters whole */
+    collector c;
+    col_init(&c);
+    run_text(h, "[[reply=h\xc3\xa9llo \xe4\xb8\x96\xe7\x95\x8c \xf0\x9f\x8e\x89]]", &c, 0, 0);
+    CHECK(strcmp(buf_str(&c.normal), utf8_reply) == 0 && c.n_normal == 3 && c.n_waiting == 0,
+          "word tokens: normal %d", c.n_normal);
+    col_free(&c);
+
+    /* cut inside a character at the length limit: held bytes are flushed */
+    col_init(&c);
+    run_text(h, "[[reply=\xc3\xa9]] [[token_bytes=1]] [[n_tokens=1]]", &c, 0, 0);
+    CHECK(c.n_waiting == 1 && c.n_normal == 1 && c.n_finish == 1 &&
+              strcmp(buf_str(&c.normal), "\xc3") == 0,
+          "flush: waiting %d normal %d", c.n_waiting, c.n_normal);
+    col_free(&c);
+}
+
+static void test_length(const char *model_path)
+{
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, model_path, 7) == 0, "init length model");
+    if (!h)
+        return;
+    collector c;
+    col_init(&c);
+    int rc = run_text(h, "go", &c, 0, 0);
+    CHECK(rc == 0 && c.n_normal == 7 && c.n_finish == 1 && c.perf.generate_tokens == 7,
+          "init cap: rc %d normal %d gen %d", rc, c.n_normal, c.perf.generate_tokens);
+    CHECK(strcmp(buf_str(&c.normal), "w w w w w w w ") == 0, "cycled text '%s'",
+          buf_str(&c.normal));
+    col_free(&c);
+#if RKLLM_LINE >= 13
+    col_init(&c);
+    rc = run_text(h, "go", &c, 0, 3);
+    CHECK(rc == 0 && c.n_normal == 3 && c.perf.generate_tokens == 3,
+          "per-run cap: rc %d normal %d", rc, c.n_normal);
+    col_free(&c);
+#endif
+    /* n_tokens shorter than the cap: exactly n_tokens */
+    col_init(&c);
+    rc = run_text(h, "go [[n_tokens=4]]", &c, 0, 0);
+    CHECK(rc == 0 && c.n_normal == 4, "n_tokens=4: normal %d", c.n_normal);
+    col_free(&c);
+    rkllm_destroy(h);
+}
+
+typedef struct {
+    LLMHandle h;
+    const char *prompt;
+    collector *c;
+    int rc;
+    uint64_t t_end;
+} run_arg;
+
+static void *run_thread(void *p)
+{
+    run_arg *a = p;
+    a->rc = run_text(a->h, a->prompt, a->c, 0, 0);
+    a->t_end = now_ns();
+    return NULL;
+}
+
+static void abort_case(LLMHandle h, const char *prompt, int wait_tokens, int expect_finish,
+                       const char *label)
+{
+    collector c;
+    col_init(&c);
+    run_arg a = {h, prompt, &c, 99, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, run_thread, &a);
+    uint64_t deadline = now_ns() + 3000000000ull;
+    if (wait_tokens > 0) {
+        while (col_count(&c, 0) < wait_tokens && now_ns() < deadline)
+            sleep_ms(1);
+    } else {
+        sleep_ms(30);
+    }
+    CHECK(rkllm_is_running(h) == 1, "%s: is_running during run", label);
+    uint64_t t_abort = now_ns();
+    CHECK(rkllm_abort(h) == 0, "%s: abort ret", label);
+    pthread_join(t, NULL);
+    double ms = (double)(a.t_end - t_abort) / 1e6;
+    CHECK(a.rc == 0, "%s: rc %d", label, a.rc);
+    CHECK(ms < 25.0, "%s: run returned %.3f ms after abort", label, ms);
+    CHECK(c.n_finish == expect_finish && c.n_error == 0, "%s: finish %d error %d", label,
+          c.n_finish, c.n_error);
+    CHECK(rkllm_is_running(h) == 0, "%s: idle after abort", label);
+    printf("  %s: stopped %.3f ms after rkllm_abort\n", label, ms);
+    col_free(&c);
+}
+
+static void test_abort(LLMHandle h)
+{
+    abort_case(h, "go [[token_delay_us=2000]] [[n_tokens=100000]]", 3, 1, "abort mid-stream");
+    abort_case(h, "go [[token_delay_us=2000]] [[n_tokens=100000]] [[finish_on_abort=0]]", 3, 0,
+               "abort without FINISH");
+    abort_case(h, "go [[prefill_delay_us=10000000]]", 0, 1, "abort in prefill");
+}
+
+static void test_errors(LLMHandle h)
+{
+    collector c;
+    col_init(&c);
+    int rc = run_text(h, "[[reply=a b c d e]] [[error_after=2]]", &c, 0, 0);
+    CHECK(rc == -1 && c.n_normal == 2 && c.n_error == 1 && c.n_finish == 0 &&
+              c.error_text_nonnull == 0,
+          "error_after: rc %d normal %d error %d finish %d", rc, c.n_normal, c.n_error,
+          c.n_finish);
+    col_free(&c);
+
+    col_init(&c);
+    rc = run_text(h, "x [[fail_run=1]]", &c, 0, 0);
+    CHECK(rc == -1 && c.n_normal == 0 && c.n_error == 1 && c.n_finish == 0 &&
+              c.error_text_nonnull == 0,
+          "fail_run: rc %d normal %d error %d", rc, c.n_normal, c.n_error);
+    col_free(&c);
+
+    /* a NULL input is refused with an ERROR step as well */
+    col_init(&c);
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    rc = rkllm_run(h, NULL, &ip, &c);
+    CHECK(rc == -1 && c.n_error == 1, "NULL input: rc %d error %d", rc, c.n_error);
+    col_free(&c);
+}
+
+static void test_pause_and_stamp(LLMHandle h)
+{
+    collector c;
+    col_init(&c);
+    c.pause_after = 2;
+    int rc = run_text(h, "[[reply=a b c d e]]", &c, 0, 0);
+    CHECK(rc == 0 && c.n_normal == 2 && c.n_finish == 1 && c.perf.generate_tokens == 2,
+          "pause: rc %d normal %d gen %d", rc, c.n_normal, c.perf.generate_tokens);
+    col_free(&c);
+
+    col_init(&c);
+    rc = run_text(h, "[[reply=a b c d e]] [[stamp=1]] [[token_bytes=1]]", &c, 0, 0);
+    CHECK(rc == 0 && c.n_normal == 9 && c.stamps_bad == 0 && c.last_stamp > 0,
+          "stamp: normal %d bad %d", c.n_normal, c.stamps_bad);
+    col_free(&c);
+}
+
+static void test_history(LLMHandle h)
+{
+    collector c;
+    int sizes[4] = {-1, -1, -1, -1};
+    col_init(&c);
+    run_text(h, "a b c [[reply=x y]]", &c, 1, 0);
+    CHECK(c.perf.prefill_tokens == 3, "first prefill %d", c.perf.prefill_tokens);
+    col_free(&c);
+    col_init(&c);
+    run_text(h, "d e [[reply=x y]]", &c, 1, 0);
+    CHECK(c.perf.prefill_tokens == 7, "second prefill %d (2 + history 5)",
+          c.perf.prefill_tokens);
+    col_free(&c);
+    CHECK(rkllm_get_kv_cache_size(h, sizes) == 0 && sizes[0] == 9, "kv size %d", sizes[0]);
+    CHECK(rkllm_clear_kv_cache(h, 1, NULL, NULL) == 0, "clear");
+    rkllm_get_kv_cache_size(h, sizes);
+    CHECK(sizes[0] == 0, "kv size after clear %d", sizes[0]);
+    col_init(&c);
+    run_text(h, "d e [[reply=x y]]", &c, 1, 0);
+    run_text(h, "d e [[reply=x y]]", &c, 0, 0);
+    CHECK(c.perf.prefill_tokens == 2, "keep_history=0 prefill %d", c.perf.prefill_tokens);
+    col_free(&c);
+}
+
+static void test_other_inputs(LLMHandle h)
+{
+    collector c;
+    RKLLMInput in;
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+
+    col_init(&c);
+    int32_t ids[5] = {1, 2, 3, 4, 5};
+    memset(&in, 0, sizeof in);
+    in.role = "user";
+    in.input_type = RKLLM_INPUT_TOKEN;
+    in.token_input.input_ids = ids;
+    in.token_input.n_tokens = 5;
+    int rc = rkllm_run(h, &in, &ip, &c);
+    CHECK(rc == 0 && c.perf.prefill_tokens == 5 && c.n_finish == 1, "token input: prefill %d",
+          c.perf.prefill_tokens);
+    col_free(&c);
+
+    col_init(&c);
+    static float emb[4 * 16];
+    for (int i = 0; i < 4 * 16; i++)
+        emb[i] = 0.25f;
+    memset(&in, 0, sizeof in);
+    in.input_type = RKLLM_INPUT_EMBED;
+    in.embed_input.embed = emb;
+    in.embed_input.n_tokens = 4;
+    rc = rkllm_run(h, &in, &ip, &c);
+    CHECK(rc == 0 && c.perf.prefill_tokens == 4, "embed input: prefill %d",
+          c.perf.prefill_tokens);
+    col_free(&c);
+
+    col_init(&c);
+    static float img[2 * 3 * 16];
+    for (int i = 0; i < 2 * 3 * 16; i++)
+        img[i] = 0.5f; /* sum 48 */
+    memset(&in, 0, sizeof in);
+    in.role = "user";
+    in.input_type = RKLLM_INPUT_MULTIMODAL;
+    in.multimodal_input.prompt = (char *)"<image> describe [[reply=ok]]";
+#if RKLLM_LINE >= 13
+    in.multimodal_input.image.image_embed = img;
+    in.multimodal_input.image.n_image = 2;
+    in.multimodal_input.image.n_image_tokens = 3;
+    in.multimodal_input.image.image_width = 392;
+    in.multimodal_input.image.image_height = 392;
+    in.multimodal_input.image.image_start = "<|vision_start|>";
+    in.multimodal_input.image.image_end = "<|vision_end|>";
+    in.multimodal_input.image.image_content = "<|image_pad|>";
+#else
+    in.multimodal_input.image_embed = img;
+    in.multimodal_input.n_image = 2;
+    in.multimodal_input.n_image_tokens = 3;
+    in.multimodal_input.image_width = 392;
+    in.multimodal_input.image_height = 392;
+#endif
+    rc = rkllm_run(h, &in, &ip, &c);
+    CHECK(rc == 0 && c.perf.prefill_tokens == 8 && strcmp(buf_str(&c.normal), "ok") == 0,
+          "multimodal: prefill %d text '%s'", c.perf.prefill_tokens, buf_str(&c.normal));
+    col_free(&c);
+}
+
+static void test_threads(void)
+{
+    /* caller mode: callbacks on the calling thread */
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, standin_model("caller.rkllm", "callback_thread = caller"), 0) == 0,
+          "init caller model");
+    if (h) {
+        collector c;
+        col_init(&c);
+        run_text(h, "one two", &c, 0, 0);
+        CHECK(c.tid == gettid() && c.n_finish == 1, "caller mode tid %d vs %d", c.tid, gettid());
+        col_free(&c);
+        rkllm_destroy(h);
+    }
+}
+
+static void test_async(LLMHandle h)
+{
+    collector c;
+    col_init(&c);
+    RKLLMInput in;
+    memset(&in, 0, sizeof in);
+    in.role = "user";
+    in.input_type = RKLLM_INPUT_PROMPT;
+    char prompt[64];
+    strcpy(prompt, "a b c [[prefill_delay_us=50000]]");
+    in.prompt_input = prompt;
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    uint64_t t0 = now_ns();
+    int rc = rkllm_run_async(h, &in, &ip, &c);
+    double ms = (double)(now_ns() - t0) / 1e6;
+    memset(prompt, 'X', sizeof prompt - 1); /* caller memory may change at once */
+    CHECK(rc == 0 && ms < 40.0, "run_async rc %d took %.3f ms", rc, ms);
+    CHECK(rkllm_is_running(h) == 1, "is_running after run_async");
+    uint64_t deadline = now_ns() + 5000000000ull;
+    while (rkllm_is_running(h) && now_ns() < deadline)
+        sleep_ms(1);
+    CHECK(rkllm_is_running(h) == 0, "async run ended");
+    CHECK(c.n_finish == 1 && strcmp(buf_str(&c.normal), "Echo: a b c") == 0 &&
+              c.tid != gettid(),
+          "async result '%s' finish %d", buf_str(&c.normal), c.n_finish);
+    col_free(&c);
+}
+
+static void test_concurrent_and_destroy(const char *model)
+{
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, model, 0) == 0, "init for concurrency");
+    if (!h)
+        return;
+    collector c1, c2;
+    col_init(&c1);
+    col_init(&c2);
+    RKLLMInput in;
+    memset(&in, 0, sizeof in);
+    in.input_type = RKLLM_INPUT_PROMPT;
+    in.prompt_input = "long [[token_delay_us=1000]] [[n_tokens=30]]";
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    rkllm_run_async(h, &in, &ip, &c1);
+    int rc = run_text(h, "short", &c2, 0, 0);
+    CHECK(rc == 0 && c2.n_finish == 1, "second run on busy handle completes");
+    /* destroy while the async run may still be going: must abort and wait */
+    in.prompt_input = "forever [[token_delay_us=1000]] [[n_tokens=100000000]]";
+    while (rkllm_is_running(h))
+        sleep_ms(1);
+    CHECK(c1.n_finish == 1 && c1.n_normal == 30, "first async run: finish %d normal %d",
+          c1.n_finish, c1.n_normal);
+    col_free(&c1);
+    col_init(&c1);
+    rkllm_run_async(h, &in, &ip, &c1);
+    sleep_ms(10);
+    uint64_t t0 = now_ns();
+    CHECK(rkllm_destroy(h) == 0, "destroy while running");
+    double ms = (double)(now_ns() - t0) / 1e6;
+    CHECK(ms < 50.0 && c1.n_finish == 1, "destroy took %.3f ms, finish %d", ms, c1.n_finish);
+    col_free(&c1);
+    col_free(&c2);
+}
+
+#if RKLLM_LINE >= 13
+static void test_userdata_fallback(const char *model)
+{
+    collector fb;
+    col_init(&fb);
+    fallback_userdata = &fb;
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, model, 0) == 0, "init for fallback");
+    fallback_userdata = NULL;
+    if (h) {
+        run_text(h, "fallback", NULL, 0, 0);
+        CHECK(fb.n_finish == 1 && strcmp(buf_str(&fb.normal), "Echo: fallback") == 0,
+              "result_userdata used when run userdata is NULL");
+        rkllm_destroy(h);
+    }
+    col_free(&fb);
+}
+#endif
+
+static void test_records(void)
+{
+    char *text = slurp(record_path);
+    CHECK(text && *text, "record file empty");
+    if (!text)
+        return;
+    CHECK(strstr(text, "\"call\":\"run\"") != NULL, "no run record");
+    CHECK(strstr(text, "\"call\":\"init\"") != NULL, "no init record");
+    CHECK(strstr(text, "\"call\":\"run_end\"") != NULL, "no run_end record");
+    CHECK(strstr(text, "\"call\":\"abort\"") != NULL, "no abort record");
+    CHECK(strstr(text, "\"call\":\"destroy\"") != NULL, "no destroy record");
+    CHECK(strstr(text, "\"concurrent\":true") != NULL, "no concurrent run recorded");
+    CHECK(strstr(text, "\"embed_sum\":48") != NULL, "multimodal embed_sum 48 missing");
+    CHECK(strstr(text, "\"finish\":\"length\"") != NULL, "no length finish");
+    CHECK(strstr(text, "\"finish\":\"abort\"") != NULL, "no abort finish");
+    CHECK(strstr(text, "\"finish\":\"pause\"") != NULL, "no pause finish");
+    /* every line is one object */
+    int lines = 0, bad = 0;
+    for (char *line = text; *line;) {
+        char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line) : strlen(line);
+        lines++;
+        if (n < 2 || line[0] != '{' || line[n - 1] != '}' ||
+            strncmp(line, "{\"call\":\"", 9) != 0)
+            bad++;
+        line = nl ? nl + 1 : line + n;
+    }
+    CHECK(lines > 10 && bad == 0, "%d lines, %d malformed", lines, bad);
+    free(text);
+}
+
+static void test_env_record(const char *model)
+{
+    char env_path[320];
+    snprintf(env_path, sizeof env_path, "%s/env-record.jsonl", tmpdir);
+    setenv("RKLLM_STANDIN_RECORD", env_path, 1);
+    LLMHandle h = NULL;
+    init_with(&h, model, 0);
+    unsetenv("RKLLM_STANDIN_RECORD");
+    if (h) {
+        rkllm_set_chat_template(h, "sys \"quoted\"\n", "<u>", "</u>");
+        rkllm_destroy(h);
+    }
+    char *text = slurp(env_path);
+    CHECK(text && strstr(text, "\"call\":\"init\"") &&
+              strstr(text, "\"system_prompt\":\"sys \\\"quoted\\\"\\u000a\""),
+          "env record override: %s", text ? text : "(none)");
+    free(text);
+}
+
+static void test_misc_calls(LLMHandle h)
+{
+    RKLLMLoraAdapter lora = {"/tmp/lora.rkllm", "test", 1.0f};
+    CHECK(rkllm_load_lora(h, &lora) == 0, "load_lora");
+    CHECK(rkllm_load_prompt_cache(h, "/tmp/cache.bin") == 0, "load_prompt_cache");
+    CHECK(rkllm_release_prompt_cache(h) == 0, "release_prompt_cache");
+    CHECK(rkllm_set_function_tools(h, "sys", "[]", "tool_response") == 0, "function tools");
+    RKLLMCrossAttnParam ca;
+    memset(&ca, 0, sizeof ca);
+    ca.num_tokens = 3;
+    CHECK(rkllm_set_cross_attn_params(h, &ca) == 0, "cross attn");
+    CHECK(rkllm_abort(h) == 0 && rkllm_is_running(h) == 0, "abort while idle");
+    CHECK(rkllm_run(NULL, NULL, NULL, NULL) == -1 && rkllm_destroy(NULL) == -1, "NULL handle");
+}
+
+/* Remove the temporary directory (it holds only plain files). */
+static void remove_tmpdir(void)
+{
+    DIR *d = opendir(tmpdir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char p[600];
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(tmpdir);
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    unsetenv("RKLLM_STANDIN_RECORD");
+    snprintf(tmpdir, sizeof tmpdir, "%s/rkllm-standin-test-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 2;
+    }
+    snprintf(record_path, sizeof record_path, "%s/record.jsonl", tmpdir);
+    printf("self-test for runtime line %d, temp dir %s\n", RKLLM_LINE, tmpdir);
+
+    test_defaults();
+    test_init_failures();
+
+    char *plain = standin_model("plain.rkllm", "");
+    char *cycler = standin_model("cycle.rkllm", "reply = \"w \"\nn_tokens = 50\nbogus_key = 1");
+    test_env_record(plain);
+
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, plain, 0) == 0 && h != NULL, "init plain model");
+    if (h) {
+        test_echo(h);
+        test_utf8(h);
+        test_abort(h);
+        test_errors(h);
+        test_pause_and_stamp(h);
+        test_history(h);
+        test_other_inputs(h);
+        test_async(h);
+        test_misc_calls(h);
+        CHECK(rkllm_destroy(h) == 0, "destroy");
+    }
+    test_length(cycler);
+    test_threads();
+    test_concurrent_and_destroy(plain);
+#if RKLLM_LINE >= 13
+    test_userdata_fallback(plain);
+#endif
+    test_records();
+
+    fflush(stderr);
+    if (n_fail == 0 && !getenv("RKLLM_STANDIN_KEEP_TMP"))
+        remove_tmpdir();
+    else
+        printf("temporary files kept in %s\n", tmpdir);
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}

@@ -67,7 +67,7 @@ async def test_stream_cjk_and_emoji(server: Any, line: str) -> None:
 
 
 async def test_cancel_running_reaches_abort(server: Any, records: Records) -> None:
-    conn = await connect(await server(token_delay_us=2000, n_tokens=100000))
+    conn = await connect(await server(token_delay_us=2000, n_tokens=100000, reply="w"))
     await conn.send(create("a", "go"))
     await conn.recv_type("response.output_text.delta")
     sent_ns = time.monotonic_ns()
@@ -77,7 +77,7 @@ async def test_cancel_running_reaches_abort(server: Any, records: Records) -> No
     abort = records.all("abort")[0]
     assert abort["running"] and (abort["t_ns"] - sent_ns) / 1e6 < 50
     assert records.all("run_end")[0]["generated"] == done["usage"]["output_tokens"]
-    assert len(conn.text("a").split()) == done["usage"]["output_tokens"]
+    assert conn.text("a") == "w" * done["usage"]["output_tokens"]
 
 
 async def test_disconnect_aborts(server: Any, records: Records) -> None:

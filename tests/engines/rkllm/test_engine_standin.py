@@ -159,7 +159,7 @@ async def test_cancel_reaches_abort_quickly(make_engine: Any, records: Records,
                                             finish_on_abort: int) -> None:
     engine = await make_engine(finish_on_abort=finish_on_abort)
     sink = Sink()
-    slow = "x [[n_tokens=100000]] [[token_delay_us=2000]]"
+    slow = "x [[reply=w]] [[n_tokens=100000]] [[token_delay_us=2000]]"
     run = engine.instances[0].start(job(slow, max_tokens=100000), sink)
     while not sink.pieces:
         await asyncio.sleep(1 * MS)
@@ -173,7 +173,7 @@ async def test_cancel_reaches_abort_quickly(make_engine: Any, records: Records,
     # Every token the runtime produced before stopping was delivered.
     generated = records.all("run_end")[0]["generated"]
     assert outcome.output_tokens == generated
-    assert len(sink.text.split()) == generated
+    assert sink.text == "w" * generated
     text, again = await generate(engine, job("after"))
     assert text == "Echo: after" and again.finish_reason == "stop"
 

@@ -946,6 +946,8 @@ typedef struct standin_handle {
     uint32_t magic;
     pthread_mutex_t mu;
     pthread_cond_t idle_cv;
+    pthread_mutex_t sleep_mu;  /* with abort_cv: sleeps that an abort cuts short */
+    pthread_cond_t abort_cv;
     atomic_int abort_flag;
     atomic_int active; /* number of runs in progress */
     long history;      /* tokens kept between keep_history runs */
@@ -991,23 +993,29 @@ typedef struct {
     long generated;
 } run_job;
 
-/* Sleep up to `us` microseconds, waking every <= 0.5 ms to look at the abort
- * flag.  Returns 1 when interrupted by an abort. */
+/* Sleep up to `us` microseconds on a condition variable that rkllm_abort
+ * signals, so an abort ends the sleep at once without busy waking.
+ * Returns 1 when interrupted by an abort. */
 static int sleep_abortable(standin_handle *h, unsigned long long us)
 {
     uint64_t deadline = now_ns() + us * 1000ull;
-    for (;;) {
-        if (atomic_load(&h->abort_flag))
-            return 1;
-        uint64_t t = now_ns();
-        if (t >= deadline)
-            return 0;
-        uint64_t left = deadline - t;
-        if (left > 500000ull)
-            left = 500000ull;
-        struct timespec ts = {0, (long)left};
-        nanosleep(&ts, NULL);
+    struct timespec ts = {(time_t)(deadline / 1000000000ull),
+                          (long)(deadline % 1000000000ull)};
+    pthread_mutex_lock(&h->sleep_mu);
+    while (!atomic_load(&h->abort_flag)) {
+        if (pthread_cond_timedwait(&h->abort_cv, &h->sleep_mu, &ts) == ETIMEDOUT)
+            break;
     }
+    int aborted = atomic_load(&h->abort_flag);
+    pthread_mutex_unlock(&h->sleep_mu);
+    return aborted;
+}
+
+static void wake_sleepers(standin_handle *h)
+{
+    pthread_mutex_lock(&h->sleep_mu);
+    pthread_cond_broadcast(&h->abort_cv);
+    pthread_mutex_unlock(&h->sleep_mu);
 }
 
 static int emit(run_job *j, const char *text, int32_t id, LLMCallState state,
@@ -1543,6 +1551,12 @@ RKLLM_API int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback
     h->magic = HANDLE_MAGIC;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->idle_cv, NULL);
+    pthread_mutex_init(&h->sleep_mu, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->abort_cv, &attr);
+    pthread_condattr_destroy(&attr);
     atomic_init(&h->abort_flag, 0);
     atomic_init(&h->active, 0);
     h->base = cf;
@@ -1622,6 +1636,7 @@ RKLLM_API int rkllm_abort(LLMHandle handle)
     if (!h)
         return -1;
     atomic_store(&h->abort_flag, 1);
+    wake_sleepers(h);
     int running = atomic_load(&h->active) > 0;
     sbuf rec = {0};
     rec_begin(&rec, "abort", h);
@@ -1650,8 +1665,10 @@ RKLLM_API int rkllm_destroy(LLMHandle handle)
     }
     pthread_mutex_lock(&h->mu);
     int was_running = atomic_load(&h->active) > 0;
-    if (was_running)
+    if (was_running) {
         atomic_store(&h->abort_flag, 1);
+        wake_sleepers(h);
+    }
     while (atomic_load(&h->active) > 0)
         pthread_cond_wait(&h->idle_cv, &h->mu);
     pthread_mutex_unlock(&h->mu);
@@ -1665,6 +1682,8 @@ RKLLM_API int rkllm_destroy(LLMHandle handle)
     h->magic = 0;
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->idle_cv);
+    pthread_cond_destroy(&h->abort_cv);
+    pthread_mutex_destroy(&h->sleep_mu);
     conf_free(&h->base);
     free(h->record);
     free(h->img_start);

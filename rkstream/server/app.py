@@ -2,8 +2,9 @@
 
 Startup (cleanup_ctx): load the engine off the loop, then make the scheduler.
 Shutdown, in this order:
-1. on_shutdown: mark the server closing and close every WebSocket with 1001;
-   each handler cancels its connection's requests as it ends.
+1. on_shutdown: mark the server closing, cancel every connection's requests
+   (each gets a response.done, status cancelled, code shutting_down), then
+   close every WebSocket with 1001.
 2. cleanup: the scheduler refuses new work, cancels queued requests, aborts
    running ones and waits for them.
 3. cleanup: the engine frees every native handle (rkllm_destroy) on its
@@ -12,6 +13,7 @@ Shutdown, in this order:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -57,6 +59,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _close_sockets(app: web.Application) -> None:
     state = app[STATE]
     state.closing = True
+    # Every open request gets its response.done before the socket closes.
+    await asyncio.gather(*(conn.shutdown() for conn in list(state.connections)))
     for ws in list(state.sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 

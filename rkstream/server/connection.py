@@ -129,6 +129,7 @@ class Connection:
         self.params = Params()
         self.requests: dict[str, RequestStream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.shutting_down = False
 
     # -- lifecycle -------------------------------------------------------------
     def open(self) -> None:
@@ -140,6 +141,12 @@ class Connection:
              "max_queue": limits.max_queue,
              "max_inflight_per_connection": limits.max_inflight_per_connection,
              "max_tokens": limits.max_tokens}))
+
+    async def shutdown(self) -> None:
+        """Server shutdown: end every request with its response.done, then send them."""
+        self.shutting_down = True
+        await self.close()
+        await self.outbox.drain(1.0)
 
     async def close(self) -> None:
         """Cancel every open request (guarantee 4) and wait until each has ended."""
@@ -250,6 +257,9 @@ class Connection:
         outcome = await asyncio.shield(ticket.outcome)
         if outcome.error_code is not None and outcome.finish_reason == "error":
             ws_log.warning("request %s failed: %s", stream.request_id, outcome.error_message)
+        if self.shutting_down and outcome.finish_reason == "cancelled":
+            outcome.error_code = "shutting_down"
+            outcome.error_message = "the server is shutting down; retry in a moment"
         self.requests.pop(stream.request_id, None)
         self.outbox.put(stream.done_event(outcome))
 

@@ -50,6 +50,8 @@ class Outbox:
         self._items: collections.deque[dict[str, Any] | _Delta] = collections.deque()
         self._bytes = 0
         self._wakeup = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._closed = False
         self.overflowed = False
 
@@ -63,6 +65,7 @@ class Outbox:
             return
         self._items.append(event)
         self._bytes += 64
+        self._empty.clear()
         self._wakeup.set()
 
     def put_delta(self, request_id: str, text: str, next_seq: Callable[[], int]) -> None:
@@ -76,6 +79,7 @@ class Outbox:
             last = _Delta(request_id, next_seq)
             last.parts.append(text)
             self._items.append(last)
+            self._empty.clear()
         self._bytes += len(text)
         if self._bytes > self._max_bytes:
             self.overflowed = True
@@ -111,7 +115,15 @@ class Outbox:
                 except (asyncio.TimeoutError, ConnectionError, RuntimeError):
                     self._closed = True
                     return False
+            self._empty.set()
             if self._closed:
                 return not self.overflowed
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until everything queued so far was sent, or ``timeout_s`` passed."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass

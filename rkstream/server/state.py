@@ -10,6 +10,7 @@ from aiohttp import web
 from ..config import Settings
 from ..engines.base import Engine
 from ..scheduler import Scheduler
+from .connection import Connection
 
 
 @dataclass
@@ -18,6 +19,7 @@ class AppState:
     engine: Engine | None = None
     scheduler: Scheduler | None = None
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    connections: weakref.WeakSet[Connection] = field(default_factory=weakref.WeakSet)
     closing: bool = False
 
 

@@ -45,6 +45,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     peer = request.remote
     ws_log.info("%s connected (%s, %s)", peer, conn.session_id, encoding)
     state.sockets.add(ws)
+    state.connections.add(conn)
     reader = asyncio.current_task()
     writer = asyncio.create_task(outbox.run())
     ending = False

@@ -1,0 +1,90 @@
+"""The ``rkstream`` command: config errors, ``config``, and ``serve --standin``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from helpers import MS, WSClient, create
+from rkstream.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bad_setting_is_refused_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--set", "rkllm.runtime=1.1"]) == 2
+    err = capsys.readouterr().err
+    assert "rkllm.runtime = '1.1' is not allowed" in err and "'auto', '1.3', '1.2'" in err
+    assert main(["config", "--set", "nonsense"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_config_prints_effective_values(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--port", "9999", "--standin"]) == 0
+    out = capsys.readouterr().out
+    assert "server.port = 9999" in out
+    assert "librkllmrt-standin-1.3.so" in out and "demo.rkllm" in out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_serve_standin_streams_and_stops_on_sigterm(standin_libs: dict[str, Path]
+                                                          ) -> None:
+    port = free_port()
+    env = {**os.environ, "RKSTREAM_LOG_LEVEL": "warning"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rkstream", "serve", "--standin", "--host", "127.0.0.1",
+         "--port", str(port)], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(25 * MS)
+            else:
+                raise AssertionError("server did not start")
+            conn = WSClient(ws)
+            assert (await conn.recv())["model"]["id"] == "demo"
+            await conn.send(create("a", "hello board [[token_delay_us=0]]"))
+            await conn.until_done({"a"})
+            assert conn.text("a") == "Echo: hello board"
+            await conn.send(create("b", "a long one [[n_tokens=100000]]"))
+            await conn.recv_type("response.output_text.delta")
+            server.send_signal(signal.SIGTERM)
+            done = await conn.recv_type("response.done")
+            assert done["status"] == "cancelled"
+            assert done["error"]["code"] == "shutting_down"
+            msg = await ws.receive(timeout=5000 * MS)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert ws.close_code == 1001
+        assert server.wait(timeout=10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        assert server.stderr is not None
+        server.stderr.close()
+
+
+def test_missing_model_fails_at_start_with_advice(tmp_path: Path,
+                                                  standin_libs: dict[str, Path]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rkstream", "serve", "--rkllm-lib",
+         str(standin_libs["1.3"]), "--model", str(tmp_path / "nope.rkllm"), "--port", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "nope.rkllm' does not exist" in result.stderr

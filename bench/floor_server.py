@@ -23,33 +23,36 @@ from aiohttp import web
 DIRECTIVE = re.compile(r"\[\[(\w+)=(\d+)\]\]")
 
 
+async def stream(ws: web.WebSocketResponse, rid: str, count: int, delay_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    finished = asyncio.Event()
+
+    def send(stamp: int, seq: int) -> None:
+        loop.create_task(ws.send_bytes(msgpack.packb(
+            {"type": "response.output_text.delta", "request_id": rid, "seq": seq,
+             "delta": f"[{stamp}]"})))
+
+    def emit() -> None:
+        for seq in range(count):
+            if delay_s:
+                time.sleep(delay_s)
+            loop.call_soon_threadsafe(send, time.monotonic_ns(), seq)
+        loop.call_soon_threadsafe(finished.set)
+
+    threading.Thread(target=emit, daemon=True).start()
+    await finished.wait()
+    await asyncio.sleep(0.05)
+    await ws.send_bytes(msgpack.packb({"type": "response.done", "request_id": rid}))
+
+
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(compress=False, max_msg_size=0)
     await ws.prepare(request)
     await ws.send_bytes(msgpack.packb({"type": "session.created"}))
-    loop = asyncio.get_running_loop()
     async for msg in ws:
         event = msgpack.unpackb(msg.data)
         keys = {k: int(v) for k, v in DIRECTIVE.findall(event["input"][0]["content"])}
-        rid, count, delay_s = event["request_id"], keys["n_tokens"], keys["token_delay_us"] / 1e6
-        finished = asyncio.Event()
-
-        def send(stamp: int, seq: int) -> None:
-            loop.create_task(ws.send_bytes(msgpack.packb(
-                {"type": "response.output_text.delta", "request_id": rid, "seq": seq,
-                 "delta": f"[{stamp}]"})))
-
-        def emit() -> None:
-            for seq in range(count):
-                if delay_s:
-                    time.sleep(delay_s)
-                loop.call_soon_threadsafe(send, time.monotonic_ns(), seq)
-            loop.call_soon_threadsafe(finished.set)
-
-        threading.Thread(target=emit, daemon=True).start()
-        await finished.wait()
-        await asyncio.sleep(0.05)
-        await ws.send_bytes(msgpack.packb({"type": "response.done", "request_id": rid}))
+        await stream(ws, event["request_id"], keys["n_tokens"], keys["token_delay_us"] / 1e6)
     return ws
 
 

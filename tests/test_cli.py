@@ -13,8 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from helpers import MS, WSClient, create
 from rkstream.cli import main
+
+from helpers import MS, WSClient, create
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,6 @@
   - ModelFileError: a model path is missing or is the wrong kind of file
   - EngineError: the native engine failed
     - EngineInitError: loading the model failed
-    - GenerationError: one generation failed
   - RequestError: a client request is refused; carries a protocol error code
     - ProtocolError: an event is malformed
     - QueueFullError: the scheduler queue is full
@@ -47,17 +46,13 @@ class ModelFileError(RkstreamError, ValueError):
 
 
 class EngineError(RkstreamError, RuntimeError):
-    """Raised when the native engine fails."""
+    """Raised when the native engine fails as a whole. A single failed
+    generation is not an exception: it ends as an Outcome with finish_reason
+    "error" and code ``runtime_error``, and the engine keeps serving."""
 
 
 class EngineInitError(EngineError):
     """Raised when rkllm_init (or an engine's model load) returns an error."""
-
-
-class GenerationError(EngineError):
-    """Raised inside an engine when one generation fails (the runtime reported
-    RKLLM_RUN_ERROR or rkllm_run returned non-zero). The request ends as
-    failed with code ``runtime_error``; the engine keeps serving."""
 
 
 class RequestError(RkstreamError):

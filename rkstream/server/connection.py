@@ -16,7 +16,7 @@ from typing import Any
 from .. import __version__
 from ..config import Settings
 from ..engines.base import Job, ModelInfo, Outcome, SamplingSettings
-from ..errors import ProtocolError, RequestError
+from ..errors import InflightLimitError, ProtocolError, RequestError
 from ..log import ws_log
 from ..protocol import server_events as ev
 from ..protocol.codec import decode_binary, decode_text
@@ -234,10 +234,7 @@ class Connection:
                     "this server has no vision encoder configured; send text parts only")
             limit = self.settings.limits.max_inflight_per_connection
             if len(self.requests) >= limit:
-                raise RequestError(
-                    "too_many_requests",
-                    f"this connection already has {limit} open requests, the most allowed;"
-                    " wait for a response.done or cancel one")
+                raise InflightLimitError(limit)
             job = Job(request_id=rid, messages=event.input, instructions=self.instructions,
                       sampling=self._sampling(event.params, event.event_id, rid))
             stream = RequestStream(self, event)

@@ -165,3 +165,32 @@ async def test_malformed_input_with_runtime(server: Any) -> None:
     await conn.send(create("ok", "still"))
     await conn.until_done({"ok"})
     assert conn.text("ok") == "Echo: still"
+
+
+async def test_client_that_stops_reading_is_dropped(aiohttp_client: ClientFactory,
+                                                    standin_libs: dict[str, Path],
+                                                    standin_model: ModelFactory,
+                                                    records: Records, line: str) -> None:
+    model = standin_model(record=records.path, reply="x" * 4000, n_tokens=1_000_000)
+    settings = replace(
+        Settings(),
+        rkllm=replace(RKLLMSettings(), library=str(standin_libs[line]), model=str(model),
+                      max_new_tokens=100_000),
+        server=replace(Settings().server, slow_client_timeout_s=0.5,
+                       max_outbound_bytes=1 << 20),
+        limits=replace(LimitSettings(), max_tokens=100_000))
+    client = await aiohttp_client(make_app(settings))
+    stalled = WSClient(await client.ws_connect("/ws"))
+    await stalled.recv()
+    await stalled.send(create("flood", "go", params={"max_tokens": 100_000}))
+    # Never read again: the server must drop this client and abort its run.
+    for _ in range(400):
+        if records.all("run_end"):
+            break
+        await asyncio.sleep(25 * MS)
+    end = records.all("run_end")[0]
+    assert end["finish"] == "abort" and end["generated"] < 100_000
+    other = await connect(client)  # everyone else is still served
+    await other.send(create("b", "hi [[n_tokens=1]] [[reply=ok]]"))
+    await other.until_done({"b"})
+    assert other.text("b") == "ok"

@@ -16,17 +16,16 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ...config import RKLLMSettings
 from ...config import SamplingSettings as SamplingDefaults
 from ...errors import EngineInitError
 from ...log import engine_log, native_log
-from ..base import EngineInstance, Job, Outcome, Run, TextSink
-from ..bridge import LoopChannel
+from ..base import EngineInstance, Job, TextSink
 from ..prompt import render_prompt
-from ..text import StopMatcher, Utf8Stitcher
+from ..run import BridgedRun, RunFacts
+from ..text import Utf8Stitcher
 from .loader import RuntimeLibrary
 from .structs import RunStructs, make_param, make_run_structs
 
@@ -34,52 +33,27 @@ CONTINUE, PAUSE = 0, 1
 ABORT_GRACE_S = 0.05  # after a cancel, pause generation if abort has not taken effect
 
 
-@dataclass
-class NativeFacts:
-    """What the owner thread learned about a finished rkllm_run."""
-
-    ret: int
-    tokens: int
-    error_state: bool
-    perf: tuple[float, int, float, int] | None  # prefill ms, prefill n, gen ms, gen n
-    first_token_s: float | None
-    start_s: float
-    end_s: float
-    exception: str | None = None
-
-
-class RKLLMRun(Run):
-    """A run on one RKLLM handle; the callback half runs on a native thread."""
+class RKLLMRun(BridgedRun):
+    """A run on one RKLLM handle; :meth:`on_step` runs on the callback thread."""
 
     def __init__(self, instance: RKLLMInstance, job: Job, sink: TextSink,
                  loop: asyncio.AbstractEventLoop, structs: RunStructs) -> None:
-        self._instance = instance
-        self._sink = sink
-        self.job = job
-        self.structs = structs
-        self.max_tokens = job.sampling.max_tokens
+        max_tokens = job.sampling.max_tokens
         if instance.runtime.line == "1.2":  # the init-time cap is the runtime's hard limit
-            self.max_tokens = min(self.max_tokens, instance.settings.max_new_tokens)
-        self._stops = StopMatcher(job.sampling.stop)
-        self._channel: LoopChannel[str | NativeFacts] = LoopChannel(loop, self._on_items)
-        self._done: asyncio.Future[Outcome] = loop.create_future()
-        self._cancelled = False
-        self.cancel_s: float | None = None
-        # Read by the callback thread; a plain bool is enough under the GIL.
-        # Set for stop sequences only: a client cancel goes through rkllm_abort.
-        self.stop_requested = False
+            max_tokens = min(max_tokens, instance.settings.max_new_tokens)
+        super().__init__(job, sink, loop, max_tokens)
+        self._instance = instance
+        self.structs = structs
+        self._abi = instance.runtime.abi
         # Callback-thread state.
         self.stitcher = Utf8Stitcher()
         self.tokens = 0
         self.error_state = False
         self.perf: tuple[float, int, float, int] | None = None
-        self.first_token_s: float | None = None
-        self.start_s = 0.0
 
-    # -- callback thread -------------------------------------------------
     def on_step(self, result: Any, state: int) -> int:
         """Handle one callback; returns what the runtime should do next."""
-        abi = self._instance.runtime.abi
+        abi = self._abi
         if state == abi.RKLLM_RUN_NORMAL or state == abi.RKLLM_RUN_WAITING:
             data: bytes = result.contents.text or b""
             self.tokens += 1
@@ -88,9 +62,7 @@ class RKLLMRun(Run):
             else:
                 text = self.stitcher.normal(data)
                 if text:
-                    if self.first_token_s is None:
-                        self.first_token_s = time.perf_counter()
-                    self._channel.put(text)
+                    self.emit(text)
             if self.stop_requested or self.tokens >= self.max_tokens:
                 return PAUSE  # stops at once, also where abort is slow
             if self.cancel_s is not None and time.perf_counter() - self.cancel_s > ABORT_GRACE_S:
@@ -107,70 +79,21 @@ class RKLLMRun(Run):
         """Called by the owner thread once rkllm_run has returned."""
         tail = self.stitcher.flush()
         if tail:
-            self._channel.put(tail)
-        self._channel.put(NativeFacts(
-            ret=ret, tokens=self.tokens, error_state=self.error_state, perf=self.perf,
-            first_token_s=self.first_token_s, start_s=self.start_s,
-            end_s=time.perf_counter(), exception=exception))
+            self.emit(tail)
+        facts = RunFacts(tokens=self.tokens, prompt_tokens=0, prompt_ms=None,
+                         predicted_ms=None, first_text_s=self.first_text_s,
+                         start_s=self.start_s, end_s=time.perf_counter())
+        if self.perf is not None:
+            facts.prompt_ms, facts.prompt_tokens, facts.predicted_ms, _ = self.perf
+        if ret != 0 or self.error_state or exception:
+            facts.error_code = "runtime_error"
+            facts.error_message = exception or (
+                f"the RKLLM runtime reported an error during generation (rkllm_run "
+                f"returned {ret}); see the server log")
+        self.finish(facts)
 
-    # -- event loop --------------------------------------------------------
-    def _on_items(self, items: list[str | NativeFacts]) -> None:
-        for item in items:
-            if isinstance(item, str):
-                text = self._stops.feed(item)
-                if text:
-                    self._sink.on_text(text)
-                if self._stops.stopped and not self.stop_requested:
-                    self._request_stop()
-            else:
-                tail = self._stops.flush()
-                if tail:
-                    self._sink.on_text(tail)
-                if not self._done.done():
-                    self._done.set_result(self._outcome(item))
-
-    def _outcome(self, facts: NativeFacts) -> Outcome:
-        if facts.perf is not None:
-            prompt_ms, prompt_n, predicted_ms, _ = facts.perf
-        else:
-            first = facts.first_token_s or facts.end_s
-            prompt_ms, prompt_n = (first - facts.start_s) * 1000.0, 0
-            predicted_ms = (facts.end_s - first) * 1000.0
-        outcome = Outcome(finish_reason="stop", prompt_tokens=prompt_n,
-                          output_tokens=facts.tokens, prompt_ms=prompt_ms,
-                          predicted_ms=predicted_ms)
-        if facts.ret != 0 or facts.error_state or facts.exception:
-            outcome.finish_reason = "error"
-            outcome.error_code = "runtime_error"
-            outcome.error_message = (
-                facts.exception
-                or f"the RKLLM runtime reported an error during generation (rkllm_run "
-                   f"returned {facts.ret}); see the server log")
-        elif self._stops.stopped:
-            outcome.finish_reason = "stop"
-        elif self._cancelled:
-            outcome.finish_reason = "cancelled"
-        elif facts.tokens >= self.max_tokens:
-            outcome.finish_reason = "length"
-        return outcome
-
-    def _request_stop(self) -> None:
-        self.stop_requested = True
+    def _abort(self) -> None:
         self._instance.abort(self)
-
-    def cancel(self) -> None:
-        if self._done.done() or self._cancelled:
-            return
-        self._cancelled = True
-        self.cancel_s = time.perf_counter()
-        self._instance.abort(self)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    async def wait(self) -> Outcome:
-        return await asyncio.shield(self._done)
 
 
 Callback = Callable[[Any, Any, int], int]
@@ -266,7 +189,7 @@ class RKLLMInstance(EngineInstance):
             self._active = run
         run.start_s = time.perf_counter()
         ret, exception = -1, None
-        if run.stop_requested or run.cancelled:  # cancelled before it reached the runtime
+        if run.should_stop:  # cancelled before it reached the runtime
             with self._lock:
                 self._active = None
             run.finish_native(0, None)

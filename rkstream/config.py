@@ -69,6 +69,17 @@ class RKLLMSettings:
 
 
 @dataclass(frozen=True)
+class LlamaCppSettings:
+    model: str = _opt("", "path of a .gguf model (empty = the bundled SmolLM2-135M-Instruct)")
+    n_ctx: int = _opt(4096, "context window in tokens (0 = the model's own)", minimum=0,
+                      maximum=1 << 18)
+    n_batch: int = _opt(512, "prompt tokens evaluated per batch", minimum=1, maximum=1 << 16)
+    n_threads: int = _opt(0, "CPU threads (0 = llama.cpp's choice)", minimum=0, maximum=256)
+    seed: int = _opt(0xFFFFFFFF, "sampling seed (4294967295 = random)", minimum=0,
+                     maximum=0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     max_tokens: int = _opt(512, "tokens generated when a request does not say",
                            minimum=1, maximum=1 << 17)
@@ -96,13 +107,16 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    engine: str = _opt("rkllm", "which engine runs the model", choices=("rkllm",))
+    engine: str = _opt("auto", "which engine runs the model: auto = rkllm when its library "
+                               "and .rkllm model load, else llamacpp",
+                       choices=("auto", "rkllm", "llamacpp"))
     instances: int = _opt(1, "model instances (native handles, one owner thread each)",
                           minimum=1, maximum=16)
     log_level: str = _opt("info", "log level",
                           choices=("debug", "info", "warning", "error"))
     server: ServerSettings = field(default_factory=ServerSettings)
     rkllm: RKLLMSettings = field(default_factory=RKLLMSettings)
+    llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
 
@@ -115,6 +129,7 @@ ENV_KEYS: dict[str, str] = {
     "RKSTREAM_MODEL": "rkllm.model",
     "RKSTREAM_RKLLM_LIBRARY": "rkllm.library",
     "RKSTREAM_RUNTIME": "rkllm.runtime",
+    "RKSTREAM_GGUF": "llamacpp.model",
     "RKSTREAM_LOG_LEVEL": "log_level",
 }
 

@@ -84,7 +84,7 @@ async def test_serve_standin_streams_and_stops_on_sigterm(standin_libs: dict[str
 def test_missing_model_fails_at_start_with_advice(tmp_path: Path,
                                                   standin_libs: dict[str, Path]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "rkstream", "serve", "--rkllm-lib",
+        [sys.executable, "-m", "rkstream", "serve", "--set", "engine=rkllm", "--rkllm-lib",
          str(standin_libs["1.3"]), "--model", str(tmp_path / "nope.rkllm"), "--port", "0"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -32,14 +32,16 @@ REPO_STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 
 
 def default_engine(settings: Settings) -> Engine:
-    from ..engines.rkllm.engine import RKLLMEngine
+    from ..engines.select import make_engine
 
-    return RKLLMEngine(settings)
+    return make_engine(settings)
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    engine = app[ENGINE_FACTORY](state.settings)
+    # The factory may load a library to decide which engine fits: off the loop.
+    engine = await asyncio.get_running_loop().run_in_executor(
+        None, app[ENGINE_FACTORY], state.settings)
     try:
         await engine.load()
     except BaseException:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from ...config import SamplingSettings as SamplingDefaults
 from ...errors import EngineInitError
 from ...log import engine_log, native_log
 from ..base import EngineInstance, Job, TextSink
+from ..owner import OwnerThread
 from ..prompt import render_prompt
 from ..run import BridgedRun, RunFacts
 from ..text import Utf8Stitcher
@@ -120,9 +120,7 @@ class RKLLMInstance(EngineInstance):
         self.model_path = model_path
         self.index = index
         self._control = control
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=f"rkllm-owner-{index}",
-                                        daemon=True)
+        self._owner = OwnerThread(f"rkllm-owner-{index}")
         self._handle = runtime.abi.LLMHandle()
         self._lock = threading.Lock()  # guards _active against a late abort
         self._active: RKLLMRun | None = None
@@ -133,25 +131,6 @@ class RKLLMInstance(EngineInstance):
         self._closed = False
 
     # -- owner thread --------------------------------------------------------
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
-
-    def _submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def job() -> None:
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to the awaiting coroutine
-                future.set_exception(exc)
-
-        self._jobs.put(job)
-        return future
-
     def _on_result(self, result: Any, userdata: Any, state: int) -> int:
         # Never let an exception reach C: its return value would be undefined.
         try:
@@ -218,15 +197,15 @@ class RKLLMInstance(EngineInstance):
     # -- event loop ------------------------------------------------------------
     async def load(self) -> None:
         """Start the owner thread and run rkllm_init on it."""
-        self._thread.start()
-        await asyncio.wrap_future(self._submit(self._init_sync))
+        self._owner.start()
+        await self._owner.call(self._init_sync)
 
     def start(self, job: Job, sink: TextSink) -> RKLLMRun:
         prompt, role = render_prompt(job.messages, job.instructions)
         structs = make_run_structs(self.runtime.abi, prompt, role, job.sampling,
                                    self.settings)
         run = RKLLMRun(self, job, sink, asyncio.get_running_loop(), structs)
-        self._submit(lambda: self._run_sync(run))
+        self._owner.submit(lambda: self._run_sync(run))
         return run
 
     def abort(self, run: RKLLMRun) -> None:
@@ -241,7 +220,4 @@ class RKLLMInstance(EngineInstance):
         active = self._active
         if active is not None:
             active.cancel()
-        if self._thread.is_alive():
-            await asyncio.wrap_future(self._submit(self._destroy_sync))
-            self._jobs.put(None)
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        await self._owner.stop(self._destroy_sync)

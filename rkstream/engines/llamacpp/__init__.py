@@ -1,0 +1,1 @@
+"""The CPU engine: llama.cpp through llama-cpp-python (the ``cpu`` extra)."""

@@ -1,0 +1,61 @@
+"""The CPU engine: ``instances`` llama.cpp models, one owner thread each."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+
+from ...config import Settings
+from ...log import engine_log
+from ..base import Engine, EngineInstance, ModelInfo
+from .instance import LlamaInstance
+from .model import resolve_model
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF model run by llama.cpp on the CPU (no NPU needed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._instances: list[LlamaInstance] = []
+        self._info: ModelInfo | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError("the engine is not loaded yet")
+        return self._info
+
+    @property
+    def instances(self) -> list[EngineInstance]:
+        return list(self._instances)
+
+    async def load(self) -> None:
+        """Find the model, then load each instance on its owner thread.
+
+        Raises:
+            ModelFileError: no usable GGUF file.
+            EngineInitError: llama-cpp-python is missing or cannot load the file.
+        """
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, resolve_model, self._settings.llamacpp.model)
+        for index in range(self._settings.instances):
+            instance = LlamaInstance(self._settings.llamacpp, model, index)
+            self._instances.append(instance)
+            await instance.load()
+        try:
+            version = importlib.metadata.version("llama-cpp-python")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - loaded above
+            version = "?"
+        first = self._instances[0]
+        self._info = ModelInfo(id=model.stem, engine="llamacpp", context_length=first.n_ctx,
+                               vision=False, per_request_sampling=True,
+                               runtime=f"llama-cpp-python {version}")
+        engine_log.info("CPU engine ready: %s", model)
+
+    async def close(self) -> None:
+        for instance in reversed(self._instances):
+            try:
+                await instance.close()
+            except Exception:
+                engine_log.exception("closing instance %d failed", instance.index)

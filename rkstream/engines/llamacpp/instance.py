@@ -1,0 +1,177 @@
+"""One llama.cpp model and the one thread that owns it.
+
+The owner thread loads the model, formats the conversation with the model's
+own chat template, and runs generation token by token; between tokens it
+checks whether the run was cancelled or hit a stop sequence, so a cancel
+takes effect within one token. Text reaches the loop through the same
+:class:`BridgedRun` as the RKLLM engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from ...config import LlamaCppSettings
+from ...errors import EngineInitError
+from ...log import engine_log
+from ..base import EngineInstance, Job, TextSink
+from ..owner import OwnerThread
+from ..prompt import render_prompt
+from ..run import BridgedRun, RunFacts
+
+
+class LlamaRun(BridgedRun):
+    """A run on one llama.cpp model; the owner thread reads its flags."""
+
+    def _abort(self) -> None:
+        pass  # the owner thread checks should_stop before every token
+
+
+def _messages(job: Job) -> list[dict[str, str]]:
+    out = [{"role": "system", "content": job.instructions}] if job.instructions else []
+    return out + [{"role": m.role, "content": m.text} for m in job.messages]
+
+
+class LlamaInstance(EngineInstance):
+    """Owns one ``llama_cpp.Llama`` through one thread.
+
+    Args:
+        settings: the [llamacpp] settings.
+        model_path: the GGUF file.
+        index: which instance this is (thread name, logs).
+    """
+
+    def __init__(self, settings: LlamaCppSettings, model_path: Path, index: int) -> None:
+        self.settings = settings
+        self.model_path = model_path
+        self.index = index
+        self._owner = OwnerThread(f"llama-owner-{index}")
+        self._llm: Any = None
+        self._format: Callable[[list[dict[str, str]]], tuple[str, bool]] | None = None
+        self.n_ctx = 0
+        self.n_embd = 0
+        self._is_eog: Callable[[int], bool] = lambda token: False
+        self._perf: Callable[[], Any] = lambda: None
+        self._perf_reset: Callable[[], Any] = lambda: None
+
+    # -- owner thread ------------------------------------------------------------
+    def _load_sync(self) -> None:
+        try:
+            import llama_cpp
+            from llama_cpp import llama_chat_format
+        except ImportError as exc:
+            raise EngineInitError(
+                "the CPU engine needs llama-cpp-python; run `rkstream setup` (it builds it "
+                f"for this machine) ({exc})") from None
+        started = time.perf_counter()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(self.model_path), n_ctx=self.settings.n_ctx,
+                n_batch=self.settings.n_batch, n_threads=self.settings.n_threads or None,
+                seed=self.settings.seed, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineInitError(f"llama.cpp could not load {self.model_path}: {exc}") from None
+        self._llm = llm
+        self.n_ctx = llm.n_ctx()
+        self.n_embd = llm.n_embd()
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template:
+            eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
+            bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
+            formatter = llama_chat_format.Jinja2ChatFormatter(template, eos_token=eos,
+                                                              bos_token=bos)
+
+            def apply(messages: list[dict[str, str]]) -> tuple[str, bool]:
+                result = formatter(messages=cast(Any, messages))
+                return result.prompt, bool(result.added_special)
+            self._format = apply
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        self._perf = lambda: llama_cpp.llama_perf_context(llm.ctx)
+        self._perf_reset = lambda: llama_cpp.llama_perf_context_reset(llm.ctx)
+        engine_log.info("instance %d loaded %s in %.0f ms (context %d, embedding width %d)",
+                        self.index, self.model_path.name,
+                        (time.perf_counter() - started) * 1000, self.n_ctx, self.n_embd)
+
+    def _tokens(self, job: Job) -> list[int]:
+        if self._format is not None:
+            prompt, has_bos = self._format(_messages(job))
+        else:  # no template in the file: a plain transcript
+            prompt, has_bos = render_prompt(job.messages, job.instructions)[0] + "\n", False
+        return list(self._llm.tokenize(prompt.encode(), add_bos=not has_bos, special=True))
+
+    def _run_sync(self, run: LlamaRun) -> None:
+        run.start_s = time.perf_counter()
+        facts = RunFacts(tokens=0, prompt_tokens=0, prompt_ms=None, predicted_ms=None,
+                         first_text_s=None, start_s=run.start_s, end_s=run.start_s)
+        try:
+            if not run.should_stop:
+                self._generate(run, facts)
+        except Exception as exc:  # reported as a failed request, not a crash
+            engine_log.exception("llama.cpp generation failed")
+            facts.error_code = "runtime_error"
+            facts.error_message = f"llama.cpp failed during generation: {exc}"
+        facts.first_text_s = run.first_text_s
+        facts.end_s = time.perf_counter()
+        run.finish(facts)
+
+    def _generate(self, run: LlamaRun, facts: RunFacts) -> None:
+        llm, sampling = self._llm, run.job.sampling
+        tokens = self._tokens(run.job)
+        facts.prompt_tokens = len(tokens)
+        room = self.n_ctx - len(tokens)
+        if room < 1:
+            facts.error_code = "context_overflow"
+            facts.error_message = (
+                f"the prompt is {len(tokens)} tokens, but this model's context holds "
+                f"{self.n_ctx}; shorten the conversation")
+            return
+        limit = min(run.max_tokens, room)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        generated: list[int] = []
+        self._perf_reset()
+        for token in llm.generate(
+                tokens, top_k=sampling.top_k, top_p=sampling.top_p, temp=sampling.temperature,
+                repeat_penalty=sampling.repeat_penalty,
+                frequency_penalty=sampling.frequency_penalty,
+                presence_penalty=sampling.presence_penalty, reset=True):
+            if run.should_stop or self._is_eog(token):
+                break
+            piece = llm.detokenize([token], prev_tokens=tokens + generated)
+            generated.append(token)
+            text = decoder.decode(piece)
+            if text:
+                run.emit(text)
+            if len(generated) >= limit:
+                break
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            run.emit(tail)
+        facts.tokens = len(generated)
+        if len(generated) >= limit and limit < run.max_tokens:
+            run.max_tokens = limit  # the context is full: report "length"
+        perf = self._perf()
+        facts.prompt_ms, facts.predicted_ms = perf.t_p_eval_ms, perf.t_eval_ms
+
+    def _close_sync(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    # -- event loop ----------------------------------------------------------------
+    async def load(self) -> None:
+        self._owner.start()
+        await self._owner.call(self._load_sync)
+
+    def start(self, job: Job, sink: TextSink) -> LlamaRun:
+        run = LlamaRun(job, sink, asyncio.get_running_loop(), job.sampling.max_tokens)
+        self._owner.submit(lambda: self._run_sync(run))
+        return run
+
+    async def close(self) -> None:
+        await self._owner.stop(self._close_sync)

@@ -1,0 +1,44 @@
+"""Which engine serves the model: ``engine = "auto" | "rkllm" | "llamacpp"``.
+
+auto picks RKLLM when an .rkllm model is configured and it and the runtime
+library load, and llama.cpp otherwise, and says why in the log.
+"""
+
+from __future__ import annotations
+
+from ..config import Settings
+from ..errors import RkstreamError
+from ..log import engine_log
+from .base import Engine
+
+
+def choose_engine(settings: Settings) -> tuple[str, str]:
+    """Return ``(engine, reason)``; may load the runtime library (blocking)."""
+    if settings.engine != "auto":
+        return settings.engine, f'engine = "{settings.engine}" in the configuration'
+    rk = settings.rkllm
+    if not rk.model:
+        return "llamacpp", "no .rkllm model is configured (rkllm.model is empty)"
+    from .rkllm.loader import check_model_file, load_runtime
+
+    try:
+        check_model_file(rk.model)
+        runtime = load_runtime(rk.library or None, rk.runtime)  # type: ignore[arg-type]
+    except RkstreamError as exc:
+        return "llamacpp", f"the RKLLM runtime cannot be used: {exc}"
+    return "rkllm", f"{runtime.path} (runtime {runtime.version or runtime.line}) and {rk.model}"
+
+
+def make_engine(settings: Settings) -> Engine:
+    """Build (not load) the engine the settings ask for."""
+    kind, reason = choose_engine(settings)
+    log = engine_log.warning if settings.engine == "auto" and settings.rkllm.model and (
+        kind == "llamacpp") else engine_log.info
+    log("engine %s: %s", kind, reason)
+    if kind == "rkllm":
+        from .rkllm.engine import RKLLMEngine
+
+        return RKLLMEngine(settings)
+    from .llamacpp.engine import LlamaCppEngine
+
+    return LlamaCppEngine(settings)

@@ -80,6 +80,28 @@ class LlamaCppSettings:
 
 
 @dataclass(frozen=True)
+class VisionSettings:
+    encoder: str = _opt("", "vision encoder: a .rknn file (board) or .onnx file (anywhere); "
+                            "empty = no vision")
+    preset: str = _opt("qwen2-vl", "model family: image tags, pad colour, ONNX mean/std",
+                       choices=("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "internvl3",
+                                "minicpm-v", "smolvlm", "deepseekocr"))
+    image_start: str = _opt("", "override the preset's image start tag (empty = preset)")
+    image_end: str = _opt("", "override the preset's image end tag (empty = preset)")
+    image_content: str = _opt("", "override the preset's image content tag (empty = preset)")
+    background: float = _opt(-1.0, "pad colour 0-255 (negative = preset)", minimum=-1,
+                             maximum=255)
+    core_mask: str = _opt("auto", "NPU cores for the RKNN encoder",
+                          choices=("auto", "0", "1", "2", "0_1", "0_1_2", "all"))
+    threads: int = _opt(0, "ONNX Runtime threads (0 = its default)", minimum=0, maximum=64)
+    cache_bytes: int = _opt(64 << 20, "embedding cache size; repeated images encode once",
+                            minimum=0)
+    max_image_pixels: int = _opt(4096 * 4096, "largest image accepted (decompression "
+                                                "bombs are refused)", minimum=1)
+    encode_ahead: bool = _opt(True, "encode the newest camera frame while the model is busy")
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     max_tokens: int = _opt(512, "tokens generated when a request does not say",
                            minimum=1, maximum=1 << 17)
@@ -117,6 +139,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     rkllm: RKLLMSettings = field(default_factory=RKLLMSettings)
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
+    vision: VisionSettings = field(default_factory=VisionSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
 
@@ -130,6 +153,7 @@ ENV_KEYS: dict[str, str] = {
     "RKSTREAM_RKLLM_LIBRARY": "rkllm.library",
     "RKSTREAM_RUNTIME": "rkllm.runtime",
     "RKSTREAM_GGUF": "llamacpp.model",
+    "RKSTREAM_VISION_ENCODER": "vision.encoder",
     "RKSTREAM_LOG_LEVEL": "log_level",
 }
 

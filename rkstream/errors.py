@@ -11,6 +11,7 @@
     - ProtocolError: an event is malformed
     - QueueFullError: the scheduler queue is full
     - InflightLimitError: a connection has too many open requests
+    - VisionError: an image cannot be taken (bad bytes, too big, no encoder)
 
 Each class also inherits the built-in exception that fits, so callers can
 catch the general Python error.
@@ -119,3 +120,22 @@ class InflightLimitError(RequestError):
             f"this connection already has {limit} open requests, the most allowed;"
             " wait for a response.done or cancel one",
         )
+
+
+class VisionError(RequestError):
+    """Raised by the vision pipeline when an image or frame cannot be used.
+
+    Codes: ``invalid_image`` (corrupt, truncated or undecodable bytes),
+    ``unsupported_image_format`` (not JPEG/PNG/WebP, or an unknown format
+    name), ``image_size_mismatch`` (raw pixels whose length is not
+    width*height*3), ``image_too_large`` (more pixels than the limit),
+    ``too_many_images``, ``unknown_image`` (an image_id not in the cache),
+    ``unknown_stream`` (a frame part for a stream with no frame yet),
+    ``vision_unavailable`` (no encoder configured) and ``encoder_error`` (the
+    encoder failed; this one is a server error).
+    """
+
+    def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
+        super().__init__(code, message, param=param)
+        if code == "encoder_error":
+            self.error_type = "server_error"

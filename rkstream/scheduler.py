@@ -4,6 +4,11 @@ A request either starts at once on a free instance or waits in a queue of at
 most ``max_queue`` entries; a full queue refuses it with QueueFullError.
 Cancelling a queued request removes it without touching the runtime;
 cancelling a running one asks the engine to abort.
+
+A request may carry a ``prepare`` step (the vision step: decode and encode
+its images). It runs once the request holds an instance, so a camera frame
+is taken as late as possible; a failure there fails the request and frees
+the instance.
 """
 
 from __future__ import annotations
@@ -11,18 +16,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Awaitable, Callable
 
 from .engines.base import EngineInstance, Job, Outcome, Run, TextSink
-from .errors import QueueFullError
+from .errors import QueueFullError, RequestError
 from .log import scheduler_log
+
+Prepare = Callable[[], Awaitable[Job]]
 
 
 class Ticket:
     """A request's place in the scheduler, from submit to outcome."""
 
-    def __init__(self, job: Job, sink: TextSink) -> None:
+    def __init__(self, job: Job, sink: TextSink, prepare: Prepare | None = None) -> None:
         self.job = job
         self.sink = sink
+        self.prepare = prepare
+        self.vision_ms = 0.0
+        self.preparing = False
+        self.cancel_requested = False
         self.submitted_s = time.perf_counter()
         self.started_s: float | None = None
         self.run: Run | None = None
@@ -63,13 +75,18 @@ class Scheduler:
     def running(self) -> int:
         return len(self._running)
 
-    def submit(self, job: Job, sink: TextSink) -> Ticket:
+    def submit(self, job: Job, sink: TextSink, prepare: Prepare | None = None) -> Ticket:
         """Start ``job`` now or queue it; its outcome arrives on ``ticket.outcome``.
+
+        Args:
+            job: what to run.
+            sink: where its text goes.
+            prepare: awaited once an instance is free; returns the job to run.
 
         Raises:
             QueueFullError: ``max_queue`` jobs are already waiting.
         """
-        ticket = Ticket(job, sink)
+        ticket = Ticket(job, sink, prepare)
         if self._closed:
             ticket._finish(Outcome("error", error_code="shutting_down",
                                    error_message="the server is shutting down"))
@@ -89,6 +106,12 @@ class Scheduler:
         if ticket.run is not None:
             ticket.run.cancel()
             return
+        task = self._running.get(ticket)
+        if task is not None:  # holds an instance, before or in its prepare step
+            ticket.cancel_requested = True
+            if ticket.preparing:
+                task.cancel()
+            return
         try:
             self._queue.remove(ticket)
         except ValueError:
@@ -97,20 +120,15 @@ class Scheduler:
 
     def _start(self, ticket: Ticket, instance: EngineInstance) -> None:
         ticket.started_s = time.perf_counter()
-        try:
-            ticket.run = instance.start(ticket.job, ticket.sink)
-        except Exception as exc:
-            scheduler_log.exception("instance %d refused a job", instance.index)
-            self._free.append(instance)
-            ticket._finish(Outcome("error", error_code="internal_error",
-                                   error_message=f"the engine could not start: {exc}"))
-            return
         self._running[ticket] = asyncio.create_task(self._watch(ticket, instance))
 
     async def _watch(self, ticket: Ticket, instance: EngineInstance) -> None:
-        assert ticket.run is not None
         try:
-            outcome = await ticket.run.wait()
+            outcome = await self._run(ticket, instance)
+        except asyncio.CancelledError:
+            outcome = Outcome("cancelled")
+        except RequestError as exc:  # the prepare step refused the request
+            outcome = Outcome("error", error_code=exc.code, error_message=exc.message)
         except Exception as exc:
             scheduler_log.exception("run on instance %d failed", instance.index)
             outcome = Outcome("error", error_code="internal_error",
@@ -119,6 +137,21 @@ class Scheduler:
         self._free.append(instance)
         self._dispatch()
         ticket._finish(outcome)
+
+    async def _run(self, ticket: Ticket, instance: EngineInstance) -> Outcome:
+        job = ticket.job
+        if ticket.prepare is not None and not ticket.cancel_requested:
+            started = time.perf_counter()
+            ticket.preparing = True
+            try:
+                job = await ticket.prepare()
+            finally:
+                ticket.preparing = False
+                ticket.vision_ms = (time.perf_counter() - started) * 1000.0
+        if ticket.cancel_requested:
+            return Outcome("cancelled")
+        ticket.run = instance.start(job, ticket.sink)
+        return await ticket.run.wait()
 
     def _dispatch(self) -> None:
         while self._free and self._queue and not self._closed:
@@ -132,7 +165,6 @@ class Scheduler:
         while self._queue:
             self._queue.popleft()._finish(Outcome("cancelled"))
         for ticket in list(self._running):
-            if ticket.run is not None:
-                ticket.run.cancel()
+            self.cancel(ticket)
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)

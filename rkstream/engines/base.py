@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..protocol.events import Message
 
@@ -34,13 +34,40 @@ class SamplingSettings:
 
 
 @dataclass(frozen=True)
+class ImageEmbedding:
+    """One encoded image, in the order its placeholder appears in the messages.
+
+    ``embedding`` is float32, C-contiguous, ``(n_tokens, width)``; ``size``
+    is the encoder's input (height, width), which runtimes use for M-RoPE.
+    """
+
+    embedding: Any
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ImageTags:
+    """The strings a runtime wraps around image embeddings (per model family)."""
+
+    start: str
+    end: str
+    content: str
+
+
+@dataclass(frozen=True)
 class Job:
-    """One generation, as the engine sees it."""
+    """One generation, as the engine sees it.
+
+    With images, every image or frame part of ``messages`` has one entry in
+    ``images``, in order; the prompt gets an ``<image>`` placeholder there.
+    """
 
     request_id: str
     messages: tuple[Message, ...]
     instructions: str | None
     sampling: SamplingSettings
+    images: tuple[ImageEmbedding, ...] = ()
+    image_tags: ImageTags | None = None
 
 
 @dataclass

@@ -8,8 +8,14 @@ from ..protocol.events import Message
 _LABELS = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 
+IMAGE_PLACEHOLDER = "<image>"
+
+
 def render_prompt(messages: tuple[Message, ...], instructions: str | None) -> tuple[str, str]:
     """Return ``(prompt, role)`` for a single-turn run.
+
+    Each image or frame part becomes an ``<image>`` placeholder where it
+    stands, as RKLLM's multimodal input expects.
 
     A lone user (or tool) message is passed as it is, so the runtime's template
     sees exactly what the client wrote. Anything more (instructions, system
@@ -17,12 +23,12 @@ def render_prompt(messages: tuple[Message, ...], instructions: str | None) -> tu
     the last message, because the runtime takes one input per run.
     """
     system = [instructions] if instructions else []
-    system += [m.text for m in messages if m.role == "system"]
+    system += [m.text_with(IMAGE_PLACEHOLDER) for m in messages if m.role == "system"]
     turns = [m for m in messages if m.role != "system"]
     last = turns[-1] if turns else None
     role = "tool" if last is not None and last.role == "tool" else "user"
     if not system and len(turns) == 1 and last is not None and last.role in ("user", "tool"):
-        return last.text, role
+        return last.text_with(IMAGE_PLACEHOLDER), role
     lines = ["\n\n".join(system)] if system else []
-    lines += [f"{_LABELS[m.role]}: {m.text}" for m in turns]
+    lines += [f"{_LABELS[m.role]}: {m.text_with(IMAGE_PLACEHOLDER)}" for m in turns]
     return "\n\n".join(lines), role

@@ -81,9 +81,18 @@ class Message:
         """The message's text parts joined; images are not included."""
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
 
+    def text_with(self, placeholder: str) -> str:
+        """The text with ``placeholder`` where each image or frame part stands."""
+        return "".join(p.text if isinstance(p, TextPart) else placeholder
+                       for p in self.parts)
+
     @property
     def has_media(self) -> bool:
         return any(not isinstance(p, TextPart) for p in self.parts)
+
+    @property
+    def media(self) -> tuple[ImagePart | FramePart, ...]:
+        return tuple(p for p in self.parts if not isinstance(p, TextPart))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,14 @@ from typing import Any
 
 from ..errors import ProtocolError, RequestError
 
+SERVER_ERROR_CODES = frozenset({"runtime_error", "internal_error", "shutting_down",
+                                "encoder_error", "queue_full"})
+
+
+def error_type_of(code: str) -> str:
+    """``server_error`` for conditions on the server, else ``invalid_request_error``."""
+    return "server_error" if code in SERVER_ERROR_CODES else "invalid_request_error"
+
 
 def error_body(
     code: str, message: str, *, error_type: str = "invalid_request_error",

@@ -7,8 +7,8 @@ Shutdown, in this order:
    close every WebSocket with 1001.
 2. cleanup: the scheduler refuses new work, cancels queued requests, aborts
    running ones and waits for them.
-3. cleanup: the engine frees every native handle (rkllm_destroy) on its
-   owner thread.
+3. cleanup: the vision encoder is released (RKNNLite.release), then the
+   engine frees every native handle (rkllm_destroy) on its owner thread.
 """
 
 from __future__ import annotations
@@ -58,6 +58,26 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     server_log.info("engine closed")
 
 
+async def _vision_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    settings = state.settings.vision
+    if not settings.encoder:
+        yield
+        return
+    from ..vision.loader import load_encoder
+    from ..vision.service import VisionService, preset_from
+
+    preset = preset_from(settings)
+    encoder = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: load_encoder(settings.encoder, preset, core_mask=settings.core_mask,
+                                   threads=settings.threads))
+    state.vision = VisionService(encoder, preset, settings, state.settings.limits)
+    server_log.info("vision encoder %s ready: %dx%d input, %d tokens x %d per image",
+                    settings.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
+    yield
+    await state.vision.close()
+
+
 async def _close_sockets(app: web.Application) -> None:
     state = app[STATE]
     state.closing = True
@@ -89,6 +109,7 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
     app[STATE] = AppState(settings=settings)
     app[ENGINE_FACTORY] = engine_factory
     app.cleanup_ctx.append(_engine_ctx)
+    app.cleanup_ctx.append(_vision_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/health", health)

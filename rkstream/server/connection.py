@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import __version__
@@ -32,7 +33,14 @@ from ..protocol.events import (
 )
 from ..protocol.parse import parse_event
 from ..scheduler import Scheduler, Ticket
+from ..vision.service import VisionService
+from .media import FrameUse, Media
 from .outbox import Outbox
+
+
+def _event_id(event_id: str | None) -> dict[str, Any]:
+    return {"event_id": event_id} if event_id is not None else {}
+
 
 _STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled",
            "error": "failed"}
@@ -53,8 +61,12 @@ class RequestStream:
         self.stream = event.stream
         self.timing = _Timing(time.perf_counter())
         self.ticket: Ticket | None = None
+        self.frame: FrameUse | None = None
         self._seq = 0
         self._text: list[str] = []
+
+    def use_frame(self, frame: FrameUse) -> None:
+        self.frame = frame
 
     def next_seq(self) -> int:
         seq, self._seq = self._seq, self._seq + 1
@@ -83,7 +95,7 @@ class RequestStream:
                       "output_tokens": outcome.output_tokens},
             "timings": {
                 "queued_ms": round(queued_ms, 3),
-                "vision_ms": 0.0,
+                "vision_ms": round(ticket.vision_ms, 3) if ticket is not None else 0.0,
                 "prompt_n": outcome.prompt_tokens,
                 "prompt_ms": round(outcome.prompt_ms, 3),
                 "predicted_n": outcome.output_tokens,
@@ -97,7 +109,9 @@ class RequestStream:
         }
         if outcome.error_code is not None:
             event["error"] = ev.error_body(outcome.error_code, outcome.error_message or "",
-                                           error_type="server_error")
+                                           error_type=ev.error_type_of(outcome.error_code))
+        if self.frame is not None:
+            event["frame"] = self.frame.as_dict()
         if not self.stream:
             event["text"] = "".join(self._text)
         return event
@@ -119,11 +133,14 @@ class Connection:
     """Protocol state of one client: its session defaults and open requests."""
 
     def __init__(self, settings: Settings, model: ModelInfo, scheduler: Scheduler,
-                 outbox: Outbox) -> None:
+                 outbox: Outbox, vision: VisionService | None = None) -> None:
         self.settings = settings
-        self.model = model
+        self.model = replace(model, vision=vision is not None)
         self.scheduler = scheduler
         self.outbox = outbox
+        self.media = Media(vision, model.context_length,
+                           settings.limits.max_images_per_request,
+                           lambda: scheduler.running > 0 or scheduler.queue_depth > 0)
         self.session_id = "sess_" + uuid.uuid4().hex[:16]
         self.instructions: str | None = None
         self.params = Params()
@@ -155,6 +172,7 @@ class Connection:
                 self.scheduler.cancel(stream.ticket)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.media.close()
 
     # -- input -------------------------------------------------------------------
     def receive(self, data: bytes | str) -> None:
@@ -189,11 +207,24 @@ class Connection:
             self._update(event)
         elif isinstance(event, Ping):
             self.outbox.put(ev.pong())
-        elif isinstance(event, (ImageUpload, FrameAppend)):
-            raise ProtocolError(
-                "vision_unavailable",
-                "this server has no vision encoder configured, so images and frames "
-                "cannot be taken", event_id=event.event_id)
+        elif isinstance(event, FrameAppend):
+            try:
+                self.media.append_frame(event)
+            except RequestError as exc:
+                self.outbox.put(ev.error(ev.error_body_of(exc) | _event_id(event.event_id)))
+        elif isinstance(event, ImageUpload):
+            self._spawn(self._upload(event))
+
+    async def _upload(self, event: ImageUpload) -> None:
+        try:
+            self.outbox.put(await self.media.upload(event))
+        except RequestError as exc:
+            self.outbox.put(ev.error(ev.error_body_of(exc) | _event_id(event.event_id)))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _sampling(self, params: Params, event_id: str | None,
                   request_id: str | None = None) -> SamplingSettings:
@@ -228,17 +259,18 @@ class Connection:
                 f"request_id {rid!r} is already open on this connection; choose a new id",
                 param="request_id", request_id=rid, event_id=event.event_id)
         try:
-            if event.has_media:
-                raise RequestError(
-                    "vision_unavailable",
-                    "this server has no vision encoder configured; send text parts only")
+            self.media.check(event)
             limit = self.settings.limits.max_inflight_per_connection
             if len(self.requests) >= limit:
                 raise InflightLimitError(limit)
             job = Job(request_id=rid, messages=event.input, instructions=self.instructions,
                       sampling=self._sampling(event.params, event.event_id, rid))
             stream = RequestStream(self, event)
-            stream.ticket = self.scheduler.submit(job, stream)
+            prepare = None
+            if event.has_media:
+                def prepare() -> Awaitable[Job]:
+                    return self.media.prepare(job, event, stream.use_frame)
+            stream.ticket = self.scheduler.submit(job, stream, prepare)
         except RequestError as exc:
             if isinstance(exc, ProtocolError):
                 self.outbox.put(ev.error(ev.error_body_of(exc), rid))
@@ -246,9 +278,7 @@ class Connection:
             return
         self.requests[rid] = stream
         self.outbox.put(ev.response_created(rid, stream.ticket.queue_position))
-        task = asyncio.create_task(self._finish(stream, stream.ticket))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._finish(stream, stream.ticket))
 
     async def _finish(self, stream: RequestStream, ticket: Ticket) -> None:
         outcome = await asyncio.shield(ticket.outcome)

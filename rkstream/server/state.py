@@ -10,6 +10,7 @@ from aiohttp import web
 from ..config import Settings
 from ..engines.base import Engine
 from ..scheduler import Scheduler
+from ..vision.service import VisionService
 from .connection import Connection
 
 
@@ -18,6 +19,7 @@ class AppState:
     settings: Settings
     engine: Engine | None = None
     scheduler: Scheduler | None = None
+    vision: VisionService | None = None
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     connections: weakref.WeakSet[Connection] = field(default_factory=weakref.WeakSet)
     closing: bool = False

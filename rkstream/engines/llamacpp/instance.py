@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+
+import numpy as np
 
 from ...config import LlamaCppSettings
 from ...errors import EngineInitError
 from ...log import engine_log
 from ..base import EngineInstance, Job, TextSink
 from ..owner import OwnerThread
-from ..prompt import render_prompt
+from ..prompt import IMAGE_PLACEHOLDER, render_prompt
 from ..run import BridgedRun, RunFacts
 
 
@@ -34,7 +37,8 @@ class LlamaRun(BridgedRun):
 
 def _messages(job: Job) -> list[dict[str, str]]:
     out = [{"role": "system", "content": job.instructions}] if job.instructions else []
-    return out + [{"role": m.role, "content": m.text} for m in job.messages]
+    return out + [{"role": m.role, "content": m.text_with(IMAGE_PLACEHOLDER)}
+                  for m in job.messages]
 
 
 class LlamaInstance(EngineInstance):
@@ -58,6 +62,7 @@ class LlamaInstance(EngineInstance):
         self._is_eog: Callable[[int], bool] = lambda token: False
         self._perf: Callable[[], Any] = lambda: None
         self._perf_reset: Callable[[], Any] = lambda: None
+        self._needs_reset = False
 
     # -- owner thread ------------------------------------------------------------
     def _load_sync(self) -> None:
@@ -98,12 +103,72 @@ class LlamaInstance(EngineInstance):
                         self.index, self.model_path.name,
                         (time.perf_counter() - started) * 1000, self.n_ctx, self.n_embd)
 
-    def _tokens(self, job: Job) -> list[int]:
+    def _prompt(self, job: Job) -> tuple[str, bool]:
         if self._format is not None:
-            prompt, has_bos = self._format(_messages(job))
-        else:  # no template in the file: a plain transcript
-            prompt, has_bos = render_prompt(job.messages, job.instructions)[0] + "\n", False
+            return self._format(_messages(job))
+        # No template in the file: a plain transcript.
+        return render_prompt(job.messages, job.instructions)[0] + "\n", False
+
+    def _tokens(self, job: Job) -> list[int]:
+        prompt, has_bos = self._prompt(job)
         return list(self._llm.tokenize(prompt.encode(), add_bos=not has_bos, special=True))
+
+    def _multimodal_prefill(self, job: Job, facts: RunFacts) -> list[int] | None:
+        """Evaluate text and image embeddings in order; return the ids to sample from.
+
+        Images enter the KV cache as embeddings (a llama_batch with ``embd``)
+        where their ``<image>`` placeholders stand; the ids list holds token 0
+        there so the sampler's bookkeeping stays aligned.
+        """
+        import llama_cpp
+
+        llm = self._llm
+        for image in job.images:
+            if image.embedding.shape[1] != self.n_embd:
+                facts.error_code = "encoder_error"
+                facts.error_message = (
+                    f"the vision encoder gives {image.embedding.shape[1]} floats per token "
+                    f"but this model's embedding size is {self.n_embd}; use an encoder "
+                    "made for this model")
+                return None
+        prompt, has_bos = self._prompt(job)
+        segments = prompt.split(IMAGE_PLACEHOLDER)
+        pieces = [list(llm.tokenize(seg.encode(), add_bos=(i == 0 and not has_bos),
+                                    special=True)) for i, seg in enumerate(segments)]
+        total = sum(map(len, pieces)) + sum(i.embedding.shape[0] for i in job.images)
+        facts.prompt_tokens = total
+        if total + 1 > self.n_ctx:
+            return None
+        llm.reset()
+        self._needs_reset = True  # the cache now holds image rows behind token 0
+        ids: list[int] = []
+        for index, tokens in enumerate(pieces):
+            if index > 0:
+                rows = np.ascontiguousarray(job.images[index - 1].embedding, dtype=np.float32)
+                self._eval_embeddings(llama_cpp, rows)
+                ids += [0] * rows.shape[0]
+            if tokens:
+                llm.eval(tokens)
+                ids += tokens
+        return ids
+
+    def _eval_embeddings(self, llama_cpp: Any, rows: np.ndarray) -> None:
+        llm, count = self._llm, rows.shape[0]
+        batch = llama_cpp.llama_batch_init(count, self.n_embd, 1)
+        try:
+            batch.n_tokens = count
+            ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+            for i in range(count):
+                batch.pos[i] = llm.n_tokens + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = False
+            if llama_cpp.llama_decode(llm.ctx, batch) != 0:
+                raise RuntimeError("llama_decode refused the image embeddings")
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        llm.input_ids[llm.n_tokens:llm.n_tokens + count] = 0
+        llm.n_tokens += count
 
     def _run_sync(self, run: LlamaRun) -> None:
         run.start_s = time.perf_counter()
@@ -122,14 +187,23 @@ class LlamaInstance(EngineInstance):
 
     def _generate(self, run: LlamaRun, facts: RunFacts) -> None:
         llm, sampling = self._llm, run.job.sampling
-        tokens = self._tokens(run.job)
-        facts.prompt_tokens = len(tokens)
-        room = self.n_ctx - len(tokens)
-        if room < 1:
+        if self._needs_reset:  # never reuse a cache that holds image rows
+            llm.reset()
+            self._needs_reset = False
+        if run.job.images:
+            ids = self._multimodal_prefill(run.job, facts)
+            if ids is None and facts.error_code is not None:
+                return
+            tokens = ids or []
+        else:
+            tokens = self._tokens(run.job)
+            facts.prompt_tokens = len(tokens)
+        room = self.n_ctx - facts.prompt_tokens
+        if room < 1 or not tokens:
             facts.error_code = "context_overflow"
             facts.error_message = (
-                f"the prompt is {len(tokens)} tokens, but this model's context holds "
-                f"{self.n_ctx}; shorten the conversation")
+                f"the prompt is {facts.prompt_tokens} tokens, but this model's context "
+                f"holds {self.n_ctx}; shorten the conversation")
             return
         limit = min(run.max_tokens, room)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")

@@ -56,9 +56,14 @@ class RKLLMEngine(Engine):
         engine_log.info("runtime %s (line %s) from %s", runtime.version or "?", runtime.line,
                         runtime.path)
         rk = self._settings.rkllm
+        tags = None
+        if self._settings.vision.encoder:  # runtime 1.2 takes the image tags at init
+            from ...vision.service import preset_from, tags_of
+
+            tags = tags_of(preset_from(self._settings.vision))
         for index in range(self._settings.instances):
             instance = RKLLMInstance(runtime, rk, self._settings.sampling, str(model), index,
-                                     self._control)
+                                     self._control, tags)
             self._instances.append(instance)
             await instance.load()  # one at a time: NPU memory is allocated in init
         per_run = runtime.line != "1.2"

@@ -21,7 +21,7 @@ from ...config import RKLLMSettings
 from ...config import SamplingSettings as SamplingDefaults
 from ...errors import EngineInitError
 from ...log import engine_log, native_log
-from ..base import EngineInstance, Job, TextSink
+from ..base import EngineInstance, ImageTags, Job, TextSink
 from ..owner import OwnerThread
 from ..prompt import render_prompt
 from ..run import BridgedRun, RunFacts
@@ -113,11 +113,13 @@ class RKLLMInstance(EngineInstance):
 
     def __init__(self, runtime: RuntimeLibrary, settings: RKLLMSettings,
                  defaults: SamplingDefaults, model_path: str, index: int,
-                 control: concurrent.futures.Executor) -> None:
+                 control: concurrent.futures.Executor,
+                 image_tags: ImageTags | None = None) -> None:
         self.runtime = runtime
         self.settings = settings
         self.defaults = defaults
         self.model_path = model_path
+        self.image_tags = image_tags  # 1.2 needs them at init
         self.index = index
         self._control = control
         self._owner = OwnerThread(f"rkllm-owner-{index}")
@@ -143,7 +145,7 @@ class RKLLMInstance(EngineInstance):
     def _init_sync(self) -> None:
         abi, fns = self.runtime.abi, self.runtime.functions
         self._param = make_param(abi, self.settings, self.defaults,
-                                 self.model_path.encode())
+                                 self.model_path.encode(), self.image_tags)
         if hasattr(abi, "RKLLMCallback"):  # 1.3: callbacks go in a struct
             self._callbacks_struct = abi.RKLLMCallback()
             self._callbacks_struct.result_callback = self._callback
@@ -203,7 +205,7 @@ class RKLLMInstance(EngineInstance):
     def start(self, job: Job, sink: TextSink) -> RKLLMRun:
         prompt, role = render_prompt(job.messages, job.instructions)
         structs = make_run_structs(self.runtime.abi, prompt, role, job.sampling,
-                                   self.settings)
+                                   self.settings, job.images, job.image_tags)
         run = RKLLMRun(self, job, sink, asyncio.get_running_loop(), structs)
         self._owner.submit(lambda: self._run_sync(run))
         return run

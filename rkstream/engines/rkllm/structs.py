@@ -11,14 +11,21 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from ...config import RKLLMSettings
 from ...config import SamplingSettings as SamplingDefaults
-from ..base import SamplingSettings
+from ..base import ImageEmbedding, ImageTags, SamplingSettings
 
 
 def make_param(abi: ModuleType, settings: RKLLMSettings, defaults: SamplingDefaults,
-               model_path: bytes) -> Any:
-    """An RKLLMParam for rkllm_init, zeroed first, every field set explicitly."""
+               model_path: bytes, tags: ImageTags | None = None) -> Any:
+    """An RKLLMParam for rkllm_init, zeroed first, every field set explicitly.
+
+    On 1.2 the image tag strings live here, fixed at init; on 1.3 they go
+    with each multimodal run instead. The returned struct keeps the bytes it
+    points to alive (``_keep``).
+    """
     param = abi.RKLLMParam()
     ctypes.memset(ctypes.addressof(param), 0, ctypes.sizeof(param))
     param.model_path = model_path
@@ -43,23 +50,57 @@ def make_param(abi: ModuleType, settings: RKLLMSettings, defaults: SamplingDefau
     ext.enabled_cpus_mask = settings.enabled_cpus_mask
     ext.n_batch = 1
     ext.use_cross_attn = 0
+    if tags is not None and hasattr(param, "img_start"):
+        kept = [t.encode() for t in (tags.start, tags.end, tags.content)]
+        param.img_start, param.img_end, param.img_content = kept
+        param._keep = kept
     return param
 
 
 @dataclass
 class RunStructs:
-    """The structs of one rkllm_run call; they must outlive the call."""
+    """The structs of one rkllm_run call; they (and what they point to) must
+    outlive the call, so they are kept here until it returns."""
 
     input: Any
     infer: Any
     sampling: Any | None
     prompt: bytes
     role: bytes
+    embeddings: Any = None
+    tags: tuple[bytes, bytes, bytes] | None = None
+
+
+def _fill_images(abi: ModuleType, inp: Any, structs: RunStructs,
+                 images: tuple[ImageEmbedding, ...], tags: ImageTags | None) -> None:
+    """Point the multimodal input at all images' embeddings, back to back."""
+    n_tokens = {image.embedding.shape[0] for image in images}
+    sizes = {image.size for image in images}
+    if len(n_tokens) != 1 or len(sizes) != 1:
+        raise ValueError("all images of one run must come from one encoder")
+    embeddings = np.ascontiguousarray(
+        np.concatenate([image.embedding for image in images]), dtype=np.float32)
+    structs.embeddings = embeddings
+    pointer = embeddings.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    height, width = sizes.pop()
+    inp.input_type = abi.RKLLM_INPUT_MULTIMODAL
+    mm = inp.multimodal_input
+    mm.prompt = structs.prompt
+    target = mm.image if hasattr(abi, "RKLLMImageInput") else mm  # 1.3 nests, 1.2 is flat
+    target.image_embed = pointer
+    target.n_image_tokens = n_tokens.pop()
+    target.n_image = len(images)
+    target.image_width = width
+    target.image_height = height
+    if hasattr(abi, "RKLLMImageInput") and tags is not None:
+        structs.tags = (tags.start.encode(), tags.end.encode(), tags.content.encode())
+        target.image_start, target.image_end, target.image_content = structs.tags
 
 
 def make_run_structs(abi: ModuleType, prompt: str, role: str, sampling: SamplingSettings,
-                     settings: RKLLMSettings) -> RunStructs:
-    """Build RKLLMInput (a text prompt) and RKLLMInferParam for one run.
+                     settings: RKLLMSettings, images: tuple[ImageEmbedding, ...] = (),
+                     tags: ImageTags | None = None) -> RunStructs:
+    """Build RKLLMInput (a text prompt, or text with images) and RKLLMInferParam.
 
     On 1.3 the request's sampling and max_tokens go into the per-run fields;
     1.2 has none, so the init values apply (the engine still enforces
@@ -91,5 +132,8 @@ def make_run_structs(abi: ModuleType, prompt: str, role: str, sampling: Sampling
         native_sampling.mirostat_eta = settings.mirostat_eta
         infer.sampling_params = ctypes.pointer(native_sampling)
         infer.max_new_tokens = sampling.max_tokens
-    return RunStructs(input=inp, infer=infer, sampling=native_sampling, prompt=prompt_bytes,
-                      role=role_bytes)
+    structs = RunStructs(input=inp, infer=infer, sampling=native_sampling,
+                         prompt=prompt_bytes, role=role_bytes)
+    if images:
+        _fill_images(abi, inp, structs, images, tags)
+    return structs

@@ -1,0 +1,280 @@
+"""Images and camera frames end to end: /ws, the vision service, a real tiny ONNX
+encoder built by the test suite, the RKLLM binding and the stand-in runtime.
+
+The stand-in records what rkllm_run received (n_image, n_image_tokens, the
+size, the tag strings and the sum of the embedding floats); the tests check
+those against the encoder run directly on the same image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+from PIL import Image
+
+from rkstream.config import LimitSettings, RKLLMSettings, Settings, VisionSettings
+from rkstream.server.app import make_app
+from rkstream.server.state import STATE
+from rkstream.vision.onnx_encoder import OnnxEncoder
+from rkstream.vision.preprocess import background_from, prepare_image_sync
+from rkstream.vision.presets import PRESETS
+
+from conftest import ModelFactory, Records
+from helpers import MS, WSClient, create
+from tiny_encoder import build_tiny_encoder
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+QWEN = PRESETS["qwen2-vl"]
+
+
+def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny_qwen2.onnx", size=32,
+                              patch=8, width=16)
+
+
+def expected_sum(encoder_path: Path, data: bytes) -> float:
+    encoder = OnnxEncoder(encoder_path, QWEN)
+    tensor = prepare_image_sync(data, format=None, width=None, height=None, size=(32, 32),
+                                background=background_from(QWEN.background),
+                                max_pixels=1 << 24)
+    total = float(encoder.encode_sync(tensor).astype(np.float64).sum())
+    encoder.close()
+    return total
+
+
+@pytest.fixture(params=["1.3", "1.2"])
+def line(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def server(aiohttp_client: ClientFactory, standin_libs: dict[str, Path],
+           standin_model: ModelFactory, records: Records, line: str, encoder_path: Path
+           ) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    async def make(vision: bool = True, max_images: int = 4, **keys: Any
+                   ) -> TestClient[Any, Any]:
+        model = standin_model(record=records.path, embed_width=16, **keys)
+        settings = replace(
+            Settings(), engine="rkllm",
+            rkllm=replace(RKLLMSettings(), library=str(standin_libs[line]), model=str(model),
+                          runtime=line),
+            vision=replace(VisionSettings(), encoder=str(encoder_path) if vision else ""),
+            limits=replace(LimitSettings(), max_images_per_request=max_images))
+        return await aiohttp_client(make_app(settings))
+    return make
+
+
+async def connect(client: TestClient[Any, Any]) -> WSClient:
+    conn = WSClient(await client.ws_connect("/ws"))
+    assert (await conn.recv())["type"] == "session.created"
+    return conn
+
+
+def image_part(data: bytes) -> dict[str, Any]:
+    return {"type": "image", "data": data}
+
+
+async def test_photo_and_question(server: Any, records: Records, line: str,
+                                  encoder_path: Path) -> None:
+    conn = await connect(await server())
+    assert conn.events[0]["model"]["vision"] is True
+    photo = jpeg(1)
+    await conn.send(create("a", "", input=[{"role": "user", "content": [
+        image_part(photo), {"type": "text", "text": "What is this?"}]}]))
+    done = (await conn.until_done({"a"}))["a"]
+    assert done["status"] == "completed", done
+    assert done["timings"]["vision_ms"] > 0
+    run = records.all("run")[0]
+    assert run["input_type"] == "multimodal"
+    assert run["prompt"] == "<image>What is this?"
+    assert (run["n_image"], run["n_image_tokens"]) == (1, 16)
+    assert (run["image_width"], run["image_height"]) == (32, 32)
+    assert (run["image_start"], run["image_end"], run["image_content"]) == (
+        QWEN.image_start, QWEN.image_end, QWEN.image_content)
+    assert run["embed_floats"] == 16 * 16
+    assert run["embed_sum"] == pytest.approx(expected_sum(encoder_path, photo), rel=1e-5)
+    if line == "1.2":  # tags travel at init on 1.2
+        init = records.all("init")[0]
+        assert init["img_start"] == QWEN.image_start
+
+
+async def test_several_images_in_order(server: Any, records: Records,
+                                       encoder_path: Path) -> None:
+    conn = await connect(await server())
+    first, second = jpeg(2), jpeg(3, (30, 70))
+    await conn.send(create("a", "", input=[{"role": "user", "content": [
+        {"type": "text", "text": "Compare "}, image_part(first), {"type": "text", "text": " and "},
+        image_part(second)]}]))
+    done = (await conn.until_done({"a"}))["a"]
+    assert done["status"] == "completed"
+    run = records.all("run")[0]
+    assert run["prompt"] == "Compare <image> and <image>"
+    assert run["n_image"] == 2 and run["embed_floats"] == 2 * 16 * 16
+    expected = expected_sum(encoder_path, first) + expected_sum(encoder_path, second)
+    assert run["embed_sum"] == pytest.approx(expected, rel=1e-5)
+
+
+async def test_upload_once_and_cache(server: Any, records: Records) -> None:
+    client = await server()
+    conn = await connect(client)
+    vision = client.server.app[STATE].vision
+    assert vision is not None
+    photo = jpeg(4)
+    await conn.send({"type": "image.upload", "data": photo, "image_id": "cat", "event_id": "u"})
+    stored = await conn.recv_type("image.stored")
+    assert stored["image_id"] == "cat" and stored["tokens"] == 16 and stored["encode_ms"] > 0
+    for rid in ("a", "b"):
+        await conn.send(create(rid, "", input=[{"role": "user", "content": [
+            {"type": "image", "image_id": "cat"}, {"type": "text", "text": "again?"}]}]))
+        await conn.until_done({rid})
+    await conn.send(create("c", "", input=[{"role": "user", "content": [image_part(photo)]}]))
+    await conn.until_done({"c"})
+    assert vision.encodes == 1  # the same photo every turn: encoded once
+    sums = {r["embed_sum"] for r in records.all("run")}
+    assert len(sums) == 1
+
+
+async def test_latest_frame_wins_while_busy(server: Any, records: Records) -> None:
+    client = await server()
+    conn = await connect(client)
+    vision = client.server.app[STATE].vision
+    assert vision is not None
+    # Keep the model busy so frames are encoded ahead.
+    await conn.send(create("busy", "x [[n_tokens=200]] [[token_delay_us=5000]]"))
+    await conn.recv_type("response.output_text.delta")
+    for seq in range(30):  # a 30 fps burst
+        await conn.send({"type": "frame.append", "stream": "cam", "seq": seq,
+                         "ts_ns": 1_000_000 * seq, "data": jpeg(100 + seq)})
+        await asyncio.sleep(33 * MS)
+    await asyncio.sleep(50 * MS)  # let encode-ahead finish the newest frame
+    encodes_before = vision.encodes
+    await conn.send(create("now", "", input=[{"role": "user", "content": [
+        {"type": "frame", "stream": "cam"}, {"type": "text", "text": "what do you see now?"}]}]))
+    done = await conn.until_done({"busy", "now"})
+    frame = done["now"]["frame"]
+    assert frame == {"stream": "cam", "seq": 29, "ts_ns": 29_000_000, "superseded": 29}
+    # The newest frame was encoded ahead, so the request's vision step was a cache hit.
+    assert vision.encodes == encodes_before
+    runs = [r for r in records.all("run") if r["input_type"] == "multimodal"]
+    assert len(runs) == 1
+
+
+async def test_burst_faster_than_encoding_skips_superseded_frames(server: Any) -> None:
+    client = await server()
+    conn = await connect(client)
+    vision = client.server.app[STATE].vision
+    assert vision is not None
+    await conn.send(create("busy", "x [[n_tokens=200]] [[token_delay_us=5000]]"))
+    await conn.recv_type("response.output_text.delta")
+    frames = [jpeg(200 + seq, (640, 480)) for seq in range(30)]
+    for seq, data in enumerate(frames):  # all at once: faster than any encoder
+        await conn.send({"type": "frame.append", "stream": "cam", "seq": seq, "data": data})
+    await conn.send(create("now", "", input=[{"role": "user", "content": [
+        {"type": "frame", "stream": "cam"}]}]))
+    done = await conn.until_done({"busy", "now"})
+    assert done["now"]["frame"]["seq"] == 29
+    assert vision.encodes < 30
+
+
+async def test_ping_is_not_delayed_by_frames(server: Any) -> None:
+    conn = await connect(await server())
+    big = jpeg(7, (1280, 720))
+    for seq in range(20):
+        await conn.send({"type": "frame.append", "stream": "cam", "seq": seq, "data": big})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await conn.send({"type": "ping"})
+    await conn.recv_type("pong")
+    assert loop.time() - started < 500 * MS
+
+
+def raw(width: int, height: int, extra: int = 0) -> dict[str, Any]:
+    return {"type": "image", "data": b"\x10" * (width * height * 3 + extra), "format": "rgb",
+            "width": width, "height": height}
+
+
+def bomb() -> bytes:
+    out = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(out, "PNG")  # tiny file, 36 M pixels
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("parts, code", [
+    ([image_part(jpeg(5)[:200])], "invalid_image"),
+    ([image_part(b"GIF89a" + b"\x00" * 50)], "unsupported_image_format"),
+    ([raw(10, 10, extra=5)], "image_size_mismatch"),
+    ([image_part(bomb())], "image_too_large"),
+    ([image_part(jpeg(1))] * 5, "too_many_images"),
+    ([{"type": "image", "image_id": "never"}], "unknown_image"),
+    ([{"type": "frame", "stream": "nothing"}], "unknown_stream"),
+])
+async def test_bad_images_fail_the_request_only(server: Any, parts: list[dict[str, Any]],
+                                                code: str) -> None:
+    client = await server()
+    conn = await connect(client)
+    await conn.send(create("bad", "", input=[{"role": "user", "content": parts}]))
+    done = (await conn.until_done({"bad"}))["bad"]
+    assert done["status"] == "failed" and done["error"]["code"] == code, done
+    assert done["error"]["message"]
+    await conn.send(create("ok", "", input=[{"role": "user", "content": [
+        raw(8, 8), {"type": "text", "text": "fine"}]}]))
+    assert (await conn.until_done({"ok"}))["ok"]["status"] == "completed"
+
+
+async def test_bad_upload_is_an_error_event(server: Any) -> None:
+    conn = await connect(await server())
+    await conn.send({"type": "image.upload", "data": b"not an image", "event_id": "u1"})
+    error = await conn.recv_type("error")
+    assert error["error"]["code"] == "unsupported_image_format"
+    assert error["error"]["event_id"] == "u1"
+
+
+async def test_context_overflow(server: Any) -> None:
+    conn = await connect(await server())
+    await conn.send(create("big", "", params={"max_tokens": 4090}, input=[
+        {"role": "user", "content": [image_part(jpeg(1)), {"type": "text", "text": "hi"}]}]))
+    done = (await conn.until_done({"big"}))["big"]
+    assert done["error"]["code"] == "context_overflow"
+    assert "4090" in done["error"]["message"]
+
+
+async def test_no_encoder_configured(server: Any) -> None:
+    conn = await connect(await server(vision=False))
+    assert conn.events[0]["model"]["vision"] is False
+    await conn.send(create("a", "", input=[{"role": "user", "content": [image_part(jpeg(1))]}]))
+    done = (await conn.until_done({"a"}))["a"]
+    assert done["error"]["code"] == "vision_unavailable"
+
+
+async def test_frames_are_dropped_on_close(server: Any) -> None:
+    client = await server()
+    conn = await connect(client)
+    await conn.send({"type": "frame.append", "stream": "cam", "seq": 0, "data": jpeg(9)})
+    await conn.send({"type": "ping"})
+    await conn.recv_type("pong")
+    state = client.server.app[STATE]
+    media = [c.media for c in state.connections]
+    assert media and media[0].frames.newest("cam") is not None
+    await conn.ws.close()
+    for _ in range(100):
+        if media[0].frames.newest("cam") is None:
+            break
+        await asyncio.sleep(5 * MS)
+    assert media[0].frames.newest("cam") is None

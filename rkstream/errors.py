@@ -131,6 +131,7 @@ class VisionError(RequestError):
     width*height*3), ``image_too_large`` (more pixels than the limit),
     ``too_many_images``, ``unknown_image`` (an image_id not in the cache),
     ``unknown_stream`` (a frame part for a stream with no frame yet),
+    ``too_many_streams`` (more camera streams than one connection may send),
     ``vision_unavailable`` (no encoder configured) and ``encoder_error`` (the
     encoder failed; this one is a server error).
     """

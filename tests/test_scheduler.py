@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from rkstream.config import Settings
 from rkstream.engines.base import Job, SamplingSettings
-from rkstream.errors import QueueFullError
+from rkstream.errors import QueueFullError, VisionError
 from rkstream.protocol.events import Message, TextPart
 from rkstream.scheduler import Scheduler
 
@@ -99,3 +100,57 @@ async def test_close_cancels_everything() -> None:
     assert (await waiting.outcome).finish_reason == "cancelled"
     late = scheduler.submit(job("c"), Sink())
     assert (await late.outcome).error_code == "shutting_down"
+
+
+async def test_prepare_runs_when_an_instance_is_free() -> None:
+    fake = engine(delay_ms=5)
+    scheduler = Scheduler(fake.instances, max_queue=5)
+    order: list[str] = []
+
+    def prepare_for(rid: str, text: str) -> Any:
+        async def prepare() -> Job:
+            order.append(f"prepare {rid}")
+            await asyncio.sleep(5 * MS)
+            return job(rid, text)
+        return prepare
+
+    first = scheduler.submit(job("a"), Sink(), prepare_for("a", "one two"))
+    second = scheduler.submit(job("b"), Sink(), prepare_for("b", "three"))
+    assert order == []  # nothing runs before the instance is taken
+    outcomes = await asyncio.gather(first.outcome, second.outcome)
+    assert [o.output_tokens for o in outcomes] == [2, 1]  # the prepared jobs ran
+    assert order == ["prepare a", "prepare b"]
+    assert first.vision_ms > 0
+
+
+async def test_prepare_failure_fails_only_that_request() -> None:
+    fake = engine()
+    scheduler = Scheduler(fake.instances, max_queue=5)
+
+    async def broken() -> Job:
+        raise VisionError("invalid_image", "the image is truncated")
+
+    bad = scheduler.submit(job("bad"), Sink(), broken)
+    good = scheduler.submit(job("good"), Sink())
+    failed = await bad.outcome
+    assert (failed.finish_reason, failed.error_code) == ("error", "invalid_image")
+    assert (await good.outcome).finish_reason == "stop"
+    assert [j.request_id for j in fake.calls.jobs] == ["good"]
+
+
+async def test_cancel_during_prepare() -> None:
+    fake = engine()
+    scheduler = Scheduler(fake.instances, max_queue=5)
+    started = asyncio.Event()
+
+    async def slow() -> Job:
+        started.set()
+        await asyncio.sleep(3600)
+        return job("never")
+
+    ticket = scheduler.submit(job("slow"), Sink(), slow)
+    await started.wait()
+    scheduler.cancel(ticket)
+    assert (await ticket.outcome).finish_reason == "cancelled"
+    after = scheduler.submit(job("after"), Sink())
+    assert (await after.outcome).finish_reason == "stop"  # the instance was freed

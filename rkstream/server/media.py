@@ -157,6 +157,10 @@ class Media:
         """Keep the frame if it is the newest; start encoding ahead if useful."""
         if self.vision is None:
             raise _unavailable()
+        if self.frames.full_for(event.stream):
+            raise VisionError("too_many_streams",
+                              f"this connection already sends {self.frames.max_streams} "
+                              "camera streams, the most allowed; reuse a stream name")
         kept = self.frames.append(new_frame(event.stream, event.seq, event.ts_ns, event.data,
                                             event.format, event.width, event.height))
         if kept and self.vision.settings.encode_ahead and self._model_busy():

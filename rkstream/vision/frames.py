@@ -30,13 +30,15 @@ class FrameStore:
         self._frames: dict[str, Frame] = {}
         self.superseded: dict[str, int] = {}
         self.received: dict[str, int] = {}
-        self._max_streams = max_streams
+        self.max_streams = max_streams
+
+    def full_for(self, stream: str) -> bool:
+        """True if ``stream`` is new and the store already holds max_streams."""
+        return stream not in self._frames and len(self._frames) >= self.max_streams
 
     def append(self, frame: Frame) -> bool:
         """Keep ``frame`` if it is the stream's newest; False for an older seq."""
         current = self._frames.get(frame.stream)
-        if current is None and len(self._frames) >= self._max_streams:
-            return False
         self.received[frame.stream] = self.received.get(frame.stream, 0) + 1
         if current is not None:
             if frame.seq <= current.seq:  # late or repeated: the newer one stays

@@ -111,7 +111,7 @@ def _band_pays(image: tuple[int, int], size: tuple[int, int]) -> bool:
     """Whether _resize_padded should replace building the square.
 
     Only when its result is exact (aligned box), or when the square would be
-    too big to build cheaply; then ~1% of pixels may be 1 off.
+    too big to build cheaply; then a few values in 10,000 may be 1 off.
     """
     width, height = image
     side = max(width, height)
@@ -147,8 +147,8 @@ def _resize_padded(
     touched = np.flatnonzero((highs > offset) & (lows < offset + length))
     first, last = int(touched[0]), int(touched[-1]) + 1
     # Pillow takes the box as float32: unless its edges are whole numbers the
-    # sample positions drift and ~1% of pixels come out 1 off. Edges at
-    # multiples of `step` are whole; align to them when that costs few rows.
+    # sample positions drift and values near a .5 round the other way. Edges
+    # at multiples of `step` are whole; align to them when that costs few rows.
     step = _align_step(side, count)
     box_lo: float
     box_hi: float

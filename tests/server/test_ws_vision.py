@@ -278,3 +278,13 @@ async def test_frames_are_dropped_on_close(server: Any) -> None:
             break
         await asyncio.sleep(5 * MS)
     assert media[0].frames.newest("cam") is None
+
+
+async def test_stream_limit(server: Any) -> None:
+    conn = await connect(await server())
+    for n in range(17):
+        await conn.send({"type": "frame.append", "stream": f"s{n}", "seq": 0,
+                         "data": b"\xff\xd8\xff", "event_id": f"f{n}"})
+    error = await conn.recv_type("error")
+    assert error["error"]["code"] == "too_many_streams"
+    assert error["error"]["event_id"] == "f16"

@@ -10,12 +10,13 @@ Pillow's choice (Pillow 13 may start with the vertical one,
 python-pillow/Pillow#9549), so both orders are computed and the closer one
 is compared.
 
-Tolerance: max abs diff <= 1 on at most 1% of the values. With the
-fixed-point weights most cases match exactly; what is left is double rounding
-of sample positions, and, for big squares whose box cannot be aligned,
-preprocess's banded resize (Pillow passes box edges as float32). A float
-reference without fixed point differs on ~2% of values when upscaling
-64 -> 392, because ratios like 8/49 put many sums exactly on .5.
+Tolerance: max abs diff <= 1 on at most 0.1% of the values. With the
+fixed-point weights the reference matches Pillow exactly in nearly every
+case; the allowance is for double rounding of sample positions and for big
+squares whose box cannot be aligned, where preprocess's banded resize samples
+at float32 box edges (seen: 0.006% of values off by 1). A plain float
+reference would need more: upscaling 64 -> 392 (ratio 8/49) puts ~2% of the
+sums exactly on .5, and 22-bit weights break those ties either way.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def assert_close(got: np.ndarray, wants: list[np.ndarray]) -> None:
     diffs = [np.abs(got.astype(np.int64) - want) for want in wants]
     diff = min(diffs, key=lambda d: int((d > 0).sum()))
     assert diff.max() <= 1, f"max abs diff {diff.max()}"
-    assert (diff > 0).mean() <= 0.01, f"{(diff > 0).mean():.2%} of values differ"
+    assert (diff > 0).mean() <= 0.001, f"{(diff > 0).mean():.3%} of values differ"
 
 
 def noise(width: int, height: int, channels: int = 3, seed: int = 0) -> np.ndarray:

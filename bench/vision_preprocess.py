@@ -96,7 +96,7 @@ def main() -> int:
                   f"{decoded[0]}x{decoded[1]} | {statistics.median(ms):.2f} | "
                   f"{percentile(ms, 0.99):.2f} | {statistics.fmean(ms):.2f} |")
     print()
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    print(f"command: {' '.join(['python', 'bench/vision_preprocess.py', *sys.argv[1:]])}")
     return 0
 
 

@@ -56,8 +56,9 @@ class RKLLMSettings:
                                minimum=1, maximum=1 << 17)
     n_keep: int = _opt(-1, "KV entries kept when the window shifts (-1 = runtime default)",
                        minimum=-1)
-    base_domain_id: int = _opt(0, "NPU memory domain (1 when a vision encoder shares "
-                                  "the process on RK3588)", minimum=0, maximum=15)
+    base_domain_id: int = _opt(-1, "NPU memory domain; -1 = auto: 1 when a vision encoder "
+                                   "shares the process (as the official demo on RK3588), "
+                                   "else 0", minimum=-1, maximum=15)
     embed_flash: bool = _opt(True, "keep the embedding table in the model file, not in RAM")
     enabled_cpus_num: int = _opt(4, "CPU threads the runtime may use", minimum=1, maximum=8)
     enabled_cpus_mask: int = _opt(0xF0, "CPU bitmask (0xF0 = the A76 cores of RK3588)",
@@ -91,7 +92,8 @@ class VisionSettings:
     image_content: str = _opt("", "override the preset's image content tag (empty = preset)")
     background: float = _opt(-1.0, "pad colour 0-255 (negative = preset)", minimum=-1,
                              maximum=255)
-    core_mask: str = _opt("auto", "NPU cores for the RKNN encoder",
+    core_mask: str = _opt("2", "NPU cores for the RKNN encoder (2 = the core an LLM "
+                               "converted with num_npu_core=2 leaves free)",
                           choices=("auto", "0", "1", "2", "0_1", "0_1_2", "all"))
     threads: int = _opt(0, "ONNX Runtime threads (0 = its default)", minimum=0, maximum=64)
     cache_bytes: int = _opt(64 << 20, "embedding cache size; repeated images encode once",

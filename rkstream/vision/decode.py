@@ -112,8 +112,7 @@ def decode_image(
             image_size_mismatch or image_too_large.
     """
     name = format.lower() if format is not None else None
-    if name in RAW_FORMATS:
-        assert name is not None
+    if name is not None and name in RAW_FORMATS:
         return _decode_raw(data, name, width, height, max_pixels)
     if name is not None and name not in ENCODED_FORMATS:
         raise VisionError(
@@ -155,18 +154,17 @@ def _decode_raw(
     data: bytes, name: str, width: int | None, height: int | None, max_pixels: int
 ) -> Image.Image:
     """Wrap raw 8-bit pixels, checking the declared size against the bytes."""
+    if width is None or height is None:
+        field = "width" if width is None else "height"
+        raise VisionError(
+            "invalid_image", f"raw {name} pixels need width and height; {field} is missing",
+            param=field,
+        )
     for field, value in (("width", width), ("height", height)):
-        if value is None:
-            raise VisionError(
-                "invalid_image",
-                f"raw {name} pixels need width and height; {field} is missing",
-                param=field,
-            )
         if value <= 0:
             raise VisionError("invalid_image",
                               f"{field} must be a positive number of pixels, not {value}",
                               param=field)
-    assert width is not None and height is not None
     _check_pixels((width, height), max_pixels)
     expected = width * height * 3
     if len(data) != expected:

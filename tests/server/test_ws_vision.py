@@ -110,8 +110,9 @@ async def test_photo_and_question(server: Any, records: Records, line: str,
         QWEN.image_start, QWEN.image_end, QWEN.image_content)
     assert run["embed_floats"] == 16 * 16
     assert run["embed_sum"] == pytest.approx(expected_sum(encoder_path, photo), rel=1e-5)
+    init = records.all("init")[0]
+    assert init["extend_param"]["base_domain_id"] == 1  # auto: the encoder shares the NPU
     if line == "1.2":  # tags travel at init on 1.2
-        init = records.all("init")[0]
         assert init["img_start"] == QWEN.image_start
 
 

@@ -44,7 +44,10 @@ def make_param(abi: ModuleType, settings: RKLLMSettings, defaults: SamplingDefau
     param.skip_special_token = settings.skip_special_token
     param.is_async = False
     ext = param.extend_param
-    ext.base_domain_id = settings.base_domain_id
+    # The demo moves the LLM to domain 1 when a vision model shares the process,
+    # which avoids "failed to malloc npu memory" (rknn-llm issues #139, #195).
+    ext.base_domain_id = (settings.base_domain_id if settings.base_domain_id >= 0
+                          else 1 if tags is not None else 0)
     ext.embed_flash = 1 if settings.embed_flash else 0
     ext.enabled_cpus_num = settings.enabled_cpus_num
     ext.enabled_cpus_mask = settings.enabled_cpus_mask

@@ -112,6 +112,7 @@ async def test_echo_reply_and_model_info(make_engine: Any, records: Records,
     init = records.all("init")[0]
     assert init["max_context_len"] == 4096 and init["extend_param"]["enabled_cpus_mask"] == 0xF0
     assert init["extend_param"]["embed_flash"] == 1 and init["skip_special_token"] is True
+    assert init["extend_param"]["base_domain_id"] == 0  # auto: no vision encoder
 
 
 @pytest.mark.parametrize("waiting", ["continue", "repeat", "none"])

@@ -97,7 +97,7 @@ def decode_image(
         width: pixels per row; required for raw formats, ignored otherwise.
         height: number of rows; required for raw formats, ignored otherwise.
         max_pixels: the most width*height allowed, checked before decoding.
-        target: the encoder's (width, height). A JPEG far larger than it is
+        target: the encoder's (height, width). A JPEG far larger than it is
             decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling), keeping its
             longer side at least max(target) so the later resize still shrinks.
         background: colour that transparent pixels are composited onto, so

@@ -83,7 +83,7 @@ def preprocess(
 
     Args:
         img: the decoded image.
-        size: the encoder's (width, height).
+        size: the encoder's (height, width), as ``VisionEncoder.input_size``.
         background: the padding colour.
 
     Returns:
@@ -91,15 +91,16 @@ def preprocess(
     """
     if img.mode != "RGB":
         img = img.convert("RGB")
-    if _band_pays(img.size, size):
-        square = _resize_padded(img, size, background)
+    height, width = size
+    if _band_pays(img.size, (width, height)):
+        square = _resize_padded(img, (width, height), background)
     else:
         square = to_square(img, background)
-        if square.size != size:
+        if square.size != (width, height):
             # Pillow's BILINEAR widens its support when shrinking, so it also antialiases.
-            square = square.resize(size, Image.Resampling.BILINEAR)
+            square = square.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.array(square, dtype=np.uint8)
-    return pixels.reshape(1, size[1], size[0], 3)
+    return pixels.reshape(1, height, width, 3)
 
 
 def _align_step(side: int, count: int) -> int:
@@ -108,7 +109,7 @@ def _align_step(side: int, count: int) -> int:
 
 
 def _band_pays(image: tuple[int, int], size: tuple[int, int]) -> bool:
-    """Whether _resize_padded should replace building the square.
+    """Whether _resize_padded should replace building the square (sizes are Pillow's (w, h)).
 
     Only when its result is exact (aligned box), or when the square would be
     too big to build cheaply; then a few values in 10,000 may be 1 off.
@@ -124,7 +125,7 @@ def _band_pays(image: tuple[int, int], size: tuple[int, int]) -> bool:
 def _resize_padded(
     img: Image.Image, size: tuple[int, int], background: tuple[int, int, int]
 ) -> Image.Image:
-    """Resize the padded square of a non-square image without making it.
+    """Resize the padded square of a non-square image to size (w, h) without making it.
 
     Output rows (or columns, for a portrait image) whose filter window misses
     the image are plain background. The others are resampled from a band that
@@ -196,7 +197,7 @@ def prepare_image_sync(
         format: "jpeg", "png", "webp", "rgb" or "bgr"; None sniffs the bytes.
         width: pixels per row, for raw formats.
         height: number of rows, for raw formats.
-        size: the encoder's (width, height).
+        size: the encoder's (height, width), as ``VisionEncoder.input_size``.
         background: the padding colour, also used under transparent pixels.
         max_pixels: the most width*height a client image may have.
         draft: allow reduced-size JPEG decoding when the image is much larger

@@ -76,9 +76,9 @@ def ref_square(src: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
 
 
 def ref_preprocess(src: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
-    """Both pass orders' results, each shaped (1, H, W, 3)."""
+    """Both pass orders' results for size (H, W), each shaped (1, H, W, 3)."""
     square = ref_square(src, BG)
-    return [ref_resize(square, *size, vertical_first=v)[None] for v in (False, True)]
+    return [ref_resize(square, size[1], size[0], vertical_first=v)[None] for v in (False, True)]
 
 
 def assert_close(got: np.ndarray, wants: list[np.ndarray]) -> None:
@@ -126,11 +126,11 @@ def test_reference_by_hand() -> None:
 # --- preprocess vs the reference -----------------------------------------------------
 
 SHAPES = [(37, 23), (23, 37), (64, 64), (640, 480), (480, 640), (5, 2), (1, 300), (1100, 300)]
-SIZES = [(448, 448), (392, 392), (32, 24)]
+SIZES = [(448, 448), (392, 392), (24, 32), (32, 24)]  # (height, width)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{w}x{h}" for w, h in SHAPES])
-@pytest.mark.parametrize("size", SIZES, ids=[f"to{w}x{h}" for w, h in SIZES])
+@pytest.mark.parametrize("size", SIZES, ids=[f"to{w}x{h}" for h, w in SIZES])
 def test_matches_reference(shape: tuple[int, int], size: tuple[int, int]) -> None:
     src = noise(*shape)
     got = preprocess(Image.fromarray(src), size, BG)
@@ -143,7 +143,7 @@ def test_matches_reference_full_hd() -> None:
 
 
 def test_output_layout() -> None:
-    out = preprocess(Image.fromarray(noise(50, 30)), (64, 48), BG)
+    out = preprocess(Image.fromarray(noise(50, 30)), (48, 64), BG)  # (height, width)
     assert out.shape == (1, 48, 64, 3) and out.dtype == np.uint8
     assert out.flags.c_contiguous and out.flags.writeable
 
@@ -155,7 +155,7 @@ def test_banded_resize_equals_padding_first(shape: tuple[int, int],
     # preprocess never builds the full square; where its box is aligned the
     # result must be what padding first and resizing gives, bit for bit.
     img = Image.fromarray(noise(*shape))
-    naive = np.asarray(to_square(img, BG).resize(size, Image.Resampling.BILINEAR))
+    naive = np.asarray(to_square(img, BG).resize(size[::-1], Image.Resampling.BILINEAR))
     assert np.array_equal(preprocess(img, size, BG)[0], naive)
 
 

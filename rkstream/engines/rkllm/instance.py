@@ -30,7 +30,7 @@ from .loader import RuntimeLibrary
 from .structs import RunStructs, make_param, make_run_structs
 
 CONTINUE, PAUSE = 0, 1
-ABORT_GRACE_S = 0.05  # after a cancel, pause generation if abort has not taken effect
+ABORT_GRACE_S = 0.25  # after a cancel, pause generation if abort has not taken effect
 
 
 class RKLLMRun(BridgedRun):

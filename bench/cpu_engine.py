@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import aiohttp
 import msgpack
 
 from rkstream.engines.llamacpp.model import resolve_model
+
+from common import free_port, wait_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "Story {}: write a short story about a robot who learns to paint."
@@ -60,11 +61,6 @@ def direct(model: Path, runs: int, tokens: int) -> list[tuple[float, float]]:
     return out[1:]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 async def through_rkstream(model: Path, runs: int, tokens: int
                            ) -> list[tuple[float, float, float]]:
@@ -76,15 +72,9 @@ async def through_rkstream(model: Path, runs: int, tokens: int
          "--log-level", "warning"], cwd=REPO)
     out = []
     try:
+        await wait_ready(server, port)
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
-                    break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise SystemExit("the server did not start")
+            ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
             await ws.receive()
             for i in range(runs + 1):
                 request = {"type": "response.create", "request_id": f"r{i}",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from common import free_port, wait_ready  # noqa: E402
 from tiny_encoder import build_tiny_encoder  # noqa: E402
 
 LIB = REPO / "lib" / "build" / "librkllmrt-standin-1.3.so"
@@ -49,11 +49,6 @@ def photo(seed: int) -> bytes:
     Image.fromarray(pixels).save(out, "JPEG", quality=90)
     return out.getvalue()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def recv(ws: aiohttp.ClientWebSocketResponse[Any]) -> dict[str, object]:
@@ -111,14 +106,7 @@ async def measure(encoder: Path, model: Path, encode_ahead: bool, frames: list[b
          "--set", f"vision.encode_ahead={str(encode_ahead).lower()}",
          "--log-level", "warning"], cwd=REPO)
     try:
-        for _ in range(100):
-            try:
-                async with aiohttp.ClientSession() as s, s.get(
-                        f"http://127.0.0.1:{port}/health") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
+        await wait_ready(server, port)
         url = f"http://127.0.0.1:{port}/ws"
         return [await trial(url, frames, i) for i in range(trials)]
     finally:

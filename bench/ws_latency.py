@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import aiohttp
 import msgpack
+
+from common import free_port, wait_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LIB = REPO / "lib" / "build" / "librkllmrt-standin-1.3.so"
@@ -51,11 +52,6 @@ class Result:
                 f"{lat[-1]:.0f} | {self.tokens / self.seconds:,.0f} | "
                 f"{self.cpu_s / self.tokens * 1e6:.1f} |")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,20 +89,6 @@ async def run_scenario(url: str, pid: int, name: str, tokens: int, delay_us: int
     assert len(latencies) == tokens, (len(latencies), tokens)
     return Result(name, tokens, seconds, latencies, cpu, messages)
 
-
-async def wait_ready(server: subprocess.Popen[bytes], port: int) -> None:
-    for _ in range(100):
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with {server.returncode}")
-        try:
-            async with aiohttp.ClientSession() as s, s.get(
-                    f"http://127.0.0.1:{port}/health") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit("the server did not start")
 
 
 async def measure(command: list[str], port: int, label: str, slow_n: int, fast_n: int

@@ -85,6 +85,9 @@ class FakeInstance(EngineInstance):
         self.calls.jobs.append(job)
         return FakeRun(self, job, sink)
 
+    async def close(self) -> None:
+        pass
+
 
 class FakeEngine(Engine):
     def __init__(self, settings: Settings, delay_s: float = 0.0, calls: Calls | None = None

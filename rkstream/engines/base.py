@@ -10,10 +10,10 @@ job's :class:`TextSink` on the event loop, in order, and the run's
 from __future__ import annotations
 
 import abc
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..log import engine_log
 from ..protocol.events import Message
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -145,6 +145,10 @@ class EngineInstance(abc.ABC):
     def start(self, job: Job, sink: TextSink) -> Run:
         """Start ``job``; the instance must be idle (the scheduler ensures it)."""
 
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Free the native model on its owner thread; safe to call twice."""
+
 
 class Engine(abc.ABC):
     """A loaded model with ``instances`` handles."""
@@ -166,5 +170,28 @@ class Engine(abc.ABC):
         """Abort runs and free every native handle; safe to call twice."""
 
 
-def done_future() -> asyncio.Future[Outcome]:
-    return asyncio.get_running_loop().create_future()
+class InstanceEngine(Engine):
+    """An engine made of owned instances; subclasses fill ``_instances`` and
+    ``_info`` in :meth:`load`."""
+
+    def __init__(self) -> None:
+        self._instances: list[EngineInstance] = []
+        self._info: ModelInfo | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError("the engine is not loaded yet")
+        return self._info
+
+    @property
+    def instances(self) -> list[EngineInstance]:
+        return list(self._instances)
+
+    async def close(self) -> None:
+        """Close every instance, last first; one failure does not skip the rest."""
+        for instance in reversed(self._instances):
+            try:
+                await instance.close()
+            except Exception:
+                engine_log.exception("closing instance %d failed", instance.index)

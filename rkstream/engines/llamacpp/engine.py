@@ -7,28 +7,17 @@ import importlib.metadata
 
 from ...config import Settings
 from ...log import engine_log
-from ..base import Engine, EngineInstance, ModelInfo
+from ..base import InstanceEngine, ModelInfo
 from .instance import LlamaInstance
 from .model import resolve_model
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(InstanceEngine):
     """A GGUF model run by llama.cpp on the CPU (no NPU needed)."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self._settings = settings
-        self._instances: list[LlamaInstance] = []
-        self._info: ModelInfo | None = None
-
-    @property
-    def info(self) -> ModelInfo:
-        if self._info is None:
-            raise RuntimeError("the engine is not loaded yet")
-        return self._info
-
-    @property
-    def instances(self) -> list[EngineInstance]:
-        return list(self._instances)
 
     async def load(self) -> None:
         """Find the model, then load each instance on its owner thread.
@@ -47,15 +36,8 @@ class LlamaCppEngine(Engine):
             version = importlib.metadata.version("llama-cpp-python")
         except importlib.metadata.PackageNotFoundError:  # pragma: no cover - loaded above
             version = "?"
-        first = self._instances[0]
+        first = instance
         self._info = ModelInfo(id=model.stem, engine="llamacpp", context_length=first.n_ctx,
                                vision=False, per_request_sampling=True,
                                runtime=f"llama-cpp-python {version}")
         engine_log.info("CPU engine ready: %s", model)
-
-    async def close(self) -> None:
-        for instance in reversed(self._instances):
-            try:
-                await instance.close()
-            except Exception:
-                engine_log.exception("closing instance %d failed", instance.index)

@@ -8,31 +8,20 @@ from pathlib import Path
 
 from ...config import Settings
 from ...log import engine_log
-from ..base import Engine, EngineInstance, ModelInfo
+from ..base import InstanceEngine, ModelInfo
 from .instance import RKLLMInstance
 from .loader import RuntimeLibrary, check_model_file, load_runtime
 
 
-class RKLLMEngine(Engine):
+class RKLLMEngine(InstanceEngine):
     """Language model served by Rockchip's RKLLM runtime (or the stand-in)."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self._settings = settings
-        self._instances: list[RKLLMInstance] = []
         self._control = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="rkllm-control")
         self.runtime: RuntimeLibrary | None = None
-        self._info: ModelInfo | None = None
-
-    @property
-    def info(self) -> ModelInfo:
-        if self._info is None:
-            raise RuntimeError("the engine is not loaded yet")
-        return self._info
-
-    @property
-    def instances(self) -> list[EngineInstance]:
-        return list(self._instances)
 
     def _prepare_sync(self) -> tuple[RuntimeLibrary, Path]:
         rk = self._settings.rkllm
@@ -76,9 +65,5 @@ class RKLLMEngine(Engine):
             runtime=runtime.version or runtime.line, notes=notes)
 
     async def close(self) -> None:
-        for instance in reversed(self._instances):
-            try:
-                await instance.close()
-            except Exception:
-                engine_log.exception("closing instance %d failed", instance.index)
+        await super().close()
         self._control.shutdown(wait=False)

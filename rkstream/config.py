@@ -42,6 +42,8 @@ class ServerSettings:
         minimum=4096)
     shutdown_timeout_s: float = _opt(5.0, "how long shutdown waits for handlers", minimum=0)
     static_dir: str = _opt("", "folder served at / (empty = the repository's static/)")
+    cors_origins: str = _opt("", "origins allowed to call the HTTP APIs from a browser: "
+                                 "comma-separated, or * for any; empty = none")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from ..config import Settings
 from ..engines.base import Engine
 from ..log import server_log
 from ..scheduler import Scheduler
+from .cors import cors_middleware, parse_origins
 from .state import STATE, AppState
 from .ws import websocket_handler
 
@@ -105,7 +106,9 @@ ENGINE_FACTORY: web.AppKey[EngineFactory] = web.AppKey("rkstream_engine_factory"
 def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
              ) -> web.Application:
     """Build the application; the engine loads when the app starts."""
-    app = web.Application(client_max_size=settings.limits.max_message_bytes)
+    origins = parse_origins(settings.server.cors_origins)
+    app = web.Application(client_max_size=settings.limits.max_message_bytes,
+                          middlewares=[cors_middleware(origins)] if origins else [])
     app[STATE] = AppState(settings=settings)
     app[ENGINE_FACTORY] = engine_factory
     app.cleanup_ctx.append(_engine_ctx)

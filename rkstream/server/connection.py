@@ -36,6 +36,7 @@ from ..scheduler import Scheduler, Ticket
 from ..vision.service import VisionService
 from .media import FrameUse, Media
 from .outbox import Outbox
+from .sampling import effective_sampling
 
 
 def _event_id(event_id: str | None) -> dict[str, Any]:
@@ -228,28 +229,8 @@ class Connection:
 
     def _sampling(self, params: Params, event_id: str | None,
                   request_id: str | None = None) -> SamplingSettings:
-        d = self.settings.sampling
-        base = Params(max_tokens=d.max_tokens, temperature=d.temperature, top_p=d.top_p,
-                      top_k=d.top_k, repeat_penalty=d.repeat_penalty,
-                      frequency_penalty=d.frequency_penalty,
-                      presence_penalty=d.presence_penalty, stop=())
-        merged = params.over(self.params.over(base))
-        cap = self.settings.limits.max_tokens
-        assert merged.max_tokens is not None
-        if merged.max_tokens > cap:
-            raise ProtocolError(
-                "invalid_param",
-                f"params.max_tokens = {merged.max_tokens} is above this server's limit "
-                f"of {cap}", param="params.max_tokens", event_id=event_id,
-                request_id=request_id)
-        return SamplingSettings(
-            max_tokens=merged.max_tokens, temperature=merged.temperature or 0.0,
-            top_p=merged.top_p if merged.top_p is not None else d.top_p,
-            top_k=merged.top_k if merged.top_k is not None else d.top_k,
-            repeat_penalty=merged.repeat_penalty or 0.0,
-            frequency_penalty=merged.frequency_penalty or 0.0,
-            presence_penalty=merged.presence_penalty or 0.0,
-            stop=merged.stop or ())
+        return effective_sampling(self.settings, self.params, params, event_id=event_id,
+                                  request_id=request_id)
 
     def _create(self, event: ResponseCreate) -> None:
         rid = event.request_id

@@ -1,0 +1,51 @@
+"""CORS for the HTTP APIs, so browser clients on other origins can call them.
+
+``server.cors_origins`` is a comma-separated list of origins, or ``*`` for
+any; empty (the default) sends no CORS headers, so a page on another site
+cannot read the answers. Preflight (OPTIONS) requests are answered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ALLOW_HEADERS = "Authorization, Content-Type, X-Requested-With"
+ALLOW_METHODS = "GET, POST, OPTIONS"
+
+
+def parse_origins(value: str) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+
+
+def cors_middleware(origins: frozenset[str]) -> Middleware:
+    """A middleware that allows ``origins`` (``*`` = any) on every HTTP route."""
+
+    def allowed(origin: str | None) -> str | None:
+        if origin is None or not origins:
+            return None
+        if "*" in origins:
+            return "*"
+        return origin if origin.rstrip("/") in origins else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = allowed(request.headers.get("Origin"))
+        if request.method == "OPTIONS" and origin is not None and \
+                "Access-Control-Request-Method" in request.headers:
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600", "Vary": "Origin"})
+        response = await handler(request)
+        if origin is not None and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware

@@ -1,0 +1,41 @@
+"""CORS: off by default, allowed origins only, preflight answered."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from rkstream.config import ServerSettings, Settings
+from rkstream.server.app import make_app
+
+from fakes import FakeEngine
+
+
+def app_with(origins: str) -> Any:
+    settings = replace(Settings(), server=replace(ServerSettings(), cors_origins=origins))
+    return make_app(settings, lambda s: FakeEngine(s))
+
+
+async def test_off_by_default(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(app_with(""))
+    response = await client.get("/health", headers={"Origin": "https://evil.example"})
+    assert response.status == 200
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_listed_origin_only(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(app_with("https://app.example, http://localhost:3000/"))
+    ok = await client.get("/health", headers={"Origin": "http://localhost:3000"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    other = await client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    preflight = await client.options("/health", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status == 204
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+async def test_any_origin(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(app_with("*"))
+    response = await client.get("/health", headers={"Origin": "https://x.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"

@@ -94,6 +94,10 @@ class VisionSettings:
     image_content: str = _opt("", "override the preset's image content tag (empty = preset)")
     background: float = _opt(-1.0, "pad colour 0-255 (negative = preset)", minimum=-1,
                              maximum=255)
+    mean: str = _opt("", "ONNX input mean per channel, 0-255, as \"r,g,b\" (empty = preset)")
+    std: str = _opt("", "ONNX input std per channel, 0-255, as \"r,g,b\" (empty = preset)")
+    size: int = _opt(0, "encoder input size when the model file does not fix it "
+                        "(0 = preset)", minimum=0, maximum=4096)
     core_mask: str = _opt("2", "NPU cores for the RKNN encoder (2 = the core an LLM "
                                "converted with num_npu_core=2 leaves free)",
                           choices=("auto", "0", "1", "2", "0_1", "0_1_2", "all"))

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import LimitSettings, VisionSettings
 from ..engines.base import ImageEmbedding, ImageTags
 from ..engines.owner import OwnerThread
+from ..errors import ConfigError
 from ..log import engine_log
 from .encoder import VisionEncoder
 from .preprocess import background_from, prepare_image_sync
@@ -36,6 +37,16 @@ def preset_from(settings: VisionSettings) -> VisionPreset:
             overrides[key] = value
     if settings.background >= 0:
         overrides["background"] = settings.background
+    for key in ("mean", "std"):
+        text = getattr(settings, key)
+        if text:
+            try:
+                overrides[key] = tuple(float(v) for v in text.split(","))
+            except ValueError:
+                raise ConfigError(f"config: vision.{key} = {text!r} is not allowed; use three "
+                                  "numbers such as \"127.5,127.5,127.5\"") from None
+    if settings.size:
+        overrides["size"] = settings.size
     return preset_with_overrides(settings.preset, overrides)
 
 

@@ -23,7 +23,7 @@ from ..config import Settings
 from ..engines.base import Engine
 from ..log import server_log
 from ..scheduler import Scheduler
-from .cors import cors_middleware, parse_origins
+from .cors import add_cors_headers, cors_middleware, parse_origins
 from .state import STATE, AppState
 from .ws import websocket_handler
 
@@ -109,6 +109,8 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
     origins = parse_origins(settings.server.cors_origins)
     app = web.Application(client_max_size=settings.limits.max_message_bytes,
                           middlewares=[cors_middleware(origins)] if origins else [])
+    if origins:
+        app.on_response_prepare.append(add_cors_headers)
     app[STATE] = AppState(settings=settings)
     app[ENGINE_FACTORY] = engine_factory
     app.cleanup_ctx.append(_engine_ctx)

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CORS_ORIGIN = web.RequestKey("rkstream_cors_origin", str)
 
 ALLOW_HEADERS = "Authorization, Content-Type, X-Requested-With"
 ALLOW_METHODS = "GET, POST, OPTIONS"
@@ -42,10 +43,17 @@ def cors_middleware(origins: frozenset[str]) -> Middleware:
                 "Access-Control-Allow-Methods": ALLOW_METHODS,
                 "Access-Control-Allow-Headers": ALLOW_HEADERS,
                 "Access-Control-Max-Age": "600", "Vary": "Origin"})
-        response = await handler(request)
-        if origin is not None and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-        return response
+        if origin is not None:
+            request[CORS_ORIGIN] = origin  # added when the response is prepared
+        return await handler(request)
 
     return middleware
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: streaming answers (SSE, NDJSON) are prepared inside
+    their handler, so the headers are added here rather than after it."""
+    origin = request.get(CORS_ORIGIN)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"

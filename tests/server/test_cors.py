@@ -39,3 +39,17 @@ async def test_any_origin(aiohttp_client: Any) -> None:
     client = await aiohttp_client(app_with("*"))
     response = await client.get("/health", headers={"Origin": "https://x.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_streamed_answers_carry_the_header(aiohttp_client: Any) -> None:
+    from rkstream.server.ollama_api import add_ollama_routes
+
+    app = app_with("https://app.example")
+    add_ollama_routes(app)
+    client = await aiohttp_client(app)
+    response = await client.post("/api/chat", headers={"Origin": "https://app.example"},
+                                 json={"model": "x", "messages": [
+                                     {"role": "user", "content": "a b"}]})
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    await response.read()

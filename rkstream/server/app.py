@@ -24,6 +24,8 @@ from ..engines.base import Engine
 from ..log import server_log
 from ..scheduler import Scheduler
 from .cors import add_cors_headers, cors_middleware, parse_origins
+from .ollama_api import add_ollama_routes
+from .rkllm_demo_api import add_rkllm_demo_routes
 from .state import STATE, AppState
 from .ws import websocket_handler
 
@@ -118,6 +120,8 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/health", health)
+    add_ollama_routes(app)
+    add_rkllm_demo_routes(app)
     static = _static_dir(settings)
     if static is not None:
         index = static / "index.html"

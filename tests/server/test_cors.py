@@ -42,11 +42,8 @@ async def test_any_origin(aiohttp_client: Any) -> None:
 
 
 async def test_streamed_answers_carry_the_header(aiohttp_client: Any) -> None:
-    from rkstream.server.ollama_api import add_ollama_routes
 
-    app = app_with("https://app.example")
-    add_ollama_routes(app)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(app_with("https://app.example"))
     response = await client.post("/api/chat", headers={"Origin": "https://app.example"},
                                  json={"model": "x", "messages": [
                                      {"role": "user", "content": "a b"}]})

@@ -21,8 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from rkstream.config import LimitSettings, Settings
 from rkstream.server.app import make_app
-from rkstream.server.ollama_api import add_ollama_routes, ndjson
-from rkstream.server.rkllm_demo_api import add_rkllm_demo_routes
+from rkstream.server.ollama_api import ndjson
 
 from fakes import Calls, FakeEngine
 from helpers import MS
@@ -36,8 +35,6 @@ STATS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_du
 
 def build_app(settings: Settings, calls: Calls, delay_ms: float) -> web.Application:
     app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
-    add_ollama_routes(app)
-    add_rkllm_demo_routes(app)
     return app
 
 

@@ -22,7 +22,6 @@ from PIL import Image
 from rkstream.config import LimitSettings, RKLLMSettings, Settings, VisionSettings
 from rkstream.engines.base import Engine
 from rkstream.server.app import make_app
-from rkstream.server.ollama_api import add_ollama_routes
 
 from conftest import ModelFactory
 from fakes import Calls, FakeEngine
@@ -51,7 +50,6 @@ def serve(aiohttp_server: ServerFactory, calls: Calls) -> Serve:
             def factory(s: Settings) -> Engine:
                 return FakeEngine(s, delay_ms * MS, calls)
         app = make_app(settings or Settings(), *([factory] if factory else []))
-        add_ollama_routes(app)
         server = await aiohttp_server(app, host="127.0.0.1")
         return f"http://127.0.0.1:{server.port}"
     return start

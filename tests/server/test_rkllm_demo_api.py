@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from rkstream.config import LimitSettings, RKLLMSettings, Settings
 from rkstream.server.app import make_app
-from rkstream.server.rkllm_demo_api import add_rkllm_demo_routes
 
 from conftest import ModelFactory
 from fakes import Calls, FakeEngine
@@ -40,7 +39,6 @@ def calls() -> Calls:
 def fake_app(calls: Calls, delay_ms: float = 1, **limits: Any) -> web.Application:
     settings = replace(Settings(), limits=replace(LimitSettings(), **limits))
     app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
-    add_rkllm_demo_routes(app)
     return app
 
 
@@ -128,7 +126,6 @@ async def test_demo_client_with_the_standin(
     settings = replace(Settings(), engine="rkllm", rkllm=replace(
         RKLLMSettings(), library=str(standin_libs["1.2"]), model=str(model)))
     app = make_app(settings)
-    add_rkllm_demo_routes(app)
     server = await aiohttp_server(app, host="127.0.0.1")
     url = f"http://127.0.0.1:{server.port}/rkllm_chat"
     reply = "你好\u2028世界\u2029🎉\x85naïve\nnext line"

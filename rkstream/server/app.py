@@ -25,6 +25,7 @@ from ..log import server_log
 from ..scheduler import Scheduler
 from .cors import add_cors_headers, cors_middleware, parse_origins
 from .ollama_api import add_ollama_routes
+from .openai_api import add_openai_routes
 from .rkllm_demo_api import add_rkllm_demo_routes
 from .state import STATE, AppState
 from .ws import websocket_handler
@@ -120,6 +121,7 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/health", health)
+    add_openai_routes(app)
     add_ollama_routes(app)
     add_rkllm_demo_routes(app)
     static = _static_dir(settings)

@@ -113,6 +113,10 @@ async def generate(request: web.Request, state: AppState, messages: tuple[Messag
                     await asyncio.shield(gen.ticket.outcome)
                     return
                 continue
+            # Pieces that piled up while the client was being written to go out
+            # as one, so a slow socket costs fewer, larger writes.
+            while not sink.queue.empty():
+                text += sink.queue.get_nowait()
             if gen.first_text_s is None:
                 gen.first_text_s = time.perf_counter()
             yield text

@@ -88,7 +88,7 @@ def _serve(settings: Settings) -> None:
 
     from .server.app import make_app
 
-    app = make_app(settings)
+    app = make_app(settings, load_in_background=True)
     host, port = settings.server.host, settings.server.port
     server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws)",
                     __version__, host, port)

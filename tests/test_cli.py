@@ -81,11 +81,32 @@ async def test_serve_standin_streams_and_stops_on_sigterm(standin_libs: dict[str
         server.stderr.close()
 
 
-def test_missing_model_fails_at_start_with_advice(tmp_path: Path,
-                                                  standin_libs: dict[str, Path]) -> None:
-    result = subprocess.run(
+async def test_missing_model_is_reported_by_health(tmp_path: Path,
+                                                   standin_libs: dict[str, Path]) -> None:
+    port = free_port()
+    server = subprocess.Popen(
         [sys.executable, "-m", "rkstream", "serve", "--set", "engine=rkllm", "--rkllm-lib",
-         str(standin_libs["1.3"]), "--model", str(tmp_path / "nope.rkllm"), "--port", "0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "nope.rkllm' does not exist" in result.stderr
+         str(standin_libs["1.3"]), "--model", str(tmp_path / "nope.rkllm"), "--host",
+         "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(400):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                        body = await response.json()
+                        if body["status"] == "failed":
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(25 * MS)
+            else:
+                raise AssertionError("no failed health status")
+            assert response.status == 503
+            assert "nope.rkllm' does not exist" in body["reason"]
+            async with session.get(f"http://127.0.0.1:{port}/ws") as ws_response:
+                assert ws_response.status == 503
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=10)
+    assert "loading the model failed" in err and "nope.rkllm" in err

@@ -1,6 +1,7 @@
 """The aiohttp application: routes, startup and shutdown.
 
-Startup (cleanup_ctx): load the engine off the loop, then make the scheduler.
+Startup (cleanup_ctx): load the engine off the loop, then the vision
+encoder, then make the scheduler (in the background for ``rkstream serve``).
 Shutdown, in this order:
 1. on_shutdown: mark the server closing, cancel every connection's requests
    (each gets a response.done, status cancelled, code shutting_down), then
@@ -23,6 +24,7 @@ from ..config import Settings
 from ..engines.base import Engine
 from ..log import server_log
 from ..scheduler import Scheduler
+from ..vision.service import VisionService
 from .cors import add_cors_headers, cors_middleware, parse_origins
 from .ollama_api import add_ollama_routes
 from .openai_api import add_openai_routes
@@ -41,45 +43,66 @@ def default_engine(settings: Settings) -> Engine:
     return make_engine(settings)
 
 
-async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _load_vision(state: AppState) -> VisionService:
+    from ..vision.loader import load_encoder
+    from ..vision.service import VisionService, preset_from
+
+    settings = state.settings.vision
+    preset = preset_from(settings)
+    encoder = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: load_encoder(settings.encoder, preset, core_mask=settings.core_mask,
+                                   threads=settings.threads))
+    server_log.info("vision encoder %s ready: %dx%d input, %d tokens x %d per image",
+                    settings.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
+    return VisionService(encoder, preset, settings, state.settings.limits)
+
+
+async def _load_models(app: web.Application) -> None:
+    """Load the language model, then the vision encoder (the official demo's
+    order), and only then open the scheduler."""
     state = app[STATE]
     # The factory may load a library to decide which engine fits: off the loop.
     engine = await asyncio.get_running_loop().run_in_executor(
         None, app[ENGINE_FACTORY], state.settings)
     try:
         await engine.load()
+        vision = await _load_vision(state) if state.settings.vision.encoder else None
     except BaseException:
         await engine.close()
         raise
-    state.engine = engine
+    state.engine, state.vision = engine, vision
     state.scheduler = Scheduler(engine.instances, state.settings.limits.max_queue)
     server_log.info("model %s ready on %d instance(s)", engine.info.id,
                     len(engine.instances))
-    yield
-    state.closing = True
-    await state.scheduler.close()
-    await engine.close()
-    server_log.info("engine closed")
 
 
-async def _vision_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _load_in_background(app: web.Application) -> None:
     state = app[STATE]
-    settings = state.settings.vision
-    if not settings.encoder:
-        yield
-        return
-    from ..vision.loader import load_encoder
-    from ..vision.service import VisionService, preset_from
+    try:
+        await _load_models(app)
+    except Exception as exc:  # reported by /health; the server keeps answering
+        state.load_error = str(exc)
+        server_log.error("loading the model failed: %s", exc)
 
-    preset = preset_from(settings)
-    encoder = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: load_encoder(settings.encoder, preset, core_mask=settings.core_mask,
-                                   threads=settings.threads))
-    state.vision = VisionService(encoder, preset, settings, state.settings.limits)
-    server_log.info("vision encoder %s ready: %dx%d input, %d tokens x %d per image",
-                    settings.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
-    yield
-    await state.vision.close()
+
+async def _models_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    if app[LOAD_IN_BACKGROUND]:
+        task = asyncio.create_task(_load_in_background(app))
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    else:
+        await _load_models(app)
+        yield
+    state.closing = True
+    if state.scheduler is not None:
+        await state.scheduler.close()
+    if state.vision is not None:
+        await state.vision.close()
+    if state.engine is not None:
+        await state.engine.close()
+        server_log.info("engine closed")
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -92,10 +115,18 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 with the model when ready; 503 with a reason otherwise."""
     state = request.app[STATE]
-    if state.engine is None or state.closing:
-        return web.json_response({"status": "unavailable"}, status=503)
-    return web.json_response({"status": "ok", "model": state.engine.info.as_dict()})
+    if state.closing:
+        body = {"status": "shutting_down", "reason": "the server is shutting down"}
+    elif state.load_error is not None:
+        body = {"status": "failed", "reason": state.load_error}
+    elif state.engine is None or state.scheduler is None:
+        body = {"status": "loading", "reason": "the model is loading"}
+    else:
+        return web.json_response({"status": "ok", "model": state.engine.info.as_dict(),
+                                  "vision": state.vision is not None})
+    return web.json_response(body, status=503)
 
 
 def _static_dir(settings: Settings) -> Path | None:
@@ -104,11 +135,21 @@ def _static_dir(settings: Settings) -> Path | None:
 
 
 ENGINE_FACTORY: web.AppKey[EngineFactory] = web.AppKey("rkstream_engine_factory")
+LOAD_IN_BACKGROUND = web.AppKey("rkstream_load_in_background", bool)
 
 
-def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
-             ) -> web.Application:
-    """Build the application; the engine loads when the app starts."""
+def make_app(settings: Settings, engine_factory: EngineFactory = default_engine, *,
+             load_in_background: bool = False) -> web.Application:
+    """Build the application; the models load when the app starts.
+
+    Args:
+        settings: the effective settings.
+        engine_factory: builds (not loads) the engine; tests pass fakes.
+        load_in_background: serve at once and load meanwhile (``rkstream
+            serve`` does); /health answers 503 "loading", then 200, or 503
+            "failed" with the reason. Otherwise startup waits for the load
+            and a failure stops it.
+    """
     origins = parse_origins(settings.server.cors_origins)
     app = web.Application(client_max_size=settings.limits.max_message_bytes,
                           middlewares=[cors_middleware(origins)] if origins else [])
@@ -116,8 +157,8 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine
         app.on_response_prepare.append(add_cors_headers)
     app[STATE] = AppState(settings=settings)
     app[ENGINE_FACTORY] = engine_factory
-    app.cleanup_ctx.append(_engine_ctx)
-    app.cleanup_ctx.append(_vision_ctx)
+    app[LOAD_IN_BACKGROUND] = load_in_background
+    app.cleanup_ctx.append(_models_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/health", health)

@@ -23,6 +23,7 @@ class AppState:
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     connections: weakref.WeakSet[Connection] = field(default_factory=weakref.WeakSet)
     closing: bool = False
+    load_error: str | None = None
 
 
 STATE = web.AppKey("rkstream_state", AppState)

@@ -23,7 +23,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     settings = state.settings
     if state.scheduler is None or state.engine is None:
-        raise web.HTTPServiceUnavailable(text="the model is not loaded yet")
+        reason = state.load_error or "the model is still loading; retry shortly"
+        raise web.HTTPServiceUnavailable(text=reason, headers={"Retry-After": "2"})
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON),
         heartbeat=settings.server.heartbeat_s or None,

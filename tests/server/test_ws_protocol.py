@@ -304,3 +304,25 @@ async def test_health(make_server: Any) -> None:
     assert response.status == 200
     assert (await response.json())["status"] == "ok"
 
+
+
+async def test_health_while_loading_then_ready(aiohttp_client: ClientFactory) -> None:
+    gate = asyncio.Event()
+
+    class SlowEngine(FakeEngine):
+        async def load(self) -> None:
+            await gate.wait()
+
+    app = make_app(Settings(), lambda s: SlowEngine(s), load_in_background=True)
+    client = await aiohttp_client(app)
+    loading = await client.get("/health")
+    assert loading.status == 503 and (await loading.json())["status"] == "loading"
+    assert (await client.get("/ws")).status == 503
+    gate.set()
+    for _ in range(100):
+        ready = await client.get("/health")
+        if ready.status == 200:
+            break
+        await asyncio.sleep(5 * MS)
+    assert (await ready.json())["model"]["id"] == "fake"
+    await connect(client)

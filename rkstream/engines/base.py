@@ -68,6 +68,7 @@ class Job:
     sampling: SamplingSettings
     images: tuple[ImageEmbedding, ...] = ()
     image_tags: ImageTags | None = None
+    fim: tuple[str, str] | None = None  # (prefix, suffix): fill in the middle, no template
 
 
 @dataclass
@@ -92,6 +93,7 @@ class ModelInfo:
     context_length: int
     vision: bool = False
     per_request_sampling: bool = True
+    fim: bool = False  # the model defines fill-in-the-middle tokens
     runtime: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -102,6 +104,7 @@ class ModelInfo:
             "context_length": self.context_length,
             "vision": self.vision,
             "per_request_sampling": self.per_request_sampling,
+            "fim": self.fim,
         }
         if self.runtime is not None:
             out["runtime"] = self.runtime

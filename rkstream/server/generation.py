@@ -58,8 +58,8 @@ def sampling_for(state: AppState, params: Params) -> SamplingSettings:
 
 
 def start(state: AppState, messages: tuple[Message, ...], sampling: SamplingSettings,
-          *, instructions: str | None = None, prefix: str = "http") -> tuple[Generation,
-                                                                              _QueueSink]:
+          *, instructions: str | None = None, prefix: str = "http",
+          fim: tuple[str, str] | None = None) -> tuple[Generation, _QueueSink]:
     """Submit a job for ``messages``; images in them go through the vision step.
 
     Raises:
@@ -69,8 +69,13 @@ def start(state: AppState, messages: tuple[Message, ...], sampling: SamplingSett
     if state.scheduler is None or state.engine is None:
         raise RequestError("model_loading", "the model is still loading; retry shortly")
     request_id = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    if fim is not None and not state.engine.info.fim:
+        raise RequestError("fim_unsupported",
+                           f"the loaded model ({state.engine.info.id}) defines no FIM tokens "
+                           "(fill-in-the-middle), so suffix cannot be used; send the prompt "
+                           "alone, or load a code model whose GGUF has FIM tokens")
     job = Job(request_id=request_id, messages=messages, instructions=instructions,
-              sampling=sampling)
+              sampling=sampling, fim=fim)
     sink = _QueueSink()
     event = ResponseCreate(request_id=request_id, input=messages)
     prepare = None
@@ -88,7 +93,8 @@ def start(state: AppState, messages: tuple[Message, ...], sampling: SamplingSett
 
 async def generate(request: web.Request, state: AppState, messages: tuple[Message, ...],
                    sampling: SamplingSettings, *, instructions: str | None = None,
-                   prefix: str = "http") -> AsyncIterator[str | Generation]:
+                   prefix: str = "http", fim: tuple[str, str] | None = None
+                   ) -> AsyncIterator[str | Generation]:
     """Yield text pieces, then the finished :class:`Generation` (with its outcome).
 
     If the client disconnects, or the consumer stops iterating, the request is
@@ -97,7 +103,8 @@ async def generate(request: web.Request, state: AppState, messages: tuple[Messag
     Raises:
         RequestError: as :func:`start`, before anything is yielded.
     """
-    gen, sink = start(state, messages, sampling, instructions=instructions, prefix=prefix)
+    gen, sink = start(state, messages, sampling, instructions=instructions, prefix=prefix,
+                      fim=fim)
     scheduler = state.scheduler
     assert scheduler is not None
     finished = False

@@ -12,7 +12,9 @@ Routes (see :func:`add_openai_routes`):
 - ``POST /v1/completions``: the legacy text endpoint. Limitation: the prompt
   is sent as one user message, so the engines wrap it in the model's chat
   template (RKLLM applies its template itself); a raw prompt is not passed as
-  it is. ``suffix`` (fill-in-the-middle) is refused with ``fim_unsupported``.
+  it is. ``suffix`` (fill-in-the-middle) works where the model defines FIM
+tokens (a llama.cpp GGUF that has them); elsewhere it is refused with
+``fim_unsupported``.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: the one loaded model.
 
 Every error under /v1 has OpenAI's shape ``{"error": {message, type, param,

@@ -34,6 +34,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     echo: str | None = None  # /v1/completions with echo: the prompt, sent before the answer
+    fim: tuple[str, str] | None = None  # /v1/completions with suffix: (prompt, suffix)
 
 
 def bad(param: str | None, message: str, code: str = "invalid_field") -> APIError:
@@ -281,7 +282,7 @@ def parse_completion(body: Any) -> GenerationRequest:
     """Parse a /v1/completions body; the prompt becomes one user message.
 
     Raises:
-        APIError: 400 naming the field at fault; ``fim_unsupported`` for a suffix.
+        APIError: 400 naming the field at fault.
     """
     obj = _object(body)
     prompt = obj.get("prompt")
@@ -292,10 +293,9 @@ def parse_completion(body: Any) -> GenerationRequest:
     if not isinstance(prompt, str):
         raise bad("prompt", "prompt must be a string or a list of one string (token ids and "
                             "several prompts are not supported)")
-    if _string(obj, "suffix"):
-        raise bad("suffix", "suffix (fill-in-the-middle) is not supported: the loaded model "
-                            "defines no FIM tokens; send the prompt alone", "fim_unsupported")
+    suffix = _string(obj, "suffix")
     stream, usage = _stream(obj)
     return GenerationRequest(model=_model(obj), messages=(Message("user", (TextPart(prompt),)),),
                              params=_params(obj), stream=stream, include_usage=usage,
-                             echo=prompt if _bool(obj, "echo") else None)
+                             echo=prompt if _bool(obj, "echo") else None,
+                             fim=(prompt, suffix) if suffix else None)

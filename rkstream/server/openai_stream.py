@@ -146,7 +146,8 @@ async def answer(request: web.Request, state: AppState, req: GenerationRequest,
     """
     sampling = sampling_of(state, req)
     # generate() is an async generator function; aclose() cancels its request.
-    items = cast(Items, generate(request, state, req.messages, sampling, prefix=shape.prefix))
+    items = cast(Items, generate(request, state, req.messages, sampling, prefix=shape.prefix,
+                                 fim=req.fim))
     if req.stream:
         return await _stream(request, items, req, shape)
     async with aclosing(items):

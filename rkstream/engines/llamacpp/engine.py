@@ -39,5 +39,6 @@ class LlamaCppEngine(InstanceEngine):
         first = instance
         self._info = ModelInfo(id=model.stem, engine="llamacpp", context_length=first.n_ctx,
                                vision=False, per_request_sampling=True,
+                               fim=first.fim_tokens is not None,
                                runtime=f"llama-cpp-python {version}")
         engine_log.info("CPU engine ready: %s", model)

@@ -63,6 +63,7 @@ class LlamaInstance(EngineInstance):
         self._perf: Callable[[], Any] = lambda: None
         self._perf_reset: Callable[[], Any] = lambda: None
         self._needs_reset = False
+        self.fim_tokens: tuple[int, int, int] | None = None  # prefix, suffix, middle
 
     # -- owner thread ------------------------------------------------------------
     def _load_sync(self) -> None:
@@ -96,6 +97,9 @@ class LlamaInstance(EngineInstance):
                 return result.prompt, bool(result.added_special)
             self._format = apply
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        fim = [llama_cpp.llama_vocab_fim_pre(vocab), llama_cpp.llama_vocab_fim_suf(vocab),
+               llama_cpp.llama_vocab_fim_mid(vocab)]
+        self.fim_tokens = (fim[0], fim[1], fim[2]) if min(fim) >= 0 else None
         self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         self._perf = lambda: llama_cpp.llama_perf_context(llm.ctx)
         self._perf_reset = lambda: llama_cpp.llama_perf_context_reset(llm.ctx)
@@ -112,6 +116,19 @@ class LlamaInstance(EngineInstance):
     def _tokens(self, job: Job) -> list[int]:
         prompt, has_bos = self._prompt(job)
         return list(self._llm.tokenize(prompt.encode(), add_bos=not has_bos, special=True))
+
+    def _fim_tokens(self, fim: tuple[str, str]) -> list[int]:
+        """<pre> prefix <suf> suffix <mid>: the model writes what goes between,
+        with no chat template."""
+        if self.fim_tokens is None:
+            raise RuntimeError("this model defines no fill-in-the-middle tokens")
+        pre, suf, mid = self.fim_tokens
+        llm = self._llm
+        bos = [llm.token_bos()] if llm.metadata.get("tokenizer.ggml.add_bos_token") == "true" \
+            else []
+        return (bos + [pre] + list(llm.tokenize(fim[0].encode(), add_bos=False, special=False))
+                + [suf] + list(llm.tokenize(fim[1].encode(), add_bos=False, special=False))
+                + [mid])
 
     def _multimodal_prefill(self, job: Job, facts: RunFacts) -> list[int] | None:
         """Evaluate text and image embeddings in order; return the ids to sample from.
@@ -190,7 +207,10 @@ class LlamaInstance(EngineInstance):
         if self._needs_reset:  # never reuse a cache that holds image rows
             llm.reset()
             self._needs_reset = False
-        if run.job.images:
+        if run.job.fim is not None:
+            tokens = self._fim_tokens(run.job.fim)
+            facts.prompt_tokens = len(tokens)
+        elif run.job.images:
             ids = self._multimodal_prefill(run.job, facts)
             if ids is None and facts.error_code is not None:
                 return

@@ -90,6 +90,10 @@ def _serve(settings: Settings) -> None:
 
     app = make_app(settings, load_in_background=True)
     host, port = settings.server.host, settings.server.port
+    if host in ("0.0.0.0", "::", "") and not settings.server.api_keys:
+        server_log.warning(
+            "listening on every interface without an API key: anyone on this network can "
+            "use the model; set server.api_keys (or RKSTREAM_API_KEYS), or --host 127.0.0.1")
     server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws)",
                     __version__, host, port)
     web.run_app(app, host=host, port=port, print=None,

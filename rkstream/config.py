@@ -44,6 +44,10 @@ class ServerSettings:
     static_dir: str = _opt("", "folder served at / (empty = the repository's static/)")
     cors_origins: str = _opt("", "origins allowed to call the HTTP APIs from a browser: "
                                  "comma-separated, or * for any; empty = none")
+    api_keys: str = _opt("", "comma-separated API keys required on /ws and the HTTP APIs; "
+                             "empty = no key needed")
+    allowed_origins: str = _opt("", "web pages (origins) besides the server's own that may "
+                                    "open /ws from a browser: comma-separated, or *")
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ ENV_KEYS: dict[str, str] = {
     "RKSTREAM_GGUF": "llamacpp.model",
     "RKSTREAM_VISION_ENCODER": "vision.encoder",
     "RKSTREAM_LOG_LEVEL": "log_level",
+    "RKSTREAM_API_KEYS": "server.api_keys",
 }
 
 

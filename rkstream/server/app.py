@@ -25,6 +25,7 @@ from ..engines.base import Engine
 from ..log import server_log
 from ..scheduler import Scheduler
 from ..vision.service import VisionService
+from .access import access_middleware, parse_list
 from .cors import add_cors_headers, cors_middleware, parse_origins
 from .ollama_api import add_ollama_routes
 from .openai_api import add_openai_routes
@@ -151,8 +152,11 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
             and a failure stops it.
     """
     origins = parse_origins(settings.server.cors_origins)
+    middlewares = [cors_middleware(origins)] if origins else []
+    middlewares.append(access_middleware(parse_list(settings.server.api_keys),
+                                         parse_list(settings.server.allowed_origins)))
     app = web.Application(client_max_size=settings.limits.max_message_bytes,
-                          middlewares=[cors_middleware(origins)] if origins else [])
+                          middlewares=middlewares)
     if origins:
         app.on_response_prepare.append(add_cors_headers)
     app[STATE] = AppState(settings=settings)

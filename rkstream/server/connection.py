@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -134,14 +134,16 @@ class Connection:
     """Protocol state of one client: its session defaults and open requests."""
 
     def __init__(self, settings: Settings, model: ModelInfo, scheduler: Scheduler,
-                 outbox: Outbox, vision: VisionService | None = None) -> None:
+                 outbox: Outbox, vision: VisionService | None = None,
+                 on_frame: Callable[[bool], None] | None = None) -> None:
         self.settings = settings
         self.model = replace(model, vision=vision is not None)
         self.scheduler = scheduler
         self.outbox = outbox
         self.media = Media(vision, model.context_length,
                            settings.limits.max_images_per_request,
-                           lambda: scheduler.running > 0 or scheduler.queue_depth > 0)
+                           lambda: scheduler.running > 0 or scheduler.queue_depth > 0,
+                           on_frame)
         self.session_id = "sess_" + uuid.uuid4().hex[:16]
         self.instructions: str | None = None
         self.params = Params()

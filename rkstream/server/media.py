@@ -57,7 +57,9 @@ class Media:
     """Per-connection image and frame state; ``vision`` is None without an encoder."""
 
     def __init__(self, vision: VisionService | None, context_length: int,
-                 max_images: int, model_busy: Callable[[], bool]) -> None:
+                 max_images: int, model_busy: Callable[[], bool],
+                 on_frame: Callable[[bool], None] | None = None) -> None:
+        self._on_frame = on_frame  # told whether each frame superseded another
         self.vision = vision
         self.context_length = context_length
         self.max_images = max_images
@@ -161,8 +163,11 @@ class Media:
             raise VisionError("too_many_streams",
                               f"this connection already sends {self.frames.max_streams} "
                               "camera streams, the most allowed; reuse a stream name")
+        before = self.frames.superseded.get(event.stream, 0)
         kept = self.frames.append(new_frame(event.stream, event.seq, event.ts_ns, event.data,
                                             event.format, event.width, event.height))
+        if self._on_frame is not None:
+            self._on_frame(self.frames.superseded.get(event.stream, 0) > before)
         if kept and self.vision.settings.encode_ahead and self._model_busy():
             self._encode_ahead(event.stream)
 

@@ -12,6 +12,7 @@ from ..engines.base import Engine
 from ..scheduler import Scheduler
 from ..vision.service import VisionService
 from .connection import Connection
+from .metrics import Metrics
 
 
 @dataclass
@@ -22,6 +23,7 @@ class AppState:
     vision: VisionService | None = None
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     connections: weakref.WeakSet[Connection] = field(default_factory=weakref.WeakSet)
+    metrics: Metrics = field(default_factory=Metrics)
     closing: bool = False
     load_error: str | None = None
 

@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,7 +111,9 @@ class VisionService:
     """Bytes in, embeddings out; one per server."""
 
     def __init__(self, encoder: VisionEncoder, preset: VisionPreset,
-                 settings: VisionSettings, limits: LimitSettings) -> None:
+                 settings: VisionSettings, limits: LimitSettings,
+                 on_encode: Callable[[float], None] | None = None) -> None:
+        self._on_encode = on_encode
         self.encoder = encoder
         self.preset = preset
         self.tags = tags_of(preset)
@@ -166,7 +169,10 @@ class VisionService:
         item = ImageEmbedding(embedding=embedding, size=self.encoder.input_size)
         self.cache.put(key, item)
         self.encodes += 1
-        return Encoded(item, key, (time.perf_counter() - started) * 1000.0, False)
+        seconds = time.perf_counter() - started
+        if self._on_encode is not None:
+            self._on_encode(seconds)
+        return Encoded(item, key, seconds * 1000.0, False)
 
     async def close(self) -> None:
         await self._owner.stop(self.encoder.close)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 from . import __version__
 from .config import Settings, describe_settings, load_settings
 from .errors import RkstreamError
-from .log import server_log
+from .log import capture_native_stdout, server_log
+from .log import configure as configure_logging
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN_LIBS = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
@@ -22,7 +22,7 @@ STANDIN_MODEL = REPO / "lib" / "standin" / "demo.rkllm"
 _FLAG_KEYS = {
     "host": "server.host", "port": "server.port", "model": "rkllm.model",
     "rkllm_lib": "rkllm.library", "runtime": "rkllm.runtime", "instances": "instances",
-    "log_level": "log_level",
+    "log_level": "log_level", "log_format": "log_format",
 }
 
 
@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--runtime", help="auto, 1.3 or 1.2")
         sub.add_argument("--instances")
         sub.add_argument("--log-level")
+        sub.add_argument("--log-format", help="text or json")
         sub.add_argument(
             "--standin", nargs="?", const="1.3", choices=("1.3", "1.2"),
             help="use the stand-in runtime built by `make -C lib` (no board needed)")
@@ -89,12 +90,34 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
+async def _exit_on_second_signal(app: object) -> None:
+    """Shutdown has begun (first SIGINT/SIGTERM): a second one exits at once."""
+    import asyncio
+    import os
+    import signal
+
+    def now() -> None:
+        server_log.warning("second signal: exiting without waiting")
+        os._exit(130)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, now)
+
+
 def _serve(settings: Settings) -> None:
     from aiohttp import web
 
     from .server.app import make_app
 
+    capture_native_stdout()  # the runtime's own version and memory lines, into the log
+    if settings.board.pin_frequencies:
+        from .board.freq import pin_frequencies
+
+        for line in pin_frequencies():
+            server_log.info("pin_frequencies: %s", line)
     app = make_app(settings, load_in_background=True)
+    app.on_shutdown.insert(0, _exit_on_second_signal)
     host, port = settings.server.host, settings.server.port
     if host in ("0.0.0.0", "::", "") and not settings.server.api_keys:
         server_log.warning(
@@ -117,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RkstreamError as exc:
         print(f"rkstream: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "doctor":
         from .board.doctor import doctor_command
 

@@ -140,6 +140,12 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class BoardSettings:
+    pin_frequencies: bool = _opt(False, "pin NPU, DDR and CPU clocks to their top speed at "
+                                        "start (needs root; logs what changed)")
+
+
+@dataclass(frozen=True)
 class Settings:
     engine: str = _opt("auto", "which engine runs the model: auto = rkllm when its library "
                                "and .rkllm model load, else llamacpp",
@@ -148,12 +154,15 @@ class Settings:
                           minimum=1, maximum=16)
     log_level: str = _opt("info", "log level",
                           choices=("debug", "info", "warning", "error"))
+    log_format: str = _opt("text", "log lines as plain text or one JSON object each",
+                           choices=("text", "json"))
     server: ServerSettings = field(default_factory=ServerSettings)
     rkllm: RKLLMSettings = field(default_factory=RKLLMSettings)
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
     vision: VisionSettings = field(default_factory=VisionSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    board: BoardSettings = field(default_factory=BoardSettings)
 
 
 # RKSTREAM_* variables that override one key each.

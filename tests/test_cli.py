@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -110,3 +111,29 @@ async def test_missing_model_is_reported_by_health(tmp_path: Path,
         server.terminate()
         _, err = server.communicate(timeout=10)
     assert "loading the model failed" in err and "nope.rkllm" in err
+
+
+async def test_json_logs_include_the_runtimes_own_lines(standin_libs: dict[str, Path]) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rkstream", "serve", "--standin", "--host", "127.0.0.1",
+         "--port", str(port), "--log-format", "json"], cwd=REPO, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(400):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(25 * MS)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    native = [r for r in records if r["logger"] == "rkstream.native"]
+    assert any("rkllm-runtime version: 1.3.0" in r["message"] for r in native)

@@ -14,8 +14,8 @@ DRIVER_FILE = "sys/kernel/debug/rknpu/version"
 
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
-_PIN_FIX = ("set [board] pin_frequencies = true and run rkstream as root, or run "
-            "scripts/fix_freq_rk3588.sh from airockchip/rknn-llm with sudo")
+_PIN_FIX = ("set [board] pin_frequencies = true (rkstream must run as root), run "
+            "rknn-llm's scripts/fix_freq_rk3588.sh with sudo")
 
 
 def is_rk3588(compat: list[str]) -> bool:
@@ -60,13 +60,15 @@ def check_memory(root: Root) -> Check:
     if "MemTotal" not in info:
         return Check("memory", "WARN", "cannot read /proc/meminfo", "run doctor on the board")
     avail = info.get("MemAvailable")
-    shown = f"{gib(info['MemTotal'])} total"
-    return Check("memory", "OK", shown + (f", {gib(avail)} available" if avail else ""))
+    shown = f"{size_text(info['MemTotal'])} total"
+    return Check("memory", "OK", shown + (f", {size_text(avail)} available" if avail else ""))
 
 
-def gib(size: int) -> str:
-    """Show a byte count in GiB with one decimal."""
-    return f"{size / (1 << 30):.1f} GiB"
+def size_text(size: int) -> str:
+    """Show a byte count: ``"1.5 GiB"``, or ``"93 MiB"`` below 1 GiB."""
+    if size >= 1 << 30:
+        return f"{size / (1 << 30):.1f} GiB"
+    return f"{size / (1 << 20):.0f} MiB"
 
 
 def driver_version(root: Root) -> tuple[str | None, str]:
@@ -157,7 +159,7 @@ def _domain_check(root: Root, domain: FreqDomain) -> Check:
     if not pinned:
         statuses.append("WARN")
         detail += " (not pinned: slower and uneven latency)"
-        fixes.append(f"{_PIN_FIX}; or `echo performance | sudo tee "
+        fixes.append(f"{_PIN_FIX}, or `echo performance | sudo tee "
                      f"{root.show(domain.file('governor'))}`")
     if domain.kind == "ddr" and domain.available_frequencies() is None:
         statuses.append("WARN")

@@ -140,14 +140,14 @@ def check_rknn_library(root: Root, lib_dirs: Sequence[Path], needed: bool) -> Ch
         shown = root.show(found)
         return Check(RKNN_LIBRARY, status, f"found at {shown}, but RKNNLite only loads "
                      "/usr/lib/librknnrt.so", f"sudo cp {shown} /usr/lib/")
-    return Check(RKNN_LIBRARY, status, "not found"
-                 + ("" if needed else " (only needed for an .rknn vision encoder)"),
+    return Check(RKNN_LIBRARY, status, "not found, but vision.encoder is an .rknn model"
+                 if needed else "not found (only needed for an .rknn vision encoder)",
                  "download librknnrt.so from airockchip/rknn-toolkit2 "
                  "(rknpu2/runtime/Linux/librknn_api/aarch64/) into /usr/lib/")
 
 
 def check_module(label: str, module: str, distribution: str, probe: ModuleProbe,
-                 missing: Status, what_for: str, fix: str) -> Check:
+                 needed_by: str | None, optional: str, fix: str) -> Check:
     """Whether a Python package is importable (found without importing it).
 
     Args:
@@ -155,11 +155,14 @@ def check_module(label: str, module: str, distribution: str, probe: ModuleProbe,
         module: the import name.
         distribution: the package name, for its version.
         probe: see :data:`ModuleProbe`.
-        missing: the status when it is not importable.
-        what_for: why rkstream would want it, shown when it is missing.
+        needed_by: why the settings need it (a missing package is then a FAIL),
+            or None (a missing package is a WARN).
+        optional: what it would be for, shown in that WARN.
         fix: how to install it.
     """
     version = probe(module, distribution)
     if version is None:
-        return Check(label, missing, f"not installed ({what_for})", fix)
+        if needed_by:
+            return Check(label, "FAIL", f"not installed, but {needed_by}", fix)
+        return Check(label, "WARN", f"not installed ({optional})", fix)
     return Check(label, "OK", version or "installed")

@@ -10,7 +10,7 @@ from ..config import Settings
 from ..engines.llamacpp.model import resolve_model
 from ..engines.rkllm.loader import check_model_file
 from ..errors import ModelFileError
-from .checks_board import gib
+from .checks_board import size_text
 from .checks_libs import split_message
 from .report import Check, Status
 
@@ -64,12 +64,12 @@ def check_rkllm_model(settings: Settings, mem_available: int | None, rockchip: b
                      "set it as llamacpp.model (engine = llamacpp), or give the .rkllm file "
                      "converted with rkllm-toolkit")
     size = _size(path)
-    detail = f"{path} ({gib(size)})"
+    detail = f"{path} ({size_text(size)})"
     need = size + (_size(encoder) if encoder is not None else 0)
     if mem_available is not None and need > mem_available:
         with_encoder = " with the vision encoder" if encoder is not None else ""
-        return Check(name, "WARN", f"{detail}: needs {gib(need)}{with_encoder}, but only "
-                     f"{gib(mem_available)} of memory is available",
+        return Check(name, "WARN", f"{detail}: needs {size_text(need)}{with_encoder}, but only "
+                     f"{size_text(mem_available)} of memory is available",
                      "loading may fail to allocate memory or be killed: stop other programs, "
                      "or use a smaller model")
     return Check(name, "OK", detail)
@@ -109,7 +109,7 @@ def check_vision_encoder(settings: Settings) -> tuple[Check, Path | None, Encode
         return Check(name, "FAIL", f"{path} is neither an RKNN nor an ONNX model{hint}",
                      "give the vision encoder converted with rknn-toolkit2 (.rknn) or "
                      "exported to .onnx"), None, None
-    detail = f"{path} ({kind.upper()}, {gib(_size(path))})"
+    detail = f"{path} ({kind.upper()}, {size_text(_size(path))})"
     if kind == "rknn" and settings.rkllm.model and settings.rkllm.base_domain_id == 0:
         return Check(name, "WARN", detail + "; rkllm.base_domain_id = 0 while it shares the "
                      "NPU with the LLM", "leave rkllm.base_domain_id = -1 (auto: 1 when an "
@@ -134,7 +134,7 @@ def check_gguf_model(settings: Settings, bundled: Callable[[], Path | None]) -> 
         except (ModelFileError, OSError) as exc:
             detail, fix = split_message(str(exc))
             return Check(name, missing, detail, fix or "set llamacpp.model to a .gguf file")
-        return Check(name, "OK", f"{path} ({gib(_size(path))})")
+        return Check(name, "OK", f"{path} ({size_text(_size(path))})")
     found = bundled()
     if found is None:
         return Check(name, missing, "not set, and the bundled SmolLM2-135M is not installed",

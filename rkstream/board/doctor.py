@@ -13,11 +13,13 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from .. import __version__
 from ..config import Settings
 from ..engines.llamacpp.model import bundled_model
 from ..engines.rkllm.loader import default_lib_dirs
+from ..log import engine_log
 from .checks_board import (
     check_frequencies,
     check_kernel,
@@ -51,7 +53,8 @@ def run_checks(
 ) -> list[Check]:
     """Run every doctor check, in report order.
 
-    Never raises for a broken set-up: whatever is wrong becomes a WARN or FAIL.
+    Never raises: whatever is wrong becomes a WARN or FAIL, and a check that
+    breaks on an unexpected error is reported as a WARN of its own.
 
     Args:
         settings: the effective settings (the configured paths are checked as given).
@@ -64,39 +67,70 @@ def run_checks(
         The checks.
     """
     dirs = default_lib_dirs() if lib_dirs is None else list(lib_dirs)
-    compat = compatible(root)
+    compat: list[str] = _guarded("platform", lambda: compatible(root), [])
     rockchip = is_rockchip(compat)
     npu_asked = settings.engine == "rkllm" or bool(settings.rkllm.model or
                                                     settings.rkllm.library)
-    checks = [
-        Check("rkstream", "OK", f"{__version__}, Python {platform.python_version()} "
-              f"({sys.executable}), engine = {settings.engine}"),
-        check_platform(root, compat),
-        check_kernel(root),
-        check_memory(root),
-        check_npu_driver(root, compat),
-        *check_rkllm_library(settings, root, dirs, required=npu_asked),
+    # The encoder comes first: the memory and package checks depend on its kind.
+    vision = _guarded("vision.encoder", lambda: check_vision_encoder(settings), None)
+    encoder_check = vision[0] if vision else _broken("vision.encoder")
+    encoder, kind = (vision[1], vision[2]) if vision else (None, None)
+    steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
+        ("rkstream", lambda: Check("rkstream", "OK", f"{__version__}, Python "
+                                   f"{platform.python_version()} ({sys.executable}), "
+                                   f"engine = {settings.engine}")),
+        ("platform", lambda: check_platform(root, compat)),
+        ("kernel", lambda: check_kernel(root)),
+        ("memory", lambda: check_memory(root)),
+        ("NPU driver", lambda: check_npu_driver(root, compat)),
+        ("librkllmrt.so", lambda: check_rkllm_library(settings, root, dirs, npu_asked)),
+        ("rkllm.model", lambda: check_rkllm_model(
+            settings, meminfo(root).get("MemAvailable"), rockchip, encoder)),
+        ("vision.encoder", lambda: encoder_check),
+        ("librknnrt.so", lambda: check_rknn_library(root, dirs, needed=kind == "rknn")),
+        ("rknn-toolkit-lite2", lambda: check_module(
+            "rknn-toolkit-lite2", "rknnlite", "rknn-toolkit-lite2", probe,
+            "vision.encoder is an .rknn model" if kind == "rknn" else None,
+            "only needed for an .rknn vision encoder",
+            "pip install rknn-toolkit-lite2 (aarch64 Linux, Python 3.7-3.12)")),
+        ("llamacpp.model", lambda: check_gguf_model(settings, bundled)),
+        ("llama-cpp-python", lambda: check_module(
+            "llama-cpp-python", "llama_cpp", "llama-cpp-python", probe,
+            "engine = llamacpp" if settings.engine == "llamacpp" else None,
+            "the CPU engine needs it",
+            "run `rkstream setup` (it builds llama-cpp-python for this machine)")),
+        ("onnxruntime", lambda: check_module(
+            "onnxruntime", "onnxruntime", "onnxruntime", probe,
+            "vision.encoder is an .onnx model" if kind == "onnx" else None,
+            "only needed for an .onnx vision encoder",
+            "pip install onnxruntime")),
+        ("frequencies", lambda: check_frequencies(root, compat)),
     ]
-    encoder_check, encoder, kind = check_vision_encoder(settings)
-    checks.append(check_rkllm_model(settings, meminfo(root).get("MemAvailable"), rockchip,
-                                    encoder))
-    checks.append(encoder_check)
-    checks.append(check_rknn_library(root, dirs, needed=kind == "rknn"))
-    checks.append(check_module(
-        "rknn-toolkit-lite2", "rknnlite", "rknn-toolkit-lite2", probe,
-        "FAIL" if kind == "rknn" else "WARN", "only needed for an .rknn vision encoder",
-        "pip install rknn-toolkit-lite2 (aarch64 Linux, Python 3.7-3.12)"))
-    checks.append(check_gguf_model(settings, bundled))
-    checks.append(check_module(
-        "llama-cpp-python", "llama_cpp", "llama-cpp-python", probe,
-        "FAIL" if settings.engine == "llamacpp" else "WARN", "the CPU engine needs it",
-        "run `rkstream setup` (it builds llama-cpp-python for this machine)"))
-    checks.append(check_module(
-        "onnxruntime", "onnxruntime", "onnxruntime", probe,
-        "FAIL" if kind == "onnx" else "WARN", "only needed for an .onnx vision encoder",
-        "pip install onnxruntime"))
-    checks += check_frequencies(root, compat)
+    checks: list[Check] = []
+    for name, step in steps:
+        result = _guarded(name, step, None)
+        if result is None:
+            checks.append(_broken(name))
+        else:
+            checks += result if isinstance(result, list) else [result]
     return checks
+
+
+def _broken(name: str) -> Check:
+    return Check(name, "WARN", "the check itself failed (see the log)",
+                 "please report this, with the whole doctor output")
+
+
+T = TypeVar("T")
+
+
+def _guarded(name: str, step: Callable[[], T], default: T) -> T:
+    """Run one check; an unexpected error (say EACCES from a stat) must not end the report."""
+    try:
+        return step()
+    except Exception:
+        engine_log.exception("doctor: the %s check failed", name)
+        return default
 
 
 def doctor_command(settings: Settings, *, json_output: bool = False,
@@ -112,7 +146,8 @@ def doctor_command(settings: Settings, *, json_output: bool = False,
         1 if any check failed, else 0.
     """
     checks = run_checks(settings, Root(root))
-    print(render_json(checks) if json_output else render_text(checks), end="")
     if json_output:
-        print()
+        print(render_json(checks))
+    else:
+        print(render_text(checks), end="")
     return 1 if any(c.status == "FAIL" for c in checks) else 0

@@ -137,6 +137,12 @@ class LimitSettings:
     max_tokens: int = _opt(4096, "largest max_tokens a request may ask for",
                            minimum=1, maximum=1 << 17)
     max_images_per_request: int = _opt(4, "images one request may carry", minimum=0)
+    max_connections_per_address: int = _opt(16, "open WebSocket connections per client "
+                                                "address", minimum=1)
+    request_timeout_s: float = _opt(600.0, "a request running longer is stopped "
+                                           "(code request_timeout); 0 = never", minimum=0)
+    idle_timeout_s: float = _opt(900.0, "a WebSocket with no open request and no message "
+                                        "for this long is closed; 0 = never", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,9 @@ class Scheduler:
     """
 
     def __init__(self, instances: list[EngineInstance], max_queue: int,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, timeout_s: float = 0.0) -> None:
         self._observer = observer
+        self._timeout_s = timeout_s
         self._free: collections.deque[EngineInstance] = collections.deque(instances)
         self._queue: collections.deque[Ticket] = collections.deque()
         self._running: dict[Ticket, asyncio.Task[None]] = {}
@@ -197,7 +198,18 @@ class Scheduler:
         if ticket.cancel_requested:
             return Outcome("cancelled")
         ticket.run = instance.start(job, ticket.sink)
-        return await ticket.run.wait()
+        if not self._timeout_s:
+            return await ticket.run.wait()
+        try:
+            return await asyncio.wait_for(ticket.run.wait(), self._timeout_s)
+        except asyncio.TimeoutError:
+            ticket.run.cancel()
+            outcome = await ticket.run.wait()
+            outcome.finish_reason = "error"
+            outcome.error_code = "request_timeout"
+            outcome.error_message = (f"the request ran longer than {self._timeout_s:g} s "
+                                     "(limits.request_timeout_s) and was stopped")
+            return outcome
 
     def _dispatch(self) -> None:
         while self._free and self._queue and not self._closed:

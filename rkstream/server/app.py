@@ -75,7 +75,7 @@ async def _load_models(app: web.Application) -> None:
         raise
     state.engine, state.vision = engine, vision
     state.scheduler = Scheduler(engine.instances, state.settings.limits.max_queue,
-                                state.metrics)
+                                state.metrics, state.settings.limits.request_timeout_s)
     server_log.info("model %s ready on %d instance(s)", engine.info.id,
                     len(engine.instances))
 

@@ -160,7 +160,11 @@ class Connection:
              "max_images_per_request": limits.max_images_per_request,
              "max_queue": limits.max_queue,
              "max_inflight_per_connection": limits.max_inflight_per_connection,
-             "max_tokens": limits.max_tokens}))
+             "max_tokens": limits.max_tokens,
+             "max_image_pixels": self.settings.vision.max_image_pixels,
+             "max_connections_per_address": limits.max_connections_per_address,
+             "request_timeout_s": limits.request_timeout_s,
+             "idle_timeout_s": limits.idle_timeout_s}))
 
     async def shutdown(self) -> None:
         """Server shutdown: end every request with its response.done, then send them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -24,6 +25,7 @@ class AppState:
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     connections: weakref.WeakSet[Connection] = field(default_factory=weakref.WeakSet)
     metrics: Metrics = field(default_factory=Metrics)
+    per_address: Counter[str] = field(default_factory=Counter)
     closing: bool = False
     load_error: str | None = None
 

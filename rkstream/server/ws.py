@@ -25,6 +25,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if state.scheduler is None or state.engine is None:
         reason = state.load_error or "the model is still loading; retry shortly"
         raise web.HTTPServiceUnavailable(text=reason, headers={"Retry-After": "2"})
+    address = request.remote or "?"
+    limit = settings.limits.max_connections_per_address
+    if state.per_address[address] >= limit:
+        raise web.HTTPTooManyRequests(
+            text=f"too_many_connections: {address} already has {limit} open WebSocket "
+                 "connections (limits.max_connections_per_address); close one first")
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON),
         heartbeat=settings.server.heartbeat_s or None,
@@ -47,6 +53,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     peer = request.remote
     ws_log.info("%s connected (%s, %s)", peer, conn.session_id, encoding)
     state.sockets.add(ws)
+    state.per_address[address] += 1
     state.connections.add(conn)
     reader = asyncio.current_task()
     writer = asyncio.create_task(outbox.run())
@@ -64,30 +71,49 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
     writer.add_done_callback(on_writer_done)
     conn.open()
+    idle_s = settings.limits.idle_timeout_s or None
     try:
-        async for msg in ws:
-            if msg.type == WSMsgType.BINARY:
-                conn.receive(msg.data)
-            elif msg.type == WSMsgType.TEXT:
+        while True:
+            try:
+                msg = await ws.receive(timeout=idle_s)
+            except asyncio.TimeoutError:
+                if conn.requests:
+                    continue  # waiting for an answer is not idle
+                ws_log.info("%s idle for %.0f s: closing", peer, idle_s)
+                await ws.close(code=WSCloseCode.OK, message=b"idle timeout")
+                break
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
                 conn.receive(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 ws_log.info("%s: %s", peer, ws.exception())
+                break
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
     except asyncio.CancelledError:
         if not writer.done():
             raise
     finally:
+        # Bookkeeping first, before any await: the handler may be cancelled
+        # again while it cleans up (the peer's TCP close), which would skip it.
         ending = True
-        await asyncio.shield(conn.close())
-        outbox.close()
-        if not writer.done():
-            try:
-                await asyncio.wait_for(writer, 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                writer.cancel()
         state.sockets.discard(ws)
-        if not ws.closed:
-            await ws.close(code=WSCloseCode.GOING_AWAY if state.closing else WSCloseCode.OK)
+        state.per_address[address] -= 1
+        if state.per_address[address] <= 0:
+            del state.per_address[address]
+        closing = asyncio.ensure_future(conn.close())  # runs to the end even if we are cancelled
+        try:
+            await asyncio.shield(closing)
+            outbox.close()
+            if not writer.done():
+                await asyncio.wait_for(writer, 1.0)
+            if not ws.closed:
+                await ws.close(code=WSCloseCode.GOING_AWAY if state.closing else WSCloseCode.OK)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        finally:
+            outbox.close()
+            if not writer.done():
+                writer.cancel()
         ws_log.info("%s disconnected (%s, close code %s)", peer, conn.session_id,
                     ws.close_code)
     return ws

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -137,3 +138,21 @@ async def test_json_logs_include_the_runtimes_own_lines(standin_libs: dict[str, 
     assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     native = [r for r in records if r["logger"] == "rkstream.native"]
     assert any("rkllm-runtime version: 1.3.0" in r["message"] for r in native)
+
+
+def test_second_signal_exits_at_once(tmp_path: Path) -> None:
+    # Once shutdown has begun (the hook runs first in on_shutdown), one more
+    # SIGTERM ends the process at once instead of waiting for the cleanup.
+    script = tmp_path / "second.py"
+    script.write_text(
+        "import asyncio, os, signal\n"
+        "from rkstream.cli import _exit_on_second_signal\n"
+        "async def main():\n"
+        "    await _exit_on_second_signal(None)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await asyncio.sleep(30)  # a cleanup that would take long\n"
+        "asyncio.run(main())\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
+                            text=True, timeout=20)
+    assert result.returncode == 130 and time.monotonic() - started < 10

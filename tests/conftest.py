@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,15 @@ class Records:
 @pytest.fixture
 def records(tmp_path: Path) -> Records:
     return Records(tmp_path / "calls.jsonl")
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Any]:
+    """The CPU engine with the bundled SmolLM2 model, loaded (context 512)."""
+    from rkstream.config import LlamaCppSettings, Settings
+    from rkstream.engines.llamacpp.engine import LlamaCppEngine
+
+    loaded = LlamaCppEngine(replace(Settings(), llamacpp=replace(LlamaCppSettings(), n_ctx=512)))
+    await loaded.load()
+    yield loaded
+    await loaded.close()

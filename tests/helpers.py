@@ -78,6 +78,16 @@ class _null:
         return None
 
 
+class TextCollector:
+    """A text sink that keeps everything it is given."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def on_text(self, text: str) -> None:
+        self.text += text
+
+
 def create(request_id: str, text: str, **extra: Any) -> dict[str, Any]:
     return {"type": "response.create", "request_id": request_id,
             "input": [{"role": "user", "content": text}], **extra}

@@ -33,6 +33,11 @@ _SERVER_FAULT = frozenset({"runtime_error", "internal_error", "encoder_error"})
 
 PieceWriter = Callable[[str], Awaitable[None]]
 
+# Request field -> Params field, for the APIs that name sampling fields as /ws does.
+SAMPLING_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+                   "repeat_penalty": "repeat_penalty", "frequency_penalty": "frequency_penalty",
+                   "presence_penalty": "presence_penalty", "stop": "stop"}
+
 
 def http_status(code: str, *, busy: int = 429) -> int:
     """The HTTP status for a protocol error code: 400 for anything the client can fix."""

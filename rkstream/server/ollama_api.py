@@ -27,6 +27,7 @@ from ..errors import RequestError
 from ..protocol.events import ROLES, ImagePart, Message, Params, Part, TextPart
 from .generation import Generation, sampling_for
 from .http_compat import (
+    SAMPLING_FIELDS,
     decode_image,
     drive,
     get_bool,
@@ -50,9 +51,7 @@ NDJSON = "application/x-ndjson"
 
 # Ollama option -> Params field. Other options (num_ctx, seed, mirostat, num_thread,
 # ...) are accepted and ignored, as Ollama ignores options a runner lacks.
-OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-           "repeat_penalty": "repeat_penalty", "frequency_penalty": "frequency_penalty",
-           "presence_penalty": "presence_penalty", "stop": "stop"}
+OPTIONS = SAMPLING_FIELDS
 IGNORED_INTEGERS = ("seed", "num_ctx")  # checked, as Ollama checks them, then ignored
 
 # JSON may carry these raw inside strings, but httpx (the ollama client) splits

@@ -33,6 +33,7 @@ from ..errors import RequestError
 from ..protocol.events import ROLES, Message, Params, Part, TextPart
 from .generation import sampling_for
 from .http_compat import (
+    SAMPLING_FIELDS,
     decode_image,
     drive,
     get_bool,
@@ -48,9 +49,7 @@ from .http_compat import (
 from .state import STATE
 
 OBJECT = "rkllm_chat"
-SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-            "repeat_penalty": "repeat_penalty", "frequency_penalty": "frequency_penalty",
-            "presence_penalty": "presence_penalty", "stop": "stop"}
+SAMPLING = SAMPLING_FIELDS
 NO_USAGE: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None,
                                    "total_tokens": None}
 

@@ -7,32 +7,12 @@ FIM ids (three ordinary special tokens of the model).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import replace
-
-import pytest
-
-from rkstream.config import LlamaCppSettings, Settings
 from rkstream.engines.base import Job, SamplingSettings
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.engines.llamacpp.instance import LlamaInstance
 from rkstream.protocol.events import Message, TextPart
 
-
-@pytest.fixture
-async def engine() -> AsyncIterator[LlamaCppEngine]:
-    engine = LlamaCppEngine(replace(Settings(), llamacpp=replace(LlamaCppSettings(), n_ctx=512)))
-    await engine.load()
-    yield engine
-    await engine.close()
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def on_text(self, text: str) -> None:
-        self.text += text
+from helpers import TextCollector as Sink
 
 
 def fim_job(prefix: str, suffix: str) -> Job:

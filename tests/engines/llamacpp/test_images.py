@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from rkstream.config import LlamaCppSettings, Settings
 from rkstream.engines.base import ImageEmbedding, ImageTags, Job, SamplingSettings
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.protocol.events import ImagePart, Message, TextPart
 from rkstream.vision.onnx_encoder import OnnxEncoder
 from rkstream.vision.presets import PRESETS
 
+from helpers import TextCollector as Sink
 from tiny_encoder import build_tiny_encoder
 
 N_EMBD = 576  # SmolLM2-135M's embedding size
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[LlamaCppEngine]:
-    engine = LlamaCppEngine(replace(Settings(), llamacpp=replace(LlamaCppSettings(), n_ctx=512)))
-    await engine.load()
-    yield engine
-    await engine.close()
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def on_text(self, text: str) -> None:
-        self.text += text
 
 
 def job(images: tuple[ImageEmbedding, ...], prompt: str = "Describe the picture.") -> Job:

@@ -1635,14 +1635,16 @@ RKLLM_API int rkllm_abort(LLMHandle handle)
     standin_handle *h = get_handle(handle);
     if (!h)
         return -1;
-    atomic_store(&h->abort_flag, 1);
-    wake_sleepers(h);
+    /* Record first, then stop the run: once woken it may end (and write its
+     * run_end) at once, and readers expect the abort before that. */
     int running = atomic_load(&h->active) > 0;
     sbuf rec = {0};
     rec_begin(&rec, "abort", h);
     jk_bool(&rec, "running", running);
     rec_commit(&rec, h->record);
     sb_free(&rec);
+    atomic_store(&h->abort_flag, 1);
+    wake_sleepers(h);
     return 0;
 }
 

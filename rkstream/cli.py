@@ -90,6 +90,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def exposure_warning(settings: Settings) -> str | None:
+    """The warning for a server open to the whole network without a key."""
+    if settings.server.host in ("0.0.0.0", "::", "") and not settings.server.api_keys:
+        return ("listening on every interface without an API key: anyone on this network "
+                "can use the model; set server.api_keys (or RKSTREAM_API_KEYS), or --host "
+                "127.0.0.1")
+    return None
+
+
 async def _exit_on_second_signal(app: object) -> None:
     """Shutdown has begun (first SIGINT/SIGTERM): a second one exits at once."""
     import asyncio
@@ -119,10 +128,9 @@ def _serve(settings: Settings) -> None:
     app = make_app(settings, load_in_background=True)
     app.on_shutdown.insert(0, _exit_on_second_signal)
     host, port = settings.server.host, settings.server.port
-    if host in ("0.0.0.0", "::", "") and not settings.server.api_keys:
-        server_log.warning(
-            "listening on every interface without an API key: anyone on this network can "
-            "use the model; set server.api_keys (or RKSTREAM_API_KEYS), or --host 127.0.0.1")
+    warning = exposure_warning(settings)
+    if warning is not None:
+        server_log.warning("%s", warning)
     server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws)",
                     __version__, host, port)
     web.run_app(app, host=host, port=port, print=None,

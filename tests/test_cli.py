@@ -156,3 +156,17 @@ def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
                             text=True, timeout=20)
     assert result.returncode == 130 and time.monotonic() - started < 10
+
+
+def test_warns_when_open_to_the_network_without_a_key() -> None:
+    from dataclasses import replace
+
+    from rkstream.cli import exposure_warning
+    from rkstream.config import ServerSettings, Settings
+
+    def server(**kw: str) -> Settings:
+        return replace(Settings(), server=replace(ServerSettings(), **kw))
+
+    assert "without an API key" in (exposure_warning(Settings()) or "")  # default 0.0.0.0
+    assert exposure_warning(server(api_keys="k")) is None
+    assert exposure_warning(server(host="127.0.0.1")) is None

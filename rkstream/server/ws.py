@@ -50,8 +50,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     slow_timeout_s=settings.server.slow_client_timeout_s)
     conn = Connection(settings, state.engine.info, state.scheduler, outbox, state.vision,
                       state.metrics.frame)
-    peer = request.remote
-    ws_log.info("%s connected (%s, %s)", peer, conn.session_id, encoding)
+    ws_log.info("%s connected (%s, %s)", address, conn.session_id, encoding)
     state.sockets.add(ws)
     state.per_address[address] += 1
     state.connections.add(conn)
@@ -63,7 +62,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if ending or task.cancelled() or task.result():
             return
         # The client stopped reading (or the send failed): drop it.
-        ws_log.warning("%s dropped: not reading what is sent (%s)", peer, conn.session_id)
+        ws_log.warning("%s dropped: not reading what is sent (%s)", address, conn.session_id)
         if request.transport is not None:
             request.transport.abort()
         if reader is not None:
@@ -79,13 +78,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             except asyncio.TimeoutError:
                 if conn.requests:
                     continue  # waiting for an answer is not idle
-                ws_log.info("%s idle for %.0f s: closing", peer, idle_s)
+                ws_log.info("%s idle for %.0f s: closing", address, idle_s)
                 await ws.close(code=WSCloseCode.OK, message=b"idle timeout")
                 break
             if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
                 conn.receive(msg.data)
             elif msg.type == WSMsgType.ERROR:
-                ws_log.info("%s: %s", peer, ws.exception())
+                ws_log.info("%s: %s", address, ws.exception())
                 break
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
@@ -94,7 +93,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             raise
     finally:
         # Bookkeeping first, before any await: the handler may be cancelled
-        # again while it cleans up (the peer's TCP close), which would skip it.
+        # again while it cleans up (the address's TCP close), which would skip it.
         ending = True
         state.sockets.discard(ws)
         state.per_address[address] -= 1
@@ -114,6 +113,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             outbox.close()
             if not writer.done():
                 writer.cancel()
-        ws_log.info("%s disconnected (%s, close code %s)", peer, conn.session_id,
+        ws_log.info("%s disconnected (%s, close code %s)", address, conn.session_id,
                     ws.close_code)
     return ws

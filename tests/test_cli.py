@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -164,7 +165,7 @@ def test_warns_when_open_to_the_network_without_a_key() -> None:
     from rkstream.cli import exposure_warning
     from rkstream.config import ServerSettings, Settings
 
-    def server(**kw: str) -> Settings:
+    def server(**kw: Any) -> Settings:
         return replace(Settings(), server=replace(ServerSettings(), **kw))
 
     assert "without an API key" in (exposure_warning(Settings()) or "")  # default 0.0.0.0

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..engines.base import Outcome, SamplingSettings
 from ..errors import RequestError
-from ..protocol.events import ImagePart, Message
+from ..protocol.events import ROLES, ImagePart, Message, Role
 from ..protocol.parse import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, PARAM_RANGES
 from .generation import Generation, generate
 from .state import STATE
@@ -266,3 +266,14 @@ async def drive(request: web.Request, messages: tuple[Message, ...],
                 except ConnectionError:
                     return None
     return None
+
+
+def message_role(item: Any, where: str) -> Role:
+    """The role of one message object; refused clearly when it is not one."""
+    if not isinstance(item, dict):
+        raise wrong(where, "an object", item)
+    role = item.get("role")
+    if role not in ROLES:
+        raise RequestError("invalid_field", f"{where}.role must be one of {', '.join(ROLES)}",
+                           param=f"{where}.role")
+    return cast(Role, role)

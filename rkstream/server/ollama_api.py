@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import RequestError
-from ..protocol.events import ROLES, ImagePart, Message, Params, Part, TextPart
+from ..protocol.events import ImagePart, Message, Params, Part, TextPart
 from .generation import Generation, sampling_for
 from .http_compat import (
     SAMPLING_FIELDS,
@@ -35,6 +35,7 @@ from .http_compat import (
     get_str,
     http_status,
     integer,
+    message_role,
     nanoseconds,
     open_stream,
     outcome_error,
@@ -125,13 +126,7 @@ def chat_messages(raw: Any) -> tuple[Message, ...]:
     out: list[Message] = []
     for i, item in enumerate(raw):
         where = f"messages[{i}]"
-        if not isinstance(item, dict):
-            raise wrong(where, "an object", item)
-        role = item.get("role")
-        if role not in ROLES:
-            raise RequestError("invalid_field",
-                               f"{where}.role must be one of {', '.join(ROLES)}",
-                               param=f"{where}.role")
+        role = message_role(item, where)
         content = get_str(item, "content", f"{where}.content") or ""
         parts: tuple[Part, ...] = (*images_of(item, f"{where}."), TextPart(content))
         out.append(Message(role=role, parts=parts))

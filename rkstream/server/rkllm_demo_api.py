@@ -30,7 +30,7 @@ from aiohttp import web
 
 from ..engines.base import Outcome
 from ..errors import RequestError
-from ..protocol.events import ROLES, Message, Params, Part, TextPart
+from ..protocol.events import Message, Params, Part, TextPart
 from .generation import sampling_for
 from .http_compat import (
     SAMPLING_FIELDS,
@@ -39,6 +39,7 @@ from .http_compat import (
     get_bool,
     get_str,
     http_status,
+    message_role,
     open_stream,
     outcome_error,
     read_object,
@@ -119,12 +120,7 @@ def demo_messages(raw: Any) -> tuple[Message, ...]:
     out: list[Message] = []
     for i, item in enumerate(raw):
         where = f"messages[{i}]"
-        if not isinstance(item, dict):
-            raise wrong(where, "an object", item)
-        role = item.get("role")
-        if role not in ROLES:
-            raise RequestError("invalid_field", f"{where}.role must be one of "
-                                                f"{', '.join(ROLES)}", param=f"{where}.role")
+        role = message_role(item, where)
         out.append(Message(role=role, parts=_content(item.get("content"), where)))
     return tuple(out)
 

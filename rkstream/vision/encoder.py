@@ -9,7 +9,7 @@ from the model file at load time, never hard-coded.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import numpy as np
@@ -60,6 +60,15 @@ class VisionEncoder(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the model. Safe to call more than once."""
+
+    def learn_output_shapes(self, run: Callable[[np.ndarray], Sequence[np.ndarray]]) -> None:
+        """Run ``run`` once on a black image and take n_outputs, n_tokens and
+        width from what it returns, so no number is written by hand."""
+        height, width = self.input_size
+        outputs = run(np.zeros((1, height, width, 3), dtype=np.uint8))
+        embeds = interleave(outputs)
+        self.n_outputs = len(outputs)
+        self.n_tokens, self.width = (int(n) for n in embeds.shape)
 
     def check_tensor(self, tensor: np.ndarray) -> None:
         """Refuse anything but a uint8 ``(1, H, W, 3)`` tensor of the input size.

@@ -101,17 +101,13 @@ class OnnxEncoder(VisionEncoder):
 
     def _warm_up(self) -> None:
         height, width = self.input_size
-        zeros = np.zeros((1, height, width, 3), dtype=np.uint8)
         try:
-            outputs = self._run(zeros)
-            embeds = interleave(outputs)
+            self.learn_output_shapes(self._run)
         except Exception as exc:
             raise EngineInitError(
                 f"the ONNX vision encoder {self._path} failed its first run at "
                 f"{width}x{height}: {exc}; check the input size (preset size) matches the "
                 "size the model was exported for") from exc
-        self.n_outputs = len(outputs)
-        self.n_tokens, self.width = (int(n) for n in embeds.shape)
 
     def _run(self, tensor: np.ndarray) -> list[np.ndarray]:
         pixels = (tensor.astype(np.float32) - self._mean) * self._inv_std

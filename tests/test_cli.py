@@ -171,3 +171,46 @@ def test_warns_when_open_to_the_network_without_a_key() -> None:
     assert "without an API key" in (exposure_warning(Settings()) or "")  # default 0.0.0.0
     assert exposure_warning(server(api_keys="k")) is None
     assert exposure_warning(server(host="127.0.0.1")) is None
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "vision.mean=1,2"], ["vision.mean = '1,2'", "three comma-separated numbers"]),
+    (["--set", "vision.std=1,0,1"], ["vision.std = '1,0,1'", "above 0"]),
+    (["--runtime", "1.4"], ["rkllm.runtime = '1.4'", "'auto', '1.3', '1.2'"]),
+    (["--set", "server.cors_origins=app.example"], ["server.cors_origins"]),
+])
+def test_serve_refuses_a_bad_value_at_once(args: list[str], words: list[str]) -> None:
+    # Before any model load or bind: a server that started would outlive the timeout.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RKSTREAM_")}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "rkstream", "serve", "--host", "127.0.0.1",
+         "--port", str(free_port()), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 15
+    for word in words:
+        assert word in result.stderr
+    assert "listening" not in result.stderr
+
+
+def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    from rkstream import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"rkstream {__version__}\n"
+
+
+def test_config_default_is_the_repositorys_config_toml(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # One source: config.toml is generated from the settings schema. After
+    # changing a setting, regenerate it: rkstream config --default > config.toml
+    from rkstream.config import Settings, load_settings
+
+    assert main(["config", "--default", "--set", "not valid"]) == 0  # needs no settings
+    text = capsys.readouterr().out
+    assert text == (REPO / "config.toml").read_text(encoding="utf-8")
+    (tmp_path / "c.toml").write_text(text, encoding="utf-8")
+    assert load_settings(tmp_path / "c.toml", environ={}) == Settings()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from rkstream.config import Settings, describe_settings, load_settings
+from rkstream.config import (
+    Settings,
+    VisionSettings,
+    describe_settings,
+    load_settings,
+    parsed,
+    with_overrides,
+)
 from rkstream.errors import ConfigError
+from rkstream.vision.presets import PRESETS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,3 +81,78 @@ def test_bad_override_and_missing_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml", environ={})
     assert load_settings(environ={}, overrides={"rkllm.enabled_cpus_mask": "0x0F"}
                          ).rkllm.enabled_cpus_mask == 15
+
+
+# Values whose check used to wait for the code that uses them (the vision
+# load, the middlewares); each is refused by load_settings, naming its key.
+@pytest.mark.parametrize("key, text, words", [
+    ("vision.mean", "1,2", ["vision.mean", "2 values, not 3", "from 0 to 255"]),
+    ("vision.mean", "1,x,3", ["vision.mean", "'x' is not a number"]),
+    ("vision.mean", "0,0,256", ["vision.mean", "out of range"]),
+    ("vision.mean", "nan,1,1", ["vision.mean", "out of range"]),
+    ("vision.std", "1,0,1", ["vision.std", "above 0"]),
+    ("vision.std", "4,5", ["vision.std", "2 values"]),
+    ("vision.preset", "llava", ["vision.preset", "'qwen2-vl'", "'deepseekocr'"]),
+    ("server.cors_origins", "app.example", ["server.cors_origins", "not an origin",
+                                            "scheme://host[:port]"]),
+    ("server.cors_origins", "https://app.example/chat", ["server.cors_origins", "no path"]),
+    ("server.allowed_origins", "robot.local", ["server.allowed_origins", "not an origin"]),
+    ("server.api_keys", ",", ["server.api_keys", "lists nothing"]),
+    ("server.api_keys", "k1,my key", ["server.api_keys", "visible ASCII"]),
+    ("server.host", "http://0.0.0.0", ["server.host", "without scheme or port"]),
+    ("server.host", "localhost:8080", ["server.host", "not a host name or IP address"]),
+    ("rkllm.runtime", "1.4", ["rkllm.runtime", "'auto', '1.3', '1.2'"]),
+])
+def test_values_checked_at_load_name_the_key(key: str, text: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, overrides={key: text})
+    assert str(info.value).startswith(f"config: {key} = {text!r}")
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises(ConfigError, match=key):  # and any layer on top of loaded settings
+        with_overrides(Settings(), {key: text})
+
+
+def test_toml_values_pass_the_same_hooks(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[vision]\nmean = "1,2"\n')
+    with pytest.raises(ConfigError, match="vision.mean = '1,2'"):
+        load_settings(path, environ={})
+    path.write_text("[vision]\nmean = [1, 2, 3]\n")  # the text form only, as documented
+    with pytest.raises(ConfigError, match="vision.mean"):
+        load_settings(path, environ={})
+    with pytest.raises(ConfigError, match="server.api_keys"):
+        load_settings(environ={"RKSTREAM_API_KEYS": "a key"})
+
+
+def test_good_values_load_and_parse() -> None:
+    settings = load_settings(environ={}, overrides={
+        "vision.mean": "0, 127.5,255", "vision.std": "58.4,57.1,57.4",
+        "server.cors_origins": "https://app.example, http://localhost:3000/",
+        "server.allowed_origins": "*", "server.api_keys": "k1, k2",
+        "server.host": "::1", "vision.preset": "internvl3"})
+    assert parsed("vision.mean", settings.vision.mean) == (0.0, 127.5, 255.0)
+    assert parsed("vision.std", settings.vision.std) == (58.4, 57.1, 57.4)
+    assert parsed("vision.mean", "") is None  # the preset's own
+    assert parsed("server.cors_origins", settings.server.cors_origins) == (
+        "https://app.example", "http://localhost:3000")
+    assert parsed("server.api_keys", settings.server.api_keys) == ("k1", "k2")
+    assert parsed("server.api_keys", "") == ()
+    for host in ("127.0.0.1", "::", "localhost", "board-1.lan", ""):
+        assert load_settings(environ={}, overrides={"server.host": host}).server.host == host
+
+
+def test_preset_choices_are_the_preset_table() -> None:
+    choices = next(f for f in fields(VisionSettings) if f.name == "preset").metadata["choices"]
+    assert choices == tuple(PRESETS)
+
+
+def test_default_max_tokens_must_fit_the_cap(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, overrides={"limits.max_tokens": "100"})
+    assert "sampling.max_tokens = 512 is above limits.max_tokens = 100" in str(info.value)
+    # Checked once every layer is applied: the file raises the default, the CLI the cap.
+    path = tmp_path / "c.toml"
+    path.write_text("[sampling]\nmax_tokens = 8000\n")
+    settings = load_settings(path, environ={}, overrides={"limits.max_tokens": "8000"})
+    assert settings.sampling.max_tokens == 8000

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from rkstream.config import Settings
-from rkstream.engines.base import Job, SamplingSettings
+from rkstream.core.messages import Message, TextPart
+from rkstream.core.params import SamplingSettings
+from rkstream.engines.base import Job
 from rkstream.errors import QueueFullError, VisionError
-from rkstream.protocol.events import Message, TextPart
 from rkstream.scheduler import Scheduler
 
 from fakes import FakeEngine

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from .report import Check, Status, worst
-from .sysfs import FreqDomain, Root, cpu_policies, devfreq_domains, format_hz, meminfo
+from rkstream.board.report import Check, Status, worst
+from rkstream.board.sysfs import FreqDomain, Root, cpu_policies, devfreq_domains, format_hz, meminfo
 
 MIN_DRIVER = (0, 9, 8)
 """The RKNPU driver version the RKLLM SDK asks for."""

@@ -13,11 +13,16 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..config import Settings
-from ..engines.rkllm.loader import LIBRARY_NAME, candidate_paths, detect_version, line_of_version
-from ..errors import RuntimeLibraryError, RuntimeVersionError
-from .report import Check, Status
-from .sysfs import Root
+from rkstream.board.report import Check, Status
+from rkstream.board.sysfs import Root
+from rkstream.config import Settings
+from rkstream.engines.rkllm.loader import (
+    LIBRARY_NAME,
+    candidate_paths,
+    detect_version,
+    line_of_version,
+)
+from rkstream.errors import RuntimeLibraryError, RuntimeVersionError
 
 SYSTEM_LIB_DIRS = ("usr/lib", "usr/lib64", "usr/local/lib", "usr/lib/aarch64-linux-gnu",
                    "lib", "lib64", "lib/aarch64-linux-gnu")

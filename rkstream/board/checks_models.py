@@ -6,13 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from ..config import Settings
-from ..engines.llamacpp.model import resolve_model
-from ..engines.rkllm.loader import check_model_file
-from ..errors import ModelFileError
-from .checks_board import size_text
-from .checks_libs import split_message
-from .report import Check, Status
+from rkstream.board.checks_board import size_text
+from rkstream.board.checks_libs import split_message
+from rkstream.board.report import Check, Status
+from rkstream.config import Settings
+from rkstream.engines.llamacpp.model import resolve_model
+from rkstream.engines.rkllm.loader import check_model_file
+from rkstream.errors import ModelFileError
 
 EncoderKind = Literal["rknn", "onnx"]
 

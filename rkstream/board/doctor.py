@@ -15,12 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from .. import __version__
-from ..config import Settings
-from ..engines.llamacpp.model import bundled_model
-from ..engines.rkllm.loader import default_lib_dirs
-from ..log import engine_log
-from .checks_board import (
+from rkstream import __version__
+from rkstream.board.checks_board import (
     check_frequencies,
     check_kernel,
     check_memory,
@@ -28,16 +24,20 @@ from .checks_board import (
     check_platform,
     is_rockchip,
 )
-from .checks_libs import (
+from rkstream.board.checks_libs import (
     ModuleProbe,
     check_module,
     check_rkllm_library,
     check_rknn_library,
     probe_module,
 )
-from .checks_models import check_gguf_model, check_rkllm_model, check_vision_encoder
-from .report import Check, Status, render_json, render_text
-from .sysfs import Root, compatible, meminfo
+from rkstream.board.checks_models import check_gguf_model, check_rkllm_model, check_vision_encoder
+from rkstream.board.report import Check, Status, render_json, render_text
+from rkstream.board.sysfs import Root, compatible, meminfo
+from rkstream.config import Settings
+from rkstream.engines.llamacpp.model import bundled_model
+from rkstream.engines.rkllm.loader import default_lib_dirs
+from rkstream.log import engine_log
 
 __all__ = ["Check", "Root", "Status", "doctor_command", "render_json", "render_text",
            "run_checks"]

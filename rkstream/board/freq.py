@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sysfs import FreqDomain, Root, format_hz, freq_domains
+from rkstream.board.sysfs import FreqDomain, Root, format_hz, freq_domains
 
 
 def pin_frequencies(root: Root | None = None) -> list[str]:

@@ -11,47 +11,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-from ..log import engine_log
-from ..protocol.events import Message
+from rkstream.core.embeddings import ImageEmbedding, ImageTags
+from rkstream.core.messages import Message
+from rkstream.core.params import SamplingSettings
+from rkstream.log import engine_log
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Concrete generation settings of one request (defaults already applied)."""
-
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    repeat_penalty: float
-    frequency_penalty: float
-    presence_penalty: float
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImageEmbedding:
-    """One encoded image, in the order its placeholder appears in the messages.
-
-    ``embedding`` is float32, C-contiguous, ``(n_tokens, width)``; ``size``
-    is the encoder's input (height, width), which runtimes use for M-RoPE.
-    """
-
-    embedding: Any
-    size: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class ImageTags:
-    """The strings a runtime wraps around image embeddings (per model family)."""
-
-    start: str
-    end: str
-    content: str
 
 
 @dataclass(frozen=True)

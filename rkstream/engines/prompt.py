@@ -3,7 +3,7 @@ template takes (RKLLM applies the model's template around the input)."""
 
 from __future__ import annotations
 
-from ..protocol.events import Message
+from rkstream.core.messages import Message
 
 _LABELS = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 

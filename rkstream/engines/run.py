@@ -14,9 +14,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from .base import Job, Outcome, Run, TextSink
-from .bridge import LoopChannel
-from .text import StopMatcher
+from rkstream.core.channel import LoopChannel
+from rkstream.engines.base import Job, Outcome, Run, TextSink
+from rkstream.engines.text import StopMatcher
 
 
 @dataclass
@@ -32,6 +32,7 @@ class RunFacts:
     end_s: float
     error_code: str | None = None
     error_message: str | None = None
+    context_full: bool = False  # generation stopped because the context window was full
 
 
 class BridgedRun(Run):
@@ -108,7 +109,7 @@ class BridgedRun(Run):
             outcome.finish_reason = "stop"
         elif self.cancelled:
             outcome.finish_reason = "cancelled"
-        elif facts.tokens >= self.max_tokens:
+        elif facts.context_full or facts.tokens >= self.max_tokens:
             outcome.finish_reason = "length"
         return outcome
 

@@ -6,10 +6,11 @@ library load, and llama.cpp otherwise, and says why in the log.
 
 from __future__ import annotations
 
-from ..config import Settings
-from ..errors import RkstreamError
-from ..log import engine_log
-from .base import Engine
+from rkstream.config import Settings
+from rkstream.core.embeddings import ImageTags
+from rkstream.engines.base import Engine
+from rkstream.errors import RkstreamError
+from rkstream.log import engine_log
 
 
 def choose_engine(settings: Settings) -> tuple[str, str]:
@@ -19,7 +20,7 @@ def choose_engine(settings: Settings) -> tuple[str, str]:
     rk = settings.rkllm
     if not rk.model:
         return "llamacpp", "no .rkllm model is configured (rkllm.model is empty)"
-    from .rkllm.loader import check_model_file, load_runtime
+    from rkstream.engines.rkllm.loader import check_model_file, load_runtime
 
     try:
         check_model_file(rk.model)
@@ -29,16 +30,20 @@ def choose_engine(settings: Settings) -> tuple[str, str]:
     return "rkllm", f"{runtime.path} (runtime {runtime.version or runtime.line}) and {rk.model}"
 
 
-def make_engine(settings: Settings) -> Engine:
-    """Build (not load) the engine the settings ask for."""
+def make_engine(settings: Settings, image_tags: ImageTags | None = None) -> Engine:
+    """Build (not load) the engine the settings ask for.
+
+    ``image_tags`` are the vision encoder's tags (None without an encoder);
+    the RKLLM engine needs them at init, llama.cpp does not use them.
+    """
     kind, reason = choose_engine(settings)
     log = engine_log.warning if settings.engine == "auto" and settings.rkllm.model and (
         kind == "llamacpp") else engine_log.info
     log("engine %s: %s", kind, reason)
     if kind == "rkllm":
-        from .rkllm.engine import RKLLMEngine
+        from rkstream.engines.rkllm.engine import RKLLMEngine
 
-        return RKLLMEngine(settings)
-    from .llamacpp.engine import LlamaCppEngine
+        return RKLLMEngine(settings, image_tags)
+    from rkstream.engines.llamacpp.engine import LlamaCppEngine
 
     return LlamaCppEngine(settings)

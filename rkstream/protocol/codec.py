@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from ..errors import ProtocolError
+from rkstream.errors import ProtocolError
 
 Encoding = Literal["msgpack", "json"]
 

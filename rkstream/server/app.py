@@ -17,37 +17,39 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypedDict
 
 from aiohttp import WSCloseCode, web
 
-from ..config import Settings
-from ..engines.base import Engine
-from ..log import server_log
-from ..scheduler import Scheduler
-from ..vision.service import VisionService
-from .access import access_middleware, parse_list
-from .cors import add_cors_headers, cors_middleware, parse_origins
-from .metrics import metrics_handler
-from .ollama_api import add_ollama_routes
-from .openai_api import add_openai_routes
-from .rkllm_demo_api import add_rkllm_demo_routes
-from .state import STATE, AppState
-from .ws import websocket_handler
+from rkstream.config import Settings
+from rkstream.engines.base import Engine
+from rkstream.log import server_log
+from rkstream.resources import static_dir
+from rkstream.scheduler import Scheduler
+from rkstream.server.http.ollama.routes import add_ollama_routes
+from rkstream.server.http.openai.routes import add_openai_routes
+from rkstream.server.http.rkllm_demo import add_rkllm_demo_routes
+from rkstream.server.ops.access import access_middleware, parse_list
+from rkstream.server.ops.cors import add_cors_headers, cors_middleware, parse_origins
+from rkstream.server.ops.health import health
+from rkstream.server.ops.metrics import METRICS, metrics_handler
+from rkstream.server.state import STATE, AppState
+from rkstream.server.ws.handler import websocket_handler
+from rkstream.vision.service import VisionService
 
 EngineFactory = Callable[[Settings], Engine]
 
-REPO_STATIC = Path(__file__).resolve().parent.parent.parent / "static"
-
-
 def default_engine(settings: Settings) -> Engine:
-    from ..engines.select import make_engine
+    from rkstream.engines.select import make_engine
+    from rkstream.vision.service import preset_from, tags_of
 
-    return make_engine(settings)
+    tags = tags_of(preset_from(settings.vision)) if settings.vision.encoder else None
+    return make_engine(settings, tags)
 
 
 async def _load_vision(state: AppState) -> VisionService:
-    from ..vision.loader import load_encoder
-    from ..vision.service import VisionService, preset_from
+    from rkstream.vision.loader import load_encoder
+    from rkstream.vision.service import VisionService, preset_from
 
     settings = state.settings.vision
     preset = preset_from(settings)
@@ -118,25 +120,17 @@ async def _close_sockets(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-async def health(request: web.Request) -> web.Response:
-    """200 with the model when ready; 503 with a reason otherwise."""
-    state = request.app[STATE]
-    if state.closing:
-        body = {"status": "shutting_down", "reason": "the server is shutting down"}
-    elif state.load_error is not None:
-        body = {"status": "failed", "reason": state.load_error}
-    elif state.engine is None or state.scheduler is None:
-        body = {"status": "loading", "reason": "the model is loading"}
-    else:
-        return web.json_response({"status": "ok", "model": state.engine.info.as_dict(),
-                                  "vision": state.vision is not None})
-    return web.json_response(body, status=503)
-
-
 def _static_dir(settings: Settings) -> Path | None:
-    folder = Path(settings.server.static_dir) if settings.server.static_dir else REPO_STATIC
-    return folder if folder.is_dir() else None
+    return static_dir(settings.server.static_dir)
 
+
+# How the server around the app must run. handler_cancellation: a client that
+# disconnects cancels its handler at once, which aborts its generation (HTTP).
+class ServerOptions(TypedDict):
+    handler_cancellation: bool
+
+
+SERVER_OPTIONS = ServerOptions(handler_cancellation=True)
 
 ENGINE_FACTORY: web.AppKey[EngineFactory] = web.AppKey("rkstream_engine_factory")
 LOAD_IN_BACKGROUND = web.AppKey("rkstream_load_in_background", bool)
@@ -162,7 +156,9 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
                           middlewares=middlewares)
     if origins:
         app.on_response_prepare.append(add_cors_headers)
-    app[STATE] = AppState(settings=settings)
+    state = app[STATE] = AppState(settings=settings)
+    state.metrics.watch(state)  # live gauges are read from the state per scrape
+    app[METRICS] = state.metrics
     app[ENGINE_FACTORY] = engine_factory
     app[LOAD_IN_BACKGROUND] = load_in_background
     app.cleanup_ctx.append(_models_ctx)

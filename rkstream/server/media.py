@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..engines.base import ImageEmbedding, Job
-from ..errors import RequestError, VisionError
-from ..log import ws_log
-from ..protocol.events import FrameAppend, FramePart, ImagePart, ImageUpload, ResponseCreate
-from ..vision.frames import FrameStore, new_frame
-from ..vision.service import VisionService
+from rkstream.core.embeddings import ImageEmbedding
+from rkstream.core.messages import FramePart, ImagePart
+from rkstream.core.request import GenerationRequest
+from rkstream.engines.base import Job
+from rkstream.errors import RequestError, VisionError
+from rkstream.log import ws_log
+from rkstream.protocol.events import FrameAppend, ImageUpload
+from rkstream.vision.frames import FrameStore, new_frame
+from rkstream.vision.service import VisionService
 
 MAX_UPLOADS = 256
 
@@ -69,9 +72,9 @@ class Media:
         self._ahead: dict[str, asyncio.Task[None]] = {}
 
     # -- checks at response.create -------------------------------------------------
-    def check(self, event: ResponseCreate) -> None:
+    def check(self, request: GenerationRequest) -> None:
         """Refuse at once what the vision step could never take."""
-        media = [p for m in event.input for p in m.media]
+        media = request.media
         if not media:
             return
         if self.vision is None:
@@ -93,7 +96,7 @@ class Media:
                                   "frame.append first")
 
     # -- the vision step -------------------------------------------------------------
-    async def prepare(self, job: Job, event: ResponseCreate,
+    async def prepare(self, job: Job, request: GenerationRequest,
                       on_frame: Callable[[FrameUse], None]) -> Job:
         """Encode the request's images in order and return the job to run.
 
@@ -105,7 +108,7 @@ class Media:
         if vision is None:
             raise _unavailable()
         images: list[ImageEmbedding] = []
-        for part in (p for m in event.input for p in m.media):
+        for part in request.media:
             images.append(await self._embedding(vision, part, on_frame))
         needed = (estimate_text_tokens(job) + sum(i.embedding.shape[0] for i in images)
                   + job.sampling.max_tokens)

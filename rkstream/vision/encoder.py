@@ -15,8 +15,8 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import VisionError
-from .presets import VisionPreset
+from rkstream.errors import VisionError
+from rkstream.vision.presets import VisionPreset
 
 
 class VisionEncoder(abc.ABC):

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ModelFileError
-from .encoder import VisionEncoder
-from .presets import VisionPreset
+from rkstream.errors import ConfigError, ModelFileError
+from rkstream.vision.encoder import VisionEncoder
+from rkstream.vision.presets import VisionPreset
 
 KINDS = ("auto", "onnx", "rknn")
 RKNN_MAGIC = b"RKNN"
@@ -57,10 +57,10 @@ def load_encoder(path: str, preset: VisionPreset, *, kind: str = "auto",
     if kind == "auto":
         kind = _detect(file)
     if kind == "rknn":
-        from .rknn_encoder import RknnEncoder
+        from rkstream.vision.rknn_encoder import RknnEncoder
         return RknnEncoder(file, preset, core_mask=core_mask,
                            rknnlite_factory=rknnlite_factory)
-    from .onnx_encoder import OnnxEncoder
+    from rkstream.vision.onnx_encoder import OnnxEncoder
     return OnnxEncoder(file, preset, threads=threads)
 
 

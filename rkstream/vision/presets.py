@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from rkstream.errors import ConfigError
 
 _QWEN_TAGS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
 
@@ -123,17 +123,14 @@ def _check_field(key: str, value: object) -> object:
             raise ConfigError(f"vision preset field 'background' must be 0-255, got {value!r}")
         return number
     if key in ("mean", "std"):
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        try:
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise ValueError("not a list")
+            return rgb(value, std=key == "std")
+        except ValueError as exc:
             raise ConfigError(
-                f"vision preset field {key!r} must be 3 numbers (R, G, B) in 0-255 units, "
-                f"got {value!r}")
-        items = tuple(_number(key, item) for item in value)
-        if len(items) != 3:
-            raise ConfigError(
-                f"vision preset field {key!r} must be 3 numbers (R, G, B), got {len(items)}")
-        if key == "std" and any(item <= 0 for item in items):
-            raise ConfigError(f"vision preset field 'std' must be > 0, got {value!r}")
-        return items
+                f"vision preset field {key!r} must be 3 numbers (R, G, B) in 0-255 units"
+                f"{', above 0' if key == 'std' else ''}, got {value!r} ({exc})") from None
     # size
     if value is None:
         return None
@@ -141,6 +138,31 @@ def _check_field(key: str, value: object) -> object:
         raise ConfigError(
             f"vision preset field 'size' must be a positive integer (pixels), got {value!r}")
     return value
+
+
+def rgb(values: Iterable[object], *, std: bool) -> tuple[float, float, float]:
+    """Check a mean (``std=False``) or std: three numbers, R, G, B, in 0-255
+    units; a std also above 0, since the ONNX encoder divides by it.
+
+    config.py checks ``vision.mean``/``vision.std`` text with this rule too.
+
+    Raises:
+        ValueError: saying what is wrong (count, a non-number, a value out of range).
+    """
+    items = list(values)
+    if len(items) != 3:
+        raise ValueError(f"{len(items)} values, not 3")
+    numbers: list[float] = []
+    for item in items:
+        # bool is an int subclass; true/false in a config is a mistake, not 1/0.
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise ValueError(f"{item!r} is not a number")
+        number = float(item)
+        # NaN fails every comparison, so it is refused here too.
+        if not ((number > 0.0 if std else number >= 0.0) and number <= 255.0):
+            raise ValueError(f"{item!r} is out of range")
+        numbers.append(number)
+    return (numbers[0], numbers[1], numbers[2])
 
 
 def _number(key: str, value: object) -> float:

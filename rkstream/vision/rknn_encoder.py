@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError, EngineInitError, VisionError
-from .encoder import VisionEncoder, interleave
-from .presets import VisionPreset
+from rkstream.errors import ConfigError, EngineInitError, VisionError
+from rkstream.vision.encoder import VisionEncoder, interleave
+from rkstream.vision.presets import VisionPreset
 
 log = logging.getLogger("rkstream.vision")
 

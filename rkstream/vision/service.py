@@ -19,18 +19,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import LimitSettings, VisionSettings
-from ..engines.base import ImageEmbedding, ImageTags
-from ..engines.owner import OwnerThread
-from ..errors import ConfigError
-from ..log import engine_log
-from .encoder import VisionEncoder
-from .preprocess import background_from, prepare_image_sync
-from .presets import VisionPreset, preset_with_overrides
+from rkstream.config import LimitSettings, VisionSettings, parsed
+from rkstream.core.embeddings import ImageEmbedding, ImageTags
+from rkstream.core.owner import OwnerThread
+from rkstream.log import engine_log
+from rkstream.vision.encoder import VisionEncoder
+from rkstream.vision.preprocess import background_from, prepare_image_sync
+from rkstream.vision.presets import VisionPreset, preset_with_overrides
 
 
 def preset_from(settings: VisionSettings) -> VisionPreset:
-    """The configured preset with any [vision] overrides applied."""
+    """The configured preset with any [vision] overrides applied.
+
+    Loaded settings were checked by load_settings, so this does not fail for
+    them; settings built in code are refused with the same ConfigError.
+    """
     overrides: dict[str, object] = {}
     for key in ("image_start", "image_end", "image_content"):
         value = getattr(settings, key)
@@ -39,13 +42,11 @@ def preset_from(settings: VisionSettings) -> VisionPreset:
     if settings.background >= 0:
         overrides["background"] = settings.background
     for key in ("mean", "std"):
-        text = getattr(settings, key)
-        if text:
-            try:
-                overrides[key] = tuple(float(v) for v in text.split(","))
-            except ValueError:
-                raise ConfigError(f"config: vision.{key} = {text!r} is not allowed; use three "
-                                  "numbers such as \"127.5,127.5,127.5\"") from None
+        # Checked when the settings loaded; parsed() refuses, with the key named,
+        # only settings built in code past load_settings.
+        rgb = parsed(f"vision.{key}", getattr(settings, key))
+        if rgb is not None:
+            overrides[key] = rgb
     if settings.size:
         overrides["size"] = settings.size
     return preset_with_overrides(settings.preset, overrides)

@@ -18,10 +18,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from rkstream.config import LlamaCppSettings, RKLLMSettings, Settings
-from rkstream.engines.base import Engine, Job, Outcome, SamplingSettings
+from rkstream.core.messages import Message, TextPart
+from rkstream.core.params import SamplingSettings
+from rkstream.engines.base import Engine, Job, Outcome
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.engines.rkllm.engine import RKLLMEngine
-from rkstream.protocol.events import Message, TextPart
 from rkstream.server.app import make_app
 
 from conftest import ModelFactory

@@ -7,18 +7,16 @@ from typing import Any
 
 import pytest
 
+from rkstream.core.messages import FramePart, ImagePart, TextPart
+from rkstream.core.params import Params
 from rkstream.errors import ProtocolError
 from rkstream.protocol.events import (
     FrameAppend,
-    FramePart,
-    ImagePart,
     ImageUpload,
-    Params,
     Ping,
     ResponseCancel,
     ResponseCreate,
     SessionUpdate,
-    TextPart,
 )
 from rkstream.protocol.parse import parse_event
 
@@ -39,9 +37,10 @@ def refused(obj: Any, *, binary: bool = True) -> ProtocolError:
 def test_response_create_minimal() -> None:
     event = parse_event(create())
     assert isinstance(event, ResponseCreate)
-    assert event.request_id == "r1" and event.stream is True
-    assert event.input[0].role == "user" and event.input[0].parts == (TextPart("hi"),)
-    assert event.params == Params()
+    assert event.request_id == "r1" and event.request.stream is True
+    (message,) = event.request.messages
+    assert message.role == "user" and message.parts == (TextPart("hi"),)
+    assert event.request.params == Params()
 
 
 def test_response_create_full() -> None:
@@ -57,15 +56,15 @@ def test_response_create_full() -> None:
                    {"type": "image", "image_id": "img1"},
                    {"type": "frame", "stream": "cam"}]}]))
     assert isinstance(event, ResponseCreate)
-    assert event.event_id == "e1" and event.stream is False
-    assert event.params == Params(max_tokens=5, temperature=0.0, top_p=0.5, top_k=3,
+    assert event.event_id == "e1" and event.request.stream is False
+    assert event.request.params == Params(max_tokens=5, temperature=0.0, top_p=0.5, top_k=3,
                                   repeat_penalty=1.0, frequency_penalty=-1.0,
                                   presence_penalty=2.0, stop=("\n", "END"))
-    parts = event.input[1].parts
+    parts = event.request.messages[1].parts
     assert parts[1] == ImagePart(data=b"\xff\xd8", format="jpeg")
     assert parts[2] == ImagePart(image_id="img1")
     assert parts[3] == FramePart("cam")
-    assert event.has_media
+    assert event.request.has_media
 
 
 def test_json_bytes_are_base64() -> None:
@@ -108,12 +107,12 @@ def test_json_bytes_are_base64() -> None:
     (create(params={"temprature": 1}), "unknown_param", "params.temprature"),
     (create(params={"max_tokens": 1.5}), "invalid_field", "params.max_tokens"),
     (create(params={"max_tokens": True}), "invalid_field", "params.max_tokens"),
-    (create(params={"max_tokens": 0}), "invalid_field", "params.max_tokens"),
+    (create(params={"max_tokens": 0}), "invalid_param", "params.max_tokens"),
     (create(params={"temperature": "hot"}), "invalid_field", "params.temperature"),
     (create(params={"top_p": 1.5}), "invalid_param", "params.top_p"),
     (create(params={"temperature": float("nan")}), "invalid_param", "params.temperature"),
-    (create(params={"stop": "END"}), "invalid_field", "params.stop"),
-    (create(params={"stop": [""]}), "invalid_param", "params.stop"),
+    (create(params={"stop": 5}), "invalid_field", "params.stop"),
+    (create(params={"stop": ["a", 1]}), "invalid_field", "params.stop"),
     (create(params={"stop": ["a"] * 9}), "invalid_param", "params.stop"),
     (create(extra_field=1), "unknown_field", "extra_field"),
     (create(event_id=5), "invalid_field", "event_id"),
@@ -157,4 +156,11 @@ def test_params_merge() -> None:
     base = Params(max_tokens=10, temperature=0.5, stop=("x",))
     assert Params(temperature=0.0).over(base) == Params(max_tokens=10, temperature=0.0,
                                                         stop=("x",))
-    assert Params(stop=("a",)).as_dict() == {"stop": ["a"]}
+
+
+def test_stop_takes_one_string_and_drops_empty_ones() -> None:
+    """The same rule as every HTTP API: "" means no stop sequence."""
+    one = parse_event(create(params={"stop": "END"}))
+    assert isinstance(one, ResponseCreate) and one.request.params.stop == ("END",)
+    empty = parse_event(create(params={"stop": ["", "x"]}))
+    assert isinstance(empty, ResponseCreate) and empty.request.params.stop == ("x",)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rkstream.config import VisionSettings
-from rkstream.engines.base import ImageEmbedding
+from rkstream.core.embeddings import ImageEmbedding
 from rkstream.errors import ConfigError
 from rkstream.vision.service import EmbeddingCache, content_key, preset_from
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 
-from ...config import Settings
-from ...log import engine_log
-from ..base import InstanceEngine, ModelInfo
-from .instance import LlamaInstance
-from .model import resolve_model
+from rkstream.config import Settings
+from rkstream.engines.base import InstanceEngine, ModelInfo
+from rkstream.engines.llamacpp.instance import LlamaInstance
+from rkstream.engines.llamacpp.model import resolve_model
+from rkstream.log import engine_log
 
 
 class LlamaCppEngine(InstanceEngine):

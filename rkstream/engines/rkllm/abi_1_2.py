@@ -31,7 +31,7 @@ import ctypes
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...errors import RuntimeLibraryError
+from rkstream.errors import RuntimeLibraryError
 
 if TYPE_CHECKING:
     # Type-checking only: some of these names exist only in the type stubs,

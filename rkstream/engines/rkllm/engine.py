@@ -6,19 +6,29 @@ import asyncio
 import concurrent.futures
 from pathlib import Path
 
-from ...config import Settings
-from ...log import engine_log
-from ..base import InstanceEngine, ModelInfo
-from .instance import RKLLMInstance
-from .loader import RuntimeLibrary, check_model_file, load_runtime
+from rkstream.config import Settings
+from rkstream.core.embeddings import ImageTags
+from rkstream.engines.base import InstanceEngine, ModelInfo
+from rkstream.engines.rkllm.instance import RKLLMInstance
+from rkstream.engines.rkllm.loader import RuntimeLibrary, check_model_file, load_runtime
+from rkstream.log import engine_log
 
 
 class RKLLMEngine(InstanceEngine):
-    """Language model served by Rockchip's RKLLM runtime (or the stand-in)."""
+    """Language model served by Rockchip's RKLLM runtime (or the stand-in).
 
-    def __init__(self, settings: Settings) -> None:
+    Args:
+        settings: the server settings.
+        image_tags: the image tags of the vision encoder's model family, or
+            None when no encoder is configured. They go to rkllm_init: 1.2
+            takes them there, and on every line they move the model to the
+            NPU domain an encoder in the same process needs.
+    """
+
+    def __init__(self, settings: Settings, image_tags: ImageTags | None = None) -> None:
         super().__init__()
         self._settings = settings
+        self._image_tags = image_tags
         self._control = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="rkllm-control")
         self.runtime: RuntimeLibrary | None = None
@@ -45,24 +55,15 @@ class RKLLMEngine(InstanceEngine):
         engine_log.info("runtime %s (line %s) from %s", runtime.version or "?", runtime.line,
                         runtime.path)
         rk = self._settings.rkllm
-        tags = None
-        if self._settings.vision.encoder:  # runtime 1.2 takes the image tags at init
-            from ...vision.service import preset_from, tags_of
-
-            tags = tags_of(preset_from(self._settings.vision))
         for index in range(self._settings.instances):
             instance = RKLLMInstance(runtime, rk, self._settings.sampling, str(model), index,
-                                     self._control, tags)
+                                     self._control, self._image_tags)
             self._instances.append(instance)
             await instance.load()  # one at a time: NPU memory is allocated in init
-        per_run = runtime.line != "1.2"
-        notes = () if per_run else (
-            "runtime 1.2 has no per-request sampling: temperature, top_p, top_k and the "
-            "penalties use the server's configured values; max_tokens is still honoured",)
         self._info = ModelInfo(
             id=model.stem, engine="rkllm", context_length=rk.max_context_len,
-            vision=False, per_request_sampling=per_run,
-            runtime=runtime.version or runtime.line, notes=notes)
+            vision=False, per_request_sampling=runtime.caps.per_run_sampling,
+            runtime=runtime.version or runtime.line, notes=runtime.caps.notes)
 
     async def close(self) -> None:
         await super().close()

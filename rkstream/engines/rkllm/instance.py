@@ -17,17 +17,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ...config import RKLLMSettings
-from ...config import SamplingSettings as SamplingDefaults
-from ...errors import EngineInitError
-from ...log import engine_log, native_log
-from ..base import EngineInstance, ImageTags, Job, TextSink
-from ..owner import OwnerThread
-from ..prompt import render_prompt
-from ..run import BridgedRun, RunFacts
-from ..text import Utf8Stitcher
-from .loader import RuntimeLibrary
-from .structs import RunStructs, make_param, make_run_structs
+from rkstream.config import RKLLMSettings
+from rkstream.config import SamplingSettings as SamplingDefaults
+from rkstream.core.embeddings import ImageTags
+from rkstream.core.owner import OwnerThread
+from rkstream.engines.base import EngineInstance, Job, TextSink
+from rkstream.engines.prompt import render_prompt
+from rkstream.engines.rkllm.loader import RuntimeLibrary
+from rkstream.engines.rkllm.structs import RunStructs, make_param, make_run_structs
+from rkstream.engines.run import BridgedRun, RunFacts
+from rkstream.engines.text import Utf8Stitcher
+from rkstream.errors import EngineInitError
+from rkstream.log import engine_log, native_log
 
 CONTINUE, PAUSE = 0, 1
 ABORT_GRACE_S = 0.25  # after a cancel, pause generation if abort has not taken effect
@@ -39,7 +40,7 @@ class RKLLMRun(BridgedRun):
     def __init__(self, instance: RKLLMInstance, job: Job, sink: TextSink,
                  loop: asyncio.AbstractEventLoop, structs: RunStructs) -> None:
         max_tokens = job.sampling.max_tokens
-        if instance.runtime.line == "1.2":  # the init-time cap is the runtime's hard limit
+        if not instance.runtime.caps.per_run_max_new_tokens:  # the init value is a hard cap
             max_tokens = min(max_tokens, instance.settings.max_new_tokens)
         super().__init__(job, sink, loop, max_tokens)
         self._instance = instance
@@ -109,6 +110,8 @@ class RKLLMInstance(EngineInstance):
         model_path: a checked model path.
         index: which instance this is (for logs and thread names).
         control: a small executor for rkllm_abort, so it never runs on the loop.
+        image_tags: the vision encoder's image tags, or None without one; used
+            at init (see :func:`make_param`).
     """
 
     def __init__(self, runtime: RuntimeLibrary, settings: RKLLMSettings,
@@ -119,7 +122,7 @@ class RKLLMInstance(EngineInstance):
         self.settings = settings
         self.defaults = defaults
         self.model_path = model_path
-        self.image_tags = image_tags  # 1.2 needs them at init
+        self.image_tags = image_tags
         self.index = index
         self._control = control
         self._owner = OwnerThread(f"rkllm-owner-{index}")
@@ -144,9 +147,9 @@ class RKLLMInstance(EngineInstance):
 
     def _init_sync(self) -> None:
         abi, fns = self.runtime.abi, self.runtime.functions
-        self._param = make_param(abi, self.settings, self.defaults,
+        self._param = make_param(self.runtime, self.settings, self.defaults,
                                  self.model_path.encode(), self.image_tags)
-        if hasattr(abi, "RKLLMCallback"):  # 1.3: callbacks go in a struct
+        if self.runtime.caps.callbacks_in_struct:
             self._callbacks_struct = abi.RKLLMCallback()
             self._callbacks_struct.result_callback = self._callback
             target: Any = ctypes.byref(self._callbacks_struct)
@@ -204,7 +207,7 @@ class RKLLMInstance(EngineInstance):
 
     def start(self, job: Job, sink: TextSink) -> RKLLMRun:
         prompt, role = render_prompt(job.messages, job.instructions)
-        structs = make_run_structs(self.runtime.abi, prompt, role, job.sampling,
+        structs = make_run_structs(self.runtime, prompt, role, job.sampling,
                                    self.settings, job.images, job.image_tags)
         run = RKLLMRun(self, job, sink, asyncio.get_running_loop(), structs)
         self._owner.submit(lambda: self._run_sync(run))

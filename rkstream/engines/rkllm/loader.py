@@ -26,15 +26,10 @@ from pathlib import Path
 from typing import Final, Literal
 
 import rkstream
-
-from ...errors import (
-    ConfigError,
-    ModelFileError,
-    RuntimeLibraryError,
-    RuntimeVersionError,
-)
-from ...log import engine_log
-from . import abi_1_2, abi_1_3
+from rkstream.engines.rkllm import abi_1_2, abi_1_3
+from rkstream.engines.rkllm.capabilities import RuntimeCapabilities, RuntimeLine, capabilities_of
+from rkstream.errors import ConfigError, ModelFileError, RuntimeLibraryError, RuntimeVersionError
+from rkstream.log import engine_log
 
 LIBRARY_NAME: Final = "librkllmrt.so"
 """File name of the RKLLM runtime library."""
@@ -60,21 +55,23 @@ class RuntimeLibrary:
     Attributes:
         path: the library file (the bare name ``librkllmrt.so`` only if the
             system loader found it and its file could not be resolved).
-        line: the runtime line, which selects ``abi``.
+        line: the runtime line, which selects ``abi`` and ``caps``.
         version: the full version found in the file, e.g. ``"1.3.0"``; None
             when the line was forced by config and the file names none.
         cdll: the loaded library.
         abi: ``abi_1_3`` or ``abi_1_2``: the structs, constants and callback
             types to use with ``functions``.
         functions: ``abi.RKLLMFunctions`` bound to ``cdll``.
+        caps: what the line can do; read these rather than probing ``abi``.
     """
 
     path: Path
-    line: Literal["1.2", "1.3"]
+    line: RuntimeLine
     version: str | None
     cdll: ctypes.CDLL
     abi: types.ModuleType
     functions: abi_1_3.RKLLMFunctions | abi_1_2.RKLLMFunctions
+    caps: RuntimeCapabilities
 
 
 def default_lib_dirs() -> list[Path]:
@@ -154,7 +151,7 @@ def detect_version(path: Path) -> str | None:
     return found.decode("ascii") if found is not None else None
 
 
-def line_of_version(version: str) -> Literal["1.2", "1.3"]:
+def line_of_version(version: str) -> RuntimeLine:
     """Return the runtime line whose ABI module fits a runtime version.
 
     Accepted: every 1.3.x release, and 1.2.1, 1.2.2, 1.2.3. Betas are
@@ -255,7 +252,8 @@ def load_runtime(
     abi = SUPPORTED[line]
     functions: abi_1_3.RKLLMFunctions | abi_1_2.RKLLMFunctions = abi.RKLLMFunctions(cdll)
     return RuntimeLibrary(
-        path=Path(shown), line=line, version=version, cdll=cdll, abi=abi, functions=functions
+        path=Path(shown), line=line, version=version, cdll=cdll, abi=abi, functions=functions,
+        caps=capabilities_of(line),
     )
 
 
@@ -272,7 +270,7 @@ def _version_of(file: Path | None) -> str | None:
 
 def _choose_line(
     shown: Path | str, version: str | None, runtime: Literal["auto", "1.3", "1.2"]
-) -> Literal["1.2", "1.3"]:
+) -> RuntimeLine:
     """Pick the ABI line from the detected version and ``rkllm.runtime``."""
     if version is None:
         if runtime == "auto":

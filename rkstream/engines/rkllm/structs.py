@@ -1,32 +1,33 @@
 """Fill the native structs of either ABI line from rkstream's settings.
 
 Both ABI modules use the header's names, so one function serves both lines;
-where the lines differ (per-run sampling exists only in 1.3) it is said here.
+where the lines differ, the runtime's capabilities (``runtime.caps``) decide.
 """
 
 from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ...config import RKLLMSettings
-from ...config import SamplingSettings as SamplingDefaults
-from ..base import ImageEmbedding, ImageTags, SamplingSettings
+from rkstream.config import RKLLMSettings
+from rkstream.config import SamplingSettings as SamplingDefaults
+from rkstream.core.embeddings import ImageEmbedding, ImageTags
+from rkstream.core.params import SamplingSettings
+from rkstream.engines.rkllm.loader import RuntimeLibrary
 
 
-def make_param(abi: ModuleType, settings: RKLLMSettings, defaults: SamplingDefaults,
+def make_param(runtime: RuntimeLibrary, settings: RKLLMSettings, defaults: SamplingDefaults,
                model_path: bytes, tags: ImageTags | None = None) -> Any:
     """An RKLLMParam for rkllm_init, zeroed first, every field set explicitly.
 
-    On 1.2 the image tag strings live here, fixed at init; on 1.3 they go
-    with each multimodal run instead. The returned struct keeps the bytes it
-    points to alive (``_keep``).
+    Where ``caps.image_tags_at_init`` (1.2) the image tag strings live here,
+    fixed at init; otherwise they go with each multimodal run. The returned
+    struct keeps the bytes it points to alive (``_keep``).
     """
-    param = abi.RKLLMParam()
+    param = runtime.abi.RKLLMParam()
     ctypes.memset(ctypes.addressof(param), 0, ctypes.sizeof(param))
     param.model_path = model_path
     param.max_context_len = settings.max_context_len
@@ -53,7 +54,7 @@ def make_param(abi: ModuleType, settings: RKLLMSettings, defaults: SamplingDefau
     ext.enabled_cpus_mask = settings.enabled_cpus_mask
     ext.n_batch = 1
     ext.use_cross_attn = 0
-    if tags is not None and hasattr(param, "img_start"):
+    if tags is not None and runtime.caps.image_tags_at_init:
         kept = [t.encode() for t in (tags.start, tags.end, tags.content)]
         param.img_start, param.img_end, param.img_content = kept
         param._keep = kept
@@ -74,7 +75,7 @@ class RunStructs:
     tags: tuple[bytes, bytes, bytes] | None = None
 
 
-def _fill_images(abi: ModuleType, inp: Any, structs: RunStructs,
+def _fill_images(runtime: RuntimeLibrary, inp: Any, structs: RunStructs,
                  images: tuple[ImageEmbedding, ...], tags: ImageTags | None) -> None:
     """Point the multimodal input at all images' embeddings, back to back."""
     n_tokens = {image.embedding.shape[0] for image in images}
@@ -86,29 +87,33 @@ def _fill_images(abi: ModuleType, inp: Any, structs: RunStructs,
     structs.embeddings = embeddings
     pointer = embeddings.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     height, width = sizes.pop()
-    inp.input_type = abi.RKLLM_INPUT_MULTIMODAL
+    caps = runtime.caps
+    inp.input_type = runtime.abi.RKLLM_INPUT_MULTIMODAL
     mm = inp.multimodal_input
     mm.prompt = structs.prompt
-    target = mm.image if hasattr(abi, "RKLLMImageInput") else mm  # 1.3 nests, 1.2 is flat
+    target = mm.image if caps.nested_image_input else mm
     target.image_embed = pointer
     target.n_image_tokens = n_tokens.pop()
     target.n_image = len(images)
     target.image_width = width
     target.image_height = height
-    if hasattr(abi, "RKLLMImageInput") and tags is not None:
+    if not caps.image_tags_at_init and tags is not None:  # else rkllm_init got them
         structs.tags = (tags.start.encode(), tags.end.encode(), tags.content.encode())
         target.image_start, target.image_end, target.image_content = structs.tags
 
 
-def make_run_structs(abi: ModuleType, prompt: str, role: str, sampling: SamplingSettings,
-                     settings: RKLLMSettings, images: tuple[ImageEmbedding, ...] = (),
+def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
+                     sampling: SamplingSettings, settings: RKLLMSettings,
+                     images: tuple[ImageEmbedding, ...] = (),
                      tags: ImageTags | None = None) -> RunStructs:
     """Build RKLLMInput (a text prompt, or text with images) and RKLLMInferParam.
 
-    On 1.3 the request's sampling and max_tokens go into the per-run fields;
-    1.2 has none, so the init values apply (the engine still enforces
-    max_tokens by pausing generation from the callback).
+    The request's sampling and max_tokens go into the per-run fields where
+    the line has them (``caps.per_run_sampling``, ``caps.per_run_max_new_tokens``);
+    otherwise the init values apply (the engine still enforces max_tokens by
+    pausing generation from the callback).
     """
+    abi, caps = runtime.abi, runtime.caps
     prompt_bytes = prompt.encode("utf-8")
     role_bytes = role.encode("ascii")
     inp = abi.RKLLMInput()
@@ -122,7 +127,7 @@ def make_run_structs(abi: ModuleType, prompt: str, role: str, sampling: Sampling
     infer.mode = abi.RKLLM_INFER_GENERATE
     infer.keep_history = 0
     native_sampling = None
-    if hasattr(abi, "RKLLMSamplingParam"):
+    if caps.per_run_sampling:
         native_sampling = abi.RKLLMSamplingParam()
         native_sampling.top_k = sampling.top_k
         native_sampling.top_p = sampling.top_p
@@ -134,9 +139,10 @@ def make_run_structs(abi: ModuleType, prompt: str, role: str, sampling: Sampling
         native_sampling.mirostat_tau = settings.mirostat_tau
         native_sampling.mirostat_eta = settings.mirostat_eta
         infer.sampling_params = ctypes.pointer(native_sampling)
+    if caps.per_run_max_new_tokens:
         infer.max_new_tokens = sampling.max_tokens
     structs = RunStructs(input=inp, infer=infer, sampling=native_sampling,
                          prompt=prompt_bytes, role=role_bytes)
     if images:
-        _fill_images(abi, inp, structs, images, tags)
+        _fill_images(runtime, inp, structs, images, tags)
     return structs

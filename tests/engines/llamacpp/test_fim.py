@@ -7,10 +7,11 @@ FIM ids (three ordinary special tokens of the model).
 
 from __future__ import annotations
 
-from rkstream.engines.base import Job, SamplingSettings
+from rkstream.core.messages import Message, TextPart
+from rkstream.core.params import SamplingSettings
+from rkstream.engines.base import Job
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.engines.llamacpp.instance import LlamaInstance
-from rkstream.protocol.events import Message, TextPart
 
 from helpers import TextCollector as Sink
 

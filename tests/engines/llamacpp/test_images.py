@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rkstream.engines.base import ImageEmbedding, ImageTags, Job, SamplingSettings
+from rkstream.core.embeddings import ImageEmbedding, ImageTags
+from rkstream.core.messages import ImagePart, Message, TextPart
+from rkstream.core.params import SamplingSettings
+from rkstream.engines.base import Job
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
-from rkstream.protocol.events import ImagePart, Message, TextPart
 from rkstream.vision.onnx_encoder import OnnxEncoder
 from rkstream.vision.presets import PRESETS
 

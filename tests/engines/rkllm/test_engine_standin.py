@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from rkstream.config import RKLLMSettings, Settings
-from rkstream.engines.base import Job, Outcome, SamplingSettings
+from rkstream.core.messages import Message, TextPart
+from rkstream.core.params import SamplingSettings
+from rkstream.engines.base import Job, Outcome
 from rkstream.engines.rkllm.engine import RKLLMEngine
 from rkstream.errors import EngineInitError, ModelFileError
-from rkstream.protocol.events import Message, TextPart
 
 from conftest import ModelFactory, Records
 from helpers import MS

@@ -27,12 +27,7 @@ from rkstream.engines.rkllm.loader import (
     line_of_version,
     load_runtime,
 )
-from rkstream.errors import (
-    ConfigError,
-    ModelFileError,
-    RuntimeLibraryError,
-    RuntimeVersionError,
-)
+from rkstream.errors import ConfigError, ModelFileError, RuntimeLibraryError, RuntimeVersionError
 
 # Every function both lines export, minus the two the fake defines with a body.
 PLAIN_FUNCTIONS = (

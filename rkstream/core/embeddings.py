@@ -1,0 +1,27 @@
+"""Encoded images as the engines take them, and the tags a runtime wraps around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """One encoded image, in the order its placeholder appears in the messages.
+
+    ``embedding`` is float32, C-contiguous, ``(n_tokens, width)``; ``size``
+    is the encoder's input (height, width), which runtimes use for M-RoPE.
+    """
+
+    embedding: Any
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ImageTags:
+    """The strings a runtime wraps around image embeddings (per model family)."""
+
+    start: str
+    end: str
+    content: str

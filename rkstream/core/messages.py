@@ -1,0 +1,63 @@
+"""Messages and their parts: what every front end parses into and every engine reads.
+
+Plain values, no socket and no engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+IMAGE_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp", "rgb", "bgr")
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An inline image (``data``) or a reference to an uploaded one (``image_id``)."""
+
+    data: bytes | None = None
+    image_id: str | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class FramePart:
+    """The newest frame of a camera stream, taken when the request's vision step runs."""
+
+    stream: str
+
+
+Part = TextPart | ImagePart | FramePart
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    parts: tuple[Part, ...]
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined; images are not included."""
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+    def text_with(self, placeholder: str) -> str:
+        """The text with ``placeholder`` where each image or frame part stands."""
+        return "".join(p.text if isinstance(p, TextPart) else placeholder
+                       for p in self.parts)
+
+    @property
+    def has_media(self) -> bool:
+        return any(not isinstance(p, TextPart) for p in self.parts)
+
+    @property
+    def media(self) -> tuple[ImagePart | FramePart, ...]:
+        return tuple(p for p in self.parts if not isinstance(p, TextPart))

@@ -1,0 +1,56 @@
+"""The one internal request every front end parses into.
+
+/ws ``response.create``, OpenAI, Ollama and the demo's /rkllm_chat each map
+their own names onto :class:`GenerationRequest`; everything after parsing
+(sampling, the vision step, the scheduler, the engines) reads only this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rkstream.core.messages import FramePart, ImagePart, Message
+from rkstream.core.params import Params
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call (JSON Schema parameters), as clients declare it."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation, whichever API asked for it.
+
+    Attributes:
+        messages: the conversation; image and frame parts stand where they belong.
+        params: what the request sets; the rest comes from the session or server.
+        instructions: a system prompt given beside the messages (Ollama ``system``,
+            /ws ``session.update``).
+        stream: deliver text as it comes, or all at the end.
+        model: the model the client named, if any.
+        tools: functions the model may call.
+        fim: (prefix, suffix) for fill-in-the-middle, which bypasses the chat format.
+    """
+
+    messages: tuple[Message, ...]
+    params: Params = field(default_factory=Params)
+    instructions: str | None = None
+    stream: bool = True
+    model: str | None = None
+    tools: tuple[Tool, ...] = ()
+    fim: tuple[str, str] | None = None
+
+    @property
+    def media(self) -> tuple[ImagePart | FramePart, ...]:
+        """Every image and frame part, in order."""
+        return tuple(p for m in self.messages for p in m.media)
+
+    @property
+    def has_media(self) -> bool:
+        return any(m.has_media for m in self.messages)

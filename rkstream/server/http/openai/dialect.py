@@ -1,0 +1,146 @@
+"""OpenAI's answer shapes: chat and text completions, whole or as SSE chunks.
+
+Both endpoints share :class:`OpenAIDialect`; ``chat`` picks the chunk
+layout. A stream opens with the role chunk (chat) or the echoed prompt
+(text), sends ``: ping`` comments while it waits (proxies time out on
+silence), and ends with the finish chunk, the usage chunk when
+``stream_options.include_usage`` asks for it, and ``data: [DONE]``. A
+failure after the stream opened is ``data: {"error": ...}`` then
+``data: [DONE]``, which the openai SDK raises as an APIError.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from rkstream.core.fields import Fields
+from rkstream.core.request import GenerationRequest
+from rkstream.engines.base import Outcome
+from rkstream.errors import RequestError
+from rkstream.server.http.openai.schema import OpenAIRequest, parse_chat, parse_completion
+from rkstream.server.http.runner import Dialect, Result
+from rkstream.server.state import AppState
+
+PING_INTERVAL_S = 15.0
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    """One ``data:`` event holding ``obj`` as compact JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def error_object(exc: RequestError) -> dict[str, Any]:
+    """OpenAI's ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param,
+                      "code": exc.code}}
+
+
+def usage(outcome: Outcome) -> dict[str, int]:
+    """OpenAI's usage object, from the runtime's own token counts."""
+    return {"prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.output_tokens,
+            "total_tokens": outcome.prompt_tokens + outcome.output_tokens}
+
+
+def timings(outcome: Outcome) -> dict[str, float]:
+    """llama.cpp server's ``timings`` object (non-standard; clients ignore it)."""
+    seconds = outcome.predicted_ms / 1000.0
+    return {"prompt_n": outcome.prompt_tokens, "prompt_ms": round(outcome.prompt_ms, 3),
+            "predicted_n": outcome.output_tokens,
+            "predicted_ms": round(outcome.predicted_ms, 3),
+            "predicted_per_second": round(outcome.output_tokens / seconds, 3)
+            if seconds > 0 else 0.0}
+
+
+class OpenAIDialect(Dialect):
+    """One chat or text completion: its ids and its chunk layout."""
+
+    content_type = "text/event-stream; charset=utf-8"
+    keepalive_s = PING_INTERVAL_S
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.prefix = "chatcmpl" if chat else "cmpl"
+        self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = ""
+        self.include_usage = False
+        self.echo: str | None = None
+
+    def parse(self, body: Fields, state: AppState) -> GenerationRequest:
+        parsed: OpenAIRequest = (parse_chat if self.chat else parse_completion)(body)
+        engine = state.engine
+        self.model = parsed.request.model or (engine.info.id if engine is not None else "")
+        self.include_usage = parsed.include_usage
+        self.echo = parsed.echo
+        return parsed.request
+
+    def error_body(self, exc: RequestError) -> dict[str, Any]:
+        return error_object(exc)
+
+    # -- chunks ------------------------------------------------------------------------
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        chunk: dict[str, Any] = {"id": self.id, "object": kind, "created": self.created,
+                                 "model": self.model, "choices": choices}
+        if self.include_usage:
+            chunk["usage"] = None  # as OpenAI: null on every chunk but the usage one
+        chunk.update(extra)
+        return chunk
+
+    def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            choice["delta"] = {} if text is None else {"content": text}
+        else:
+            choice["text"] = text or ""
+        choice.update(logprobs=None, finish_reason=finish_reason)
+        return choice
+
+    def opening(self) -> bytes:
+        if self.chat:
+            choice = self._choice(None, None)
+            choice["delta"] = {"role": "assistant", "content": ""}
+            return sse(self._chunk([choice]))
+        return self.piece(self.echo) if self.echo else b""
+
+    def keepalive(self) -> bytes:
+        return b": ping\n\n"
+
+    def piece(self, text: str) -> bytes:
+        return sse(self._chunk([self._choice(text, None)]))
+
+    def end(self, result: Result) -> bytes:
+        out = sse(self._chunk([self._choice(None, result.outcome.finish_reason)],
+                              timings=timings(result.outcome)))
+        if self.include_usage:
+            out += sse(self._chunk([], usage=usage(result.outcome)))
+        return out + DONE
+
+    def stream_error(self, exc: RequestError) -> bytes:
+        return sse(error_object(exc)) + DONE
+
+    def whole(self, result: Result) -> dict[str, Any]:
+        text = (self.echo or "") + result.text
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        choice.update(logprobs=None, finish_reason=result.outcome.finish_reason)
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice],
+                "usage": usage(result.outcome), "timings": timings(result.outcome)}
+
+
+def json_error(exc: RequestError) -> web.Response:
+    """A refusal outside a generation (models, routes), in OpenAI's shape."""
+    return OpenAIDialect(chat=True).error_response(exc)

@@ -1,0 +1,99 @@
+"""The OpenAI-compatible HTTP API, served from the same scheduler and engines as /ws.
+
+Routes (see :func:`add_openai_routes`):
+
+- ``POST /v1/chat/completions``: chat, whole or streamed (SSE), with
+  ``stream_options.include_usage``. Images come as ``image_url`` parts holding
+  ``data:image/...;base64,`` URLs and go through the vision encoder; remote
+  http(s) URLs are refused (the server never fetches them). ``tools``,
+  ``tool_choice``, ``response_format`` and the like are accepted and ignored;
+  earlier tool calls and tool results in ``messages`` reach the model as text.
+  ``seed`` is accepted but not applied (the engines take it from the config).
+- ``POST /v1/completions``: the legacy text endpoint. Limitation: the prompt
+  is sent as one user message, so the engines wrap it in the model's chat
+  template (RKLLM applies its template itself); a raw prompt is not passed as
+  it is. ``suffix`` (fill-in-the-middle) works where the model defines FIM
+tokens (a llama.cpp GGUF that has them); elsewhere it is refused with
+``fim_unsupported``.
+- ``GET /v1/models`` and ``GET /v1/models/{id}``: the one loaded model.
+
+Every error under /v1 has OpenAI's shape ``{"error": {message, type, param,
+code}}`` (see errors.py): 400 bad input, 404 unknown model or route,
+413 body over ``limits.max_message_bytes``, 429 with ``Retry-After`` when the
+queue is full, 503 while the model loads, 500 only for bugs and runtime
+failures.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from rkstream.engines.base import Engine
+from rkstream.errors import RequestError
+from rkstream.server.http.openai.dialect import OpenAIDialect
+from rkstream.server.http.openai.errors import openai_error_middleware
+from rkstream.server.http.runner import serve
+from rkstream.server.state import STATE, ready
+
+CREATED: web.AppKey[int] = web.AppKey("rkstream_openai_created", int)
+
+
+def _engine(request: web.Request) -> Engine:
+    state = request.app[STATE]
+    ready(state)
+    assert state.engine is not None
+    return state.engine
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``."""
+    return await serve(request, OpenAIDialect(chat=True))
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/completions`` (the prompt goes through the chat template)."""
+    return await serve(request, OpenAIDialect(chat=False))
+
+
+def _model_object(request: web.Request, engine: Engine) -> dict[str, Any]:
+    state = request.app[STATE]
+    vision = engine.info.vision or state.vision is not None
+    return {
+        "id": engine.info.id,
+        "object": "model",
+        "created": request.app[CREATED],
+        "owned_by": "rkstream",
+        # llama.cpp's way to say a model takes images; clients ignore what they don't know.
+        "architecture": {"input_modalities": ["text", "image"] if vision else ["text"],
+                         "output_modalities": ["text"]},
+    }
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the loaded model, as the only entry."""
+    engine = _engine(request)
+    return web.json_response({"object": "list", "data": [_model_object(request, engine)]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}``: the loaded model, or 404 for any other id."""
+    engine = _engine(request)
+    wanted = request.match_info["model_id"]
+    if wanted != engine.info.id:
+        raise RequestError("model_not_found", f"the model {wanted!r} does not exist; this "
+                           f"server serves {engine.info.id!r}", param="model")
+    return web.json_response(_model_object(request, engine))
+
+
+def add_openai_routes(app: web.Application) -> None:
+    """Register the /v1 routes and the middleware that answers /v1 errors in
+    OpenAI's shape. Call before the application starts."""
+    app[CREATED] = int(time.time())
+    app.middlewares.append(openai_error_middleware)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", get_model)

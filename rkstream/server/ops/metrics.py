@@ -1,0 +1,178 @@
+"""Prometheus metrics at /metrics, through prometheus_client.
+
+Each application has its own registry, so several apps in one process (the
+tests) do not share counters. Counters and histograms are updated where things
+happen (the scheduler, the vision service, connections). The live gauges are
+read at scrape time from a ``LiveSource`` (the app state) bound by the app, so
+this module needs nothing from ``rkstream.server.state``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sized
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from rkstream.engines.base import Outcome
+from rkstream.scheduler import Scheduler
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                     10.0, 30.0, 60.0)
+NPU_LOAD = Path("/sys/kernel/debug/rknpu/load")
+STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled",
+          "error": "failed"}
+
+
+class LiveSource(Protocol):
+    """What the live gauges are read from at each scrape; the app state is one."""
+
+    @property
+    def scheduler(self) -> Scheduler | None: ...
+
+    @property
+    def sockets(self) -> Sized: ...
+
+
+def read_npu_load(path: Path = NPU_LOAD) -> dict[str, float]:
+    """``NPU load:  Core0: 12%, Core1:  0%, Core2:  0%,`` → ``{"0": 0.12, ...}``.
+
+    Empty when the file cannot be read (not a board, or debugfs is root-only).
+    """
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    cores = {}
+    for part in text.split(":", 1)[-1].split(","):
+        name, _, value = part.strip().partition(":")
+        value = value.strip()
+        if name.startswith("Core") and value.endswith("%"):
+            cores[name[4:]] = float(value[:-1]) / 100
+    return cores
+
+
+class Metrics:
+    """The application's registry and the metrics updated as requests run."""
+
+    def __init__(self, npu_load: Path = NPU_LOAD) -> None:
+        self.registry = CollectorRegistry()
+        # Passing the registry matters: the default would be the process-wide one.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.requests = Counter("rkstream_requests_total", "Requests by how they ended.",
+                                ["status"], registry=self.registry)
+        for status in STATUS.values():
+            self.requests.labels(status)  # so every status shows, at 0, from the start
+        self.prompt_tokens = Counter("rkstream_prompt_tokens_total", "Prompt tokens read.",
+                                     registry=self.registry)
+        self.generated_tokens = Counter("rkstream_generated_tokens_total",
+                                        "Tokens generated.", registry=self.registry)
+        self.frames_received = Counter("rkstream_frames_received_total",
+                                       "Video frames received.", registry=self.registry)
+        self.frames_superseded = Counter(
+            "rkstream_frames_superseded_total",
+            "Video frames replaced by a newer one before they were used.",
+            registry=self.registry)
+        self.queue_wait = self._histogram("rkstream_queue_wait_seconds",
+                                          "Time from arrival to a model.")
+        self.ttft = self._histogram("rkstream_time_to_first_token_seconds",
+                                    "Arrival to first text.")
+        self.inter_token = self._histogram("rkstream_inter_token_seconds",
+                                           "Gap between text pieces.")
+        self.vision_encode = self._histogram("rkstream_vision_encode_seconds",
+                                             "Decode + encode of one image.")
+        self.npu_load = npu_load
+        self.busy_s = 0.0
+        self.started_s = time.perf_counter()
+
+    def _histogram(self, name: str, documentation: str) -> Histogram:
+        return Histogram(name, documentation, buckets=LATENCY_BUCKETS_S,
+                         registry=self.registry)
+
+    def watch(self, live: LiveSource) -> None:
+        """Read the live gauges from ``live`` at each scrape (call once per app)."""
+        self.registry.register(_LiveGauges(self, live))
+
+    def frame(self, superseded: bool) -> None:
+        self.frames_received.inc()
+        if superseded:
+            self.frames_superseded.inc()
+
+    def text_gap(self, seconds: float) -> None:
+        self.inter_token.observe(seconds)
+
+    def request_done(self, outcome: Outcome, queued_ms: float, ttft_s: float | None,
+                     busy_s: float) -> None:
+        self.requests.labels(STATUS[outcome.finish_reason]).inc()
+        self.queue_wait.observe(queued_ms / 1000.0)
+        if ttft_s is not None:
+            self.ttft.observe(ttft_s)
+        self.prompt_tokens.inc(outcome.prompt_tokens)
+        self.generated_tokens.inc(outcome.output_tokens)
+        self.busy_s += busy_s
+
+    def busy_ratio(self, scheduler: Scheduler | None) -> float:
+        """Share of the time since start that the model instances were generating."""
+        elapsed = max(time.perf_counter() - self.started_s, 1e-9)
+        if scheduler is None:
+            return self.busy_s / elapsed
+        busy = self.busy_s + scheduler.busy_now_s()
+        return busy / (elapsed * max(scheduler.instance_count, 1))
+
+
+class _LiveGauges(Collector):
+    """Gauges computed at scrape time, so nothing has to poll them."""
+
+    def __init__(self, metrics: Metrics, live: LiveSource) -> None:
+        self._metrics = metrics
+        self._live = live
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Names only, so the registry can refuse a second collector with the same ones.
+        yield GaugeMetricFamily("rkstream_queue_depth", "")
+        yield GaugeMetricFamily("rkstream_running_requests", "")
+        yield GaugeMetricFamily("rkstream_model_busy_ratio", "")
+        yield GaugeMetricFamily("rkstream_websocket_connections", "")
+        yield GaugeMetricFamily("rkstream_npu_load_ratio", "")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        scheduler = self._live.scheduler
+        yield GaugeMetricFamily("rkstream_queue_depth", "Requests waiting for a model.",
+                                value=scheduler.queue_depth if scheduler is not None else 0)
+        yield GaugeMetricFamily("rkstream_running_requests", "Requests being generated.",
+                                value=scheduler.running if scheduler is not None else 0)
+        yield GaugeMetricFamily("rkstream_model_busy_ratio",
+                                "Share of time the model instances were generating.",
+                                value=self._metrics.busy_ratio(scheduler))
+        yield GaugeMetricFamily("rkstream_websocket_connections", "Open WebSockets.",
+                                value=len(self._live.sockets))
+        cores = read_npu_load(self._metrics.npu_load)
+        if cores:
+            load = GaugeMetricFamily("rkstream_npu_load_ratio", "NPU load per core, 0 to 1.",
+                                     labels=["core"])
+            for core, ratio in cores.items():
+                load.add_metric([core], ratio)
+            yield load
+
+
+METRICS = web.AppKey("rkstream_metrics", Metrics)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
+                                            "Cache-Control": "no-cache"})

@@ -1,0 +1,307 @@
+"""What one WebSocket connection does with protocol v1 events.
+
+The connection knows no socket: it takes decoded messages through
+:meth:`Connection.receive` and writes server events to an :class:`Outbox`.
+The WebSocket handler (ws.py) only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rkstream import __version__
+from rkstream.config import Settings
+from rkstream.core.params import Params, SamplingSettings, effective_sampling
+from rkstream.engines.base import Job, ModelInfo, Outcome
+from rkstream.errors import InflightLimitError, ProtocolError, RequestError
+from rkstream.log import ws_log
+from rkstream.protocol import server_events as ev
+from rkstream.protocol.codec import decode_binary, decode_text
+from rkstream.protocol.events import (
+    ClientEvent,
+    FrameAppend,
+    ImageUpload,
+    Ping,
+    ResponseCancel,
+    ResponseCreate,
+    SessionUpdate,
+)
+from rkstream.protocol.parse import parse_event
+from rkstream.scheduler import Scheduler, Ticket
+from rkstream.server.media import FrameUse, Media
+from rkstream.server.ws.outbox import Outbox
+from rkstream.vision.service import VisionService
+
+
+def _event_id(event_id: str | None) -> dict[str, Any]:
+    return {"event_id": event_id} if event_id is not None else {}
+
+
+SHUTDOWN_REASON = ("shutting_down", "the server is shutting down; retry in a moment")
+_STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled",
+           "error": "failed"}
+
+
+@dataclass
+class _Timing:
+    accepted_s: float
+    first_text_s: float | None = None
+
+
+class RequestStream:
+    """One open request: the engine's text sink and its response.done."""
+
+    def __init__(self, conn: Connection, event: ResponseCreate) -> None:
+        self.conn = conn
+        self.request_id = event.request_id
+        self.stream = event.request.stream
+        self.timing = _Timing(time.perf_counter())
+        self.ticket: Ticket | None = None
+        self.frame: FrameUse | None = None
+        self._seq = 0
+        self._text: list[str] = []
+
+    def use_frame(self, frame: FrameUse) -> None:
+        self.frame = frame
+
+    def next_seq(self) -> int:
+        seq, self._seq = self._seq, self._seq + 1
+        return seq
+
+    def on_text(self, text: str) -> None:
+        if self.timing.first_text_s is None:
+            self.timing.first_text_s = time.perf_counter()
+        if self.stream:
+            self.conn.outbox.put_delta(self.request_id, text, self.next_seq)
+        else:
+            self._text.append(text)
+
+    def done_event(self, outcome: Outcome) -> dict[str, Any]:
+        now = time.perf_counter()
+        ticket = self.ticket
+        queued_ms = ticket.queued_ms if ticket is not None else 0.0
+        first = self.timing.first_text_s
+        predicted_s = outcome.predicted_ms / 1000.0
+        event: dict[str, Any] = {
+            "type": "response.done",
+            "request_id": self.request_id,
+            "status": _STATUS[outcome.finish_reason],
+            "finish_reason": outcome.finish_reason,
+            "usage": {"input_tokens": outcome.prompt_tokens,
+                      "output_tokens": outcome.output_tokens},
+            "timings": {
+                "queued_ms": round(queued_ms, 3),
+                "vision_ms": round(ticket.vision_ms, 3) if ticket is not None else 0.0,
+                "prompt_n": outcome.prompt_tokens,
+                "prompt_ms": round(outcome.prompt_ms, 3),
+                "predicted_n": outcome.output_tokens,
+                "predicted_ms": round(outcome.predicted_ms, 3),
+                "predicted_per_second": round(outcome.output_tokens / predicted_s, 3)
+                if predicted_s > 0 else 0.0,
+                "ttft_ms": round((first - self.timing.accepted_s) * 1000.0, 3)
+                if first is not None else None,
+                "total_ms": round((now - self.timing.accepted_s) * 1000.0, 3),
+            },
+        }
+        if outcome.error_code is not None:
+            event["error"] = ev.error_body(outcome.error_code, outcome.error_message or "")
+        if self.frame is not None:
+            event["frame"] = self.frame.as_dict()
+        if not self.stream:
+            event["text"] = "".join(self._text)
+        return event
+
+
+def failed_done(request_id: str, error: RequestError) -> dict[str, Any]:
+    """response.done for a request refused before it ran."""
+    return {
+        "type": "response.done", "request_id": request_id, "status": "failed",
+        "finish_reason": "error", "usage": {"input_tokens": 0, "output_tokens": 0},
+        "timings": {"queued_ms": 0.0, "vision_ms": 0.0, "prompt_n": 0, "prompt_ms": 0.0,
+                    "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_second": 0.0,
+                    "ttft_ms": None, "total_ms": 0.0},
+        "error": ev.error_body_of(error),
+    }
+
+
+class Connection:
+    """Protocol state of one client: its session defaults and open requests."""
+
+    def __init__(self, settings: Settings, model: ModelInfo, scheduler: Scheduler,
+                 outbox: Outbox, vision: VisionService | None = None,
+                 on_frame: Callable[[bool], None] | None = None) -> None:
+        self.settings = settings
+        self.model = replace(model, vision=vision is not None)
+        self.scheduler = scheduler
+        self.outbox = outbox
+        self.media = Media(vision, model.context_length,
+                           settings.limits.max_images_per_request,
+                           lambda: scheduler.running > 0 or scheduler.queue_depth > 0,
+                           on_frame)
+        self.session_id = "sess_" + uuid.uuid4().hex[:16]
+        self.instructions: str | None = None
+        self.params = Params()
+        self.requests: dict[str, RequestStream] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.shutting_down = False
+
+    # -- lifecycle -------------------------------------------------------------
+    def open(self) -> None:
+        limits = self.settings.limits
+        self.outbox.put(ev.session_created(
+            self.session_id, __version__, self.model.as_dict(),
+            {"max_message_bytes": limits.max_message_bytes,
+             "max_images_per_request": limits.max_images_per_request,
+             "max_queue": limits.max_queue,
+             "max_inflight_per_connection": limits.max_inflight_per_connection,
+             "max_tokens": limits.max_tokens,
+             "max_image_pixels": self.settings.vision.max_image_pixels,
+             "max_connections_per_address": limits.max_connections_per_address,
+             "request_timeout_s": limits.request_timeout_s,
+             "idle_timeout_s": limits.idle_timeout_s}))
+
+    async def shutdown(self) -> None:
+        """Server shutdown: end every request with its response.done, then send them."""
+        self.shutting_down = True
+        await self.close()
+        await self.outbox.drain(1.0)
+
+    async def close(self) -> None:
+        """Cancel every open request (guarantee 4) and wait until each has ended."""
+        reason = SHUTDOWN_REASON if self.shutting_down else None
+        for stream in list(self.requests.values()):
+            if stream.ticket is not None:
+                self.scheduler.cancel(stream.ticket, reason)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.media.close()
+
+    # -- input -------------------------------------------------------------------
+    def receive(self, data: bytes | str) -> None:
+        """Handle one WebSocket message; never raises for bad input."""
+        try:
+            binary = isinstance(data, bytes)
+            raw = decode_binary(data) if isinstance(data, bytes) else decode_text(data)
+            event = parse_event(raw, binary=binary)
+        except ProtocolError as exc:
+            self._refuse(exc)
+            return
+        try:
+            self._dispatch(event)
+        except RequestError as exc:
+            rid = exc.request_id if isinstance(exc, ProtocolError) else None
+            self.outbox.put(ev.error(ev.error_body_of(exc), rid))
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        rid = exc.request_id
+        self.outbox.put(ev.error(ev.error_body_of(exc), rid))
+        # A response.create with a readable id still gets its one response.done,
+        # unless the id belongs to a request that is already open.
+        if rid is not None and rid not in self.requests and exc.code != "duplicate_request_id":
+            self.outbox.put(failed_done(rid, exc))
+
+    def _dispatch(self, event: ClientEvent) -> None:
+        if isinstance(event, ResponseCreate):
+            self._create(event)
+        elif isinstance(event, ResponseCancel):
+            self._cancel(event)
+        elif isinstance(event, SessionUpdate):
+            self._update(event)
+        elif isinstance(event, Ping):
+            self.outbox.put(ev.pong())
+        elif isinstance(event, FrameAppend):
+            try:
+                self.media.append_frame(event)
+            except RequestError as exc:
+                self.outbox.put(ev.error(ev.error_body_of(exc) | _event_id(event.event_id)))
+        elif isinstance(event, ImageUpload):
+            self._spawn(self._upload(event))
+
+    async def _upload(self, event: ImageUpload) -> None:
+        try:
+            self.outbox.put(await self.media.upload(event))
+        except RequestError as exc:
+            self.outbox.put(ev.error(ev.error_body_of(exc) | _event_id(event.event_id)))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sampling(self, params: Params, event_id: str | None,
+                  request_id: str | None = None) -> SamplingSettings:
+        return effective_sampling(self.settings.sampling, self.settings.limits.max_tokens,
+                                  self.params, params, path="params.max_tokens",
+                                  event_id=event_id, request_id=request_id)
+
+    def _create(self, event: ResponseCreate) -> None:
+        rid = event.request_id
+        if rid in self.requests:
+            raise ProtocolError(
+                "duplicate_request_id",
+                f"request_id {rid!r} is already open on this connection; choose a new id",
+                param="request_id", request_id=rid, event_id=event.event_id)
+        try:
+            request = event.request
+            self.media.check(request)
+            limit = self.settings.limits.max_inflight_per_connection
+            if len(self.requests) >= limit:
+                raise InflightLimitError(limit)
+            job = Job(request_id=rid, messages=request.messages, instructions=self.instructions,
+                      sampling=self._sampling(request.params, event.event_id, rid))
+            stream = RequestStream(self, event)
+            prepare = None
+            if request.has_media:
+                def prepare() -> Awaitable[Job]:
+                    return self.media.prepare(job, request, stream.use_frame)
+            stream.ticket = self.scheduler.submit(job, stream, prepare)
+        except RequestError as exc:
+            if isinstance(exc, ProtocolError):
+                self.outbox.put(ev.error(ev.error_body_of(exc), rid))
+            self.outbox.put(failed_done(rid, exc))
+            return
+        self.requests[rid] = stream
+        self.outbox.put(ev.response_created(rid, stream.ticket.queue_position))
+        self._spawn(self._finish(stream, stream.ticket))
+
+    async def _finish(self, stream: RequestStream, ticket: Ticket) -> None:
+        outcome = await asyncio.shield(ticket.outcome)
+        if outcome.error_code is not None and outcome.finish_reason == "error":
+            ws_log.warning("request %s failed: %s", stream.request_id, outcome.error_message)
+        self.requests.pop(stream.request_id, None)
+        self.outbox.put(stream.done_event(outcome))
+
+    def _cancel(self, event: ResponseCancel) -> None:
+        stream = self.requests.get(event.request_id)
+        if stream is None or stream.ticket is None:
+            raise ProtocolError(
+                "unknown_request",
+                f"no open request with request_id {event.request_id!r} on this connection"
+                " (it may have finished already)", param="request_id",
+                request_id=event.request_id, event_id=event.event_id)
+        self.scheduler.cancel(stream.ticket)
+
+    def _update(self, event: SessionUpdate) -> None:
+        # Validate the merged result (max_tokens cap) before keeping it.
+        merged = event.params.over(self.params)
+        self._sampling(merged, event.event_id)
+        self.params = merged
+        if event.instructions is not None or event.clear_instructions:
+            self.instructions = event.instructions
+        self.outbox.put(ev.session_updated(self.session_view()))
+
+    def session_view(self) -> dict[str, Any]:
+        effective = self._sampling(self.params, None)
+        return {"id": self.session_id, "instructions": self.instructions,
+                "params": {"max_tokens": effective.max_tokens,
+                           "temperature": effective.temperature, "top_p": effective.top_p,
+                           "top_k": effective.top_k,
+                           "repeat_penalty": effective.repeat_penalty,
+                           "frequency_penalty": effective.frequency_penalty,
+                           "presence_penalty": effective.presence_penalty,
+                           "stop": list(effective.stop)}}

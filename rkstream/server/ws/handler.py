@@ -1,0 +1,128 @@
+"""GET /ws: the WebSocket endpoint. It moves bytes; connection.py decides.
+
+Per socket there is one reader (this handler's task) and one writer (the
+outbox task). Closing the socket, for whatever reason, cancels the
+connection's requests before the handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from rkstream.errors import RequestError
+from rkstream.log import ws_log
+from rkstream.protocol.codec import Encoding
+from rkstream.protocol.events import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
+from rkstream.server.state import STATE, ready
+from rkstream.server.ws.connection import Connection
+from rkstream.server.ws.outbox import Outbox
+
+
+def refusal(exc: RequestError) -> web.Response:
+    """An upgrade refused before the handshake: the table's status, ``code: message``."""
+    retry = exc.spec.retry_after_s
+    return web.Response(status=exc.spec.status, text=f"{exc.code}: {exc.message}",
+                        headers={"Retry-After": str(retry)} if retry is not None else None)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    settings = state.settings
+    address = request.remote or "?"
+    limit = settings.limits.max_connections_per_address
+    try:
+        ready(state)
+        if state.per_address[address] >= limit:
+            raise RequestError(
+                "too_many_connections", f"{address} already has {limit} open WebSocket "
+                "connections (limits.max_connections_per_address); close one first")
+    except RequestError as exc:
+        return refusal(exc)
+    assert state.engine is not None and state.scheduler is not None
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON),
+        heartbeat=settings.server.heartbeat_s or None,
+        compress=False,  # tokens are tiny and images are already compressed
+        max_msg_size=settings.limits.max_message_bytes,
+    )
+    await ws.prepare(request)
+    encoding: Encoding = "json" if ws.ws_protocol == SUBPROTOCOL_JSON else "msgpack"
+
+    async def send(data: bytes | str) -> None:
+        if isinstance(data, str):
+            await ws.send_str(data)
+        else:
+            await ws.send_bytes(data)
+
+    outbox = Outbox(send, encoding, max_bytes=settings.server.max_outbound_bytes,
+                    slow_timeout_s=settings.server.slow_client_timeout_s)
+    conn = Connection(settings, state.engine.info, state.scheduler, outbox, state.vision,
+                      state.metrics.frame)
+    ws_log.info("%s connected (%s, %s)", address, conn.session_id, encoding)
+    state.sockets.add(ws)
+    state.per_address[address] += 1
+    state.connections.add(conn)
+    reader = asyncio.current_task()
+    writer = asyncio.create_task(outbox.run())
+    ending = False
+
+    def on_writer_done(task: asyncio.Task[bool]) -> None:
+        if ending or task.cancelled() or task.result():
+            return
+        # The client stopped reading (or the send failed): drop it.
+        ws_log.warning("%s dropped: not reading what is sent (%s)", address, conn.session_id)
+        if request.transport is not None:
+            request.transport.abort()
+        if reader is not None:
+            reader.cancel()
+
+    writer.add_done_callback(on_writer_done)
+    conn.open()
+    idle_s = settings.limits.idle_timeout_s or None
+    try:
+        while True:
+            try:
+                msg = await ws.receive(timeout=idle_s)
+            except asyncio.TimeoutError:
+                if conn.requests:
+                    continue  # waiting for an answer is not idle
+                ws_log.info("%s idle for %.0f s: closing", address, idle_s)
+                await ws.close(code=WSCloseCode.OK, message=b"idle timeout")
+                break
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                conn.receive(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                ws_log.info("%s: %s", address, ws.exception())
+                break
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
+    except asyncio.CancelledError:
+        if not writer.done():
+            raise
+    finally:
+        # Bookkeeping first, before any await: the handler may be cancelled
+        # again while it cleans up (the address's TCP close), which would skip it.
+        ending = True
+        state.sockets.discard(ws)
+        state.per_address[address] -= 1
+        if state.per_address[address] <= 0:
+            del state.per_address[address]
+        closing = asyncio.ensure_future(conn.close())  # runs to the end even if we are cancelled
+        try:
+            await asyncio.shield(closing)
+            outbox.close()
+            if not writer.done():
+                await asyncio.wait_for(writer, 1.0)
+            if not ws.closed:
+                await ws.close(code=WSCloseCode.GOING_AWAY if state.closing else WSCloseCode.OK)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        finally:
+            outbox.close()
+            if not writer.done():
+                writer.cancel()
+        ws_log.info("%s disconnected (%s, close code %s)", address, conn.session_id,
+                    ws.close_code)
+    return ws

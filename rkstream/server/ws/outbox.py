@@ -1,0 +1,129 @@
+"""The one writer of a WebSocket: a bounded queue drained by one task.
+
+Producers (the reader, generations) never wait: they append. Text deltas of
+one request that pile up behind a slow socket are merged into one message,
+so a burst costs one send. A client that stops reading is dropped: when a
+send has not completed within ``slow_timeout_s`` or more than ``max_bytes``
+are waiting, :meth:`Outbox.run` returns ``False`` and the caller closes the
+connection and cancels its requests. The model never waits for a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rkstream.protocol.codec import Encoding, encode
+from rkstream.protocol.server_events import text_delta
+
+
+@dataclass
+class _Delta:
+    request_id: str
+    next_seq: Callable[[], int]
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+
+
+Sender = Callable[[bytes | str], Awaitable[None]]
+
+
+class Outbox:
+    """Ordered, non-blocking sends to one client.
+
+    Args:
+        send: coroutine that writes one encoded message to the socket.
+        encoding: "msgpack" or "json".
+        max_bytes: waiting bytes above which the client counts as too slow.
+        slow_timeout_s: how long one send may take before the client is dropped.
+    """
+
+    def __init__(self, send: Sender, encoding: Encoding, *, max_bytes: int,
+                 slow_timeout_s: float) -> None:
+        self._send = send
+        self._encoding = encoding
+        self._max_bytes = max_bytes
+        self._slow_timeout_s = slow_timeout_s
+        self._items: collections.deque[dict[str, Any] | _Delta] = collections.deque()
+        self._bytes = 0
+        self._wakeup = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._closed = False
+        self.overflowed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, event: dict[str, Any]) -> None:
+        """Queue a whole event; ignored once the outbox is closed."""
+        if self._closed:
+            return
+        self._items.append(event)
+        self._bytes += 64
+        self._empty.clear()
+        self._wakeup.set()
+
+    def put_delta(self, request_id: str, text: str, next_seq: Callable[[], int]) -> None:
+        """Queue generated text, merging with the previous delta when it is unsent."""
+        if self._closed:
+            return
+        last = self._items[-1] if self._items else None
+        if isinstance(last, _Delta) and last.request_id == request_id:
+            last.parts.append(text)
+        else:
+            last = _Delta(request_id, next_seq)
+            last.parts.append(text)
+            self._items.append(last)
+            self._empty.clear()
+        self._bytes += len(text)
+        if self._bytes > self._max_bytes:
+            self.overflowed = True
+            self.close()
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop accepting events; :meth:`run` returns after what is queued."""
+        self._closed = True
+        self._wakeup.set()
+
+    def _encode(self, item: dict[str, Any] | _Delta) -> bytes | str:
+        if isinstance(item, _Delta):
+            self._bytes -= sum(len(p) for p in item.parts)
+            event = text_delta(item.request_id, item.next_seq(), "".join(item.parts))
+        else:
+            self._bytes -= 64
+            event = item
+        return encode(event, self._encoding)
+
+    async def run(self) -> bool:
+        """Send until closed; False if the client was too slow or the send failed.
+
+        Cancel-safe: cancelling it drops whatever is still queued.
+        """
+        while True:
+            while self._items:
+                if self.overflowed:
+                    return False
+                data = self._encode(self._items.popleft())
+                try:
+                    await asyncio.wait_for(self._send(data), self._slow_timeout_s)
+                except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                    self._closed = True
+                    return False
+            self._empty.set()
+            if self._closed:
+                return not self.overflowed
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until everything queued so far was sent, or ``timeout_s`` passed."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass

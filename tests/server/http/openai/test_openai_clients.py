@@ -1,0 +1,215 @@
+"""Real clients against a real server on 127.0.0.1: the openai Python SDK (sync
+and async) and the Vercel AI SDK's OpenAI-compatible provider (Node).
+
+The AI SDK check needs ``npm install --prefix tests/node`` once; without it
+the test fails and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+from openai import AsyncOpenAI, OpenAI
+
+from rkstream.config import LimitSettings, RKLLMSettings, Settings
+from rkstream.server.app import make_app
+from rkstream.server.http.openai.dialect import OpenAIDialect
+
+from conftest import REPO, ModelFactory
+from fakes import FakeEngine
+from helpers import MS
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+NODE_DIR = REPO / "tests" / "node"
+
+
+def hello(text: str) -> list[Any]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture
+def fake_url(aiohttp_server: ServerFactory) -> Callable[..., Awaitable[str]]:
+    """Start a server on the fake engine; return its /v1 base URL."""
+    async def make(delay_ms: float = 1, **limits: Any) -> str:
+        settings = replace(Settings(), limits=replace(LimitSettings(), **limits))
+        app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS))
+        server = await aiohttp_server(app)
+        return str(server.make_url("/v1"))
+    return make
+
+
+@pytest.fixture
+def standin_url(aiohttp_server: ServerFactory, standin_libs: dict[str, Path],
+                standin_model: ModelFactory) -> Callable[..., Awaitable[str]]:
+    """Start a server on the RKLLM binding and the stand-in runtime (line 1.3)."""
+    async def make(**keys: Any) -> str:
+        settings = replace(Settings(), engine="rkllm", rkllm=replace(
+            RKLLMSettings(), library=str(standin_libs["1.3"]),
+            model=str(standin_model(**keys))))
+        app = make_app(settings)
+        return str((await aiohttp_server(app)).make_url("/v1"))
+    return make
+
+
+async def test_sync_client_whole_and_streamed(fake_url: Any) -> None:
+    base_url = await fake_url()
+
+    def talk() -> tuple[Any, list[Any], Any]:
+        with OpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
+            whole = client.chat.completions.create(model="m", messages=hello("sync one two"))
+            chunks = list(client.chat.completions.create(
+                model="m", messages=hello("sync one two"), stream=True))
+            legacy = client.completions.create(model="m", prompt="old style")
+            return whole, chunks, legacy
+
+    whole, chunks, legacy = await asyncio.to_thread(talk)
+    assert whole.choices[0].message.content == "sync one two "
+    assert whole.choices[0].finish_reason == "stop" and whole.model == "m"
+    assert whole.usage.completion_tokens == 3 and whole.usage.total_tokens == 6
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "sync one two "
+    assert len({c.id for c in chunks}) == 1
+    assert [c.choices[0].finish_reason for c in chunks][-2:] == [None, "stop"]
+    assert legacy.choices[0].text == "old style " and legacy.object == "text_completion"
+
+
+async def test_async_client_stream_with_usage(fake_url: Any) -> None:
+    async with AsyncOpenAI(base_url=await fake_url(), api_key="x", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=hello("a b c d"), stream=True,
+            stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+        pieces = [c.choices[0].delta.content for c in chunks
+                  if c.choices and c.choices[0].delta.content]
+        assert "".join(pieces) == "a b c d "
+        assert all(c.usage is None for c in chunks[:-1])
+        usage = chunks[-1].usage
+        assert chunks[-1].choices == [] and usage is not None
+        assert usage.completion_tokens == len(pieces) and usage.prompt_tokens == 4
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+        # The SDK's stream helper rebuilds the whole completion from the chunks.
+        async with client.chat.completions.stream(
+                model="m", messages=hello("x y"),
+                stream_options={"include_usage": True}) as helper:
+            final = await helper.get_final_completion()
+        assert final.choices[0].message.content == "x y "
+        assert final.usage is not None and final.usage.completion_tokens == 2
+        whole = await client.completions.create(model="m", prompt="p q", max_tokens=1)
+        assert whole.choices[0].text == "p " and whole.choices[0].finish_reason == "length"
+        streamed = await client.completions.create(model="m", prompt="p q", stream=True)
+        assert "".join([c.choices[0].text async for c in streamed]) == "p q "
+
+
+async def test_sdk_skips_keepalive_pings(fake_url: Any, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.setattr(OpenAIDialect, "keepalive_s", 20 * MS)
+    async with AsyncOpenAI(base_url=await fake_url(delay_ms=100), api_key="x",
+                           max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=hello("late words"), stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert text == "late words "
+
+
+async def test_error_mid_stream_raises_api_error(standin_url: Any) -> None:
+    async with AsyncOpenAI(base_url=await standin_url(), api_key="x",
+                           max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=hello("tell me a story [[error_after=2]]"), stream=True)
+        pieces: list[str] = []
+        with pytest.raises(openai.APIError) as caught:
+            async for chunk in stream:
+                pieces.append(chunk.choices[0].delta.content or "")
+        assert "".join(pieces) == "Echo: tell "
+        assert caught.value.code == "runtime_error"
+
+
+async def test_queue_full_is_a_rate_limit_error(fake_url: Any) -> None:
+    base_url = await fake_url(delay_ms=100, max_queue=0)
+    async with AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
+        busy = await client.chat.completions.create(
+            model="m", messages=hello("w " * 5), stream=True)
+        await busy.__anext__()  # the role chunk: the one instance is taken
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(model="m", messages=hello("x"))
+        assert caught.value.status_code == 429 and caught.value.code == "queue_full"
+        assert caught.value.response.headers["retry-after"] == "1"
+        # A client that retries waits Retry-After and gets in once the busy one is done.
+        started = time.monotonic()
+        retried = await client.with_options(max_retries=3).chat.completions.create(
+            model="m", messages=hello("later"))
+        assert retried.choices[0].message.content == "later "
+        assert time.monotonic() - started >= 0.9
+        await busy.close()
+
+
+async def test_models_and_bad_requests(fake_url: Any) -> None:
+    async with AsyncOpenAI(base_url=await fake_url(), api_key="x", max_retries=0) as client:
+        assert [m.id async for m in client.models.list()] == ["fake"]
+        model = await client.models.retrieve("fake")
+        assert model.owned_by == "rkstream"
+        with pytest.raises(openai.NotFoundError):
+            await client.models.retrieve("gpt-4o")
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model="m", messages=hello("x"), n=2)
+        assert caught.value.code == "invalid_param" and "n = 2" in caught.value.message
+        image = [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model="m", messages=image)  # type: ignore
+        assert caught.value.code == "remote_image_url"
+
+
+async def test_real_model_streams_an_answer(aiohttp_server: ServerFactory) -> None:
+    app = make_app(replace(Settings(), engine="llamacpp"))  # the bundled SmolLM2
+    base_url = str((await aiohttp_server(app)).make_url("/v1"))
+    async with AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="smol", messages=hello("What is the capital of France?"), stream=True,
+            max_tokens=40, temperature=0, stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens > 10 and usage.completion_tokens > 0
+
+
+async def run_node(base_url: str, prompt: str) -> tuple[int, dict[str, Any]]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed; the AI SDK check needs Node 20 or later")
+    if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
+        pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
+    process = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / "ai_sdk_check.mjs"), base_url, prompt,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    lines = out.decode().strip().splitlines()
+    assert lines, f"no summary from the AI SDK check; stderr: {err.decode()}"
+    assert process.returncode is not None
+    return process.returncode, json.loads(lines[-1])
+
+
+async def test_ai_sdk_streams_without_errors(fake_url: Any) -> None:
+    code, summary = await run_node(await fake_url(), "hello from node")
+    assert code == 0, summary
+    assert summary["text"] == "hello from node " and summary["errors"] == []
+    assert summary["finishReason"] == "stop"
+    assert summary["usage"]["inputTokens"] == 3 and summary["usage"]["outputTokens"] == 3
+
+
+async def test_ai_sdk_reads_a_mid_stream_error(standin_url: Any) -> None:
+    code, summary = await run_node(await standin_url(), "story [[error_after=1]]")
+    assert code == 1
+    (error,) = summary["errors"]
+    assert "runtime_error" in error  # our error object, not a schema failure

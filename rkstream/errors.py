@@ -45,9 +45,11 @@ RETRY_AFTER_S = 1
 
 ERRORS: dict[str, ErrorSpec] = {
     # the message itself
-    "invalid_encoding": ErrorSpec(400, "a binary message that is not one msgpack value, or "
-                                  "a text message or body that is not JSON"),
-    "invalid_event": ErrorSpec(400, "the value is not an object, or has no string type"),
+    "invalid_encoding": ErrorSpec(400, "a binary message that is not one msgpack value, a "
+                                  "text message or HTTP body that is not JSON (also: msgpack "
+                                  "ext types, non-string map keys, trailing bytes)"),
+    "invalid_event": ErrorSpec(400, "the event or body is not an object, or an event has "
+                               "no string type"),
     "unknown_event": ErrorSpec(400, "type is not a client event"),
     "request_too_large": ErrorSpec(413, "an HTTP body larger than limits.max_message_bytes"),
     # its fields
@@ -60,13 +62,16 @@ ERRORS: dict[str, ErrorSpec] = {
                                "the server's cap"),
     "duplicate_request_id": ErrorSpec(400, "response.create reused the id of a request that "
                                       "is still open"),
-    "unknown_request": ErrorSpec(400, "response.cancel for an id that is not open"),
+    "unknown_request": ErrorSpec(400, "response.cancel for an id that is not open (never "
+                                 "existed, or already done)"),
     # images
     "vision_unavailable": ErrorSpec(400, "an image, upload or frame, and no vision encoder "
                                     "is configured"),
     "invalid_image": ErrorSpec(400, "truncated or corrupt image bytes, bad base64, a named "
-                               "format that does not match the bytes"),
-    "unsupported_image_format": ErrorSpec(400, "bytes that are not JPEG, PNG or WebP"),
+                               "format that does not match the bytes, raw pixels without "
+                               "width/height"),
+    "unsupported_image_format": ErrorSpec(400, "bytes that are not JPEG, PNG or WebP (GIF, "
+                                          "BMP, ...)"),
     "image_size_mismatch": ErrorSpec(400, "raw rgb/bgr whose length is not width*height*3"),
     "image_too_large": ErrorSpec(400, "more pixels than vision.max_image_pixels"),
     "too_many_images": ErrorSpec(400, "more images and frames than "
@@ -102,8 +107,8 @@ ERRORS: dict[str, ErrorSpec] = {
     "request_timeout": ErrorSpec(504, "the request ran longer than limits.request_timeout_s; "
                                  "the text produced so far was delivered", server_side=True),
     "encoder_error": ErrorSpec(500, "the vision encoder failed", server_side=True),
-    "runtime_error": ErrorSpec(500, "the runtime reported an error during generation",
-                               server_side=True),
+    "runtime_error": ErrorSpec(500, "the runtime reported an error during generation "
+                               "(RKLLM_RUN_ERROR, or rkllm_run failed)", server_side=True),
     "internal_error": ErrorSpec(500, "a bug in rkstream; the message says what failed",
                                 server_side=True),
 }

@@ -17,7 +17,6 @@ ws_log = logging.getLogger("rkstream.ws")
 engine_log = logging.getLogger("rkstream.engine")
 native_log = logging.getLogger("rkstream.native")
 scheduler_log = logging.getLogger("rkstream.scheduler")
-config_log = logging.getLogger("rkstream.config")
 
 
 class JsonFormatter(logging.Formatter):

@@ -117,15 +117,10 @@ def effective_sampling(defaults: SamplingDefaults, cap: int, *layers: Params,
             f"{path} = {max_tokens} is above this server's limit of {cap} (limits.max_tokens)",
             param=path, event_id=event_id, request_id=request_id)
 
-    def pick(value: float | None, default: float) -> float:
-        return default if value is None else value
-
-    return SamplingSettings(
-        max_tokens=max_tokens,
-        temperature=pick(merged.temperature, defaults.temperature),
-        top_p=pick(merged.top_p, defaults.top_p),
-        top_k=int(pick(merged.top_k, defaults.top_k)),
-        repeat_penalty=pick(merged.repeat_penalty, defaults.repeat_penalty),
-        frequency_penalty=pick(merged.frequency_penalty, defaults.frequency_penalty),
-        presence_penalty=pick(merged.presence_penalty, defaults.presence_penalty),
-        stop=merged.stop or ())
+    values = {name: getattr(merged, name) for name in PARAM_RULES}
+    for name, value in values.items():
+        if value is None and name != "stop":
+            values[name] = getattr(defaults, name)
+    values["max_tokens"] = max_tokens
+    values["stop"] = merged.stop or ()
+    return SamplingSettings(**values)

@@ -132,10 +132,6 @@ class VisionService:
         self._pending: dict[str, asyncio.Future[Encoded]] = {}
         self.encodes = 0
 
-    @property
-    def tokens_per_image(self) -> int:
-        return self.encoder.n_tokens
-
     def _encode_sync(self, tensor: np.ndarray) -> np.ndarray:
         return self.encoder.encode_sync(tensor)
 

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from rkstream.errors import RequestError
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROTECTED = ("/ws", "/v1/", "/api/", "/rkllm_chat")
 
@@ -46,16 +48,22 @@ def presented_key(request: web.Request) -> str:
     return request.headers.get("X-API-Key", "")
 
 
+def _refuse(request: web.Request, exc: RequestError,
+            headers: dict[str, str] | None = None) -> web.Response:
+    # OpenAI clients read {"error": {...}}; the other APIs take {"error": message}.
+    if request.path.startswith("/v1/"):
+        body: object = {"error": {"message": exc.message, "type": exc.error_type,
+                                  "param": None, "code": exc.code}}
+    else:
+        body = {"error": exc.message}
+    return web.json_response(body, status=exc.spec.status, headers=headers)
+
+
 def _unauthorized(request: web.Request) -> web.Response:
     message = ("a valid API key is required: send 'Authorization: Bearer <key>'"
                + (" or ?token=<key>" if request.path == "/ws" else ""))
-    if request.path.startswith("/v1/"):
-        body: object = {"error": {"message": message, "type": "invalid_request_error",
-                                  "param": None, "code": "invalid_api_key"}}
-    else:
-        body = {"error": message}
-    return web.json_response(body, status=401,
-                             headers={"WWW-Authenticate": 'Bearer realm="rkstream"'})
+    return _refuse(request, RequestError("invalid_api_key", message),
+                   {"WWW-Authenticate": 'Bearer realm="rkstream"'})
 
 
 def _same_origin(request: web.Request, origin: str) -> bool:
@@ -76,9 +84,9 @@ def access_middleware(keys: tuple[str, ...], allowed_origins: tuple[str, ...]) -
         origin = request.headers.get("Origin")
         if path == "/ws" and origin is not None and not _same_origin(request, origin) \
                 and "*" not in origins and origin.rstrip("/") not in origins:
-            return web.json_response(
-                {"error": f"WebSocket connections from {origin} are not allowed; add it to "
-                          "server.allowed_origins"}, status=403)
+            return _refuse(request, RequestError(
+                "origin_not_allowed", f"WebSocket connections from {origin} are not allowed; "
+                                      "add it to server.allowed_origins"))
         return await handler(request)
 
     return middleware

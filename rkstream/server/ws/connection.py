@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from rkstream import __version__
@@ -296,12 +296,7 @@ class Connection:
         self.outbox.put(ev.session_updated(self.session_view()))
 
     def session_view(self) -> dict[str, Any]:
-        effective = self._sampling(self.params, None)
+        effective = asdict(self._sampling(self.params, None))
+        effective["stop"] = list(effective["stop"])
         return {"id": self.session_id, "instructions": self.instructions,
-                "params": {"max_tokens": effective.max_tokens,
-                           "temperature": effective.temperature, "top_p": effective.top_p,
-                           "top_k": effective.top_k,
-                           "repeat_penalty": effective.repeat_penalty,
-                           "frequency_penalty": effective.frequency_penalty,
-                           "presence_penalty": effective.presence_penalty,
-                           "stop": list(effective.stop)}}
+                "params": effective}

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from rkstream import __version__
 from rkstream.errors import RequestError
 from rkstream.server.http.runner import read_body
 from rkstream.server.state import STATE, AppState
@@ -165,5 +166,5 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    """``GET /api/version``: a fixed, Ollama-compatible version string."""
-    return web.json_response({"version": OLLAMA_VERSION})
+    """``GET /api/version``: the Ollama version clients compare against, and rkstream's own."""
+    return web.json_response({"version": OLLAMA_VERSION, "rkstream": __version__})

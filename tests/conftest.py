@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from rkstream.server.app import SERVER_OPTIONS
 
@@ -73,9 +74,11 @@ def aiohttp_client(aiohttp_client: Any) -> Any:
     return make
 
 
-@pytest.fixture
+# Once per module: a fresh model's first run costs seconds, the tests leave it idle.
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine() -> AsyncIterator[Any]:
-    """The CPU engine with the bundled SmolLM2 model, loaded (context 512)."""
+    """The CPU engine with the bundled SmolLM2 model, loaded (context 512). Tests that
+    use it run on the module's loop: ``pytest.mark.asyncio(loop_scope="module")``."""
     from rkstream.config import LlamaCppSettings, Settings
     from rkstream.engines.llamacpp.engine import LlamaCppEngine
 

@@ -1,7 +1,7 @@
 """A recording fake engine for scheduler and connection tests.
 
 It streams the words of the last message back, one per ``delay_s``, and
-records every job, cancel and overlap so tests can assert on them.
+records every job, cancel, outcome and overlap so tests can assert on them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class Calls:
     jobs: list[Job] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # by request id
     overlaps: int = 0
     loads: int = 0
     closes: int = 0
@@ -32,6 +33,11 @@ class FakeRun(Run):
         self.task = asyncio.create_task(self._generate())
 
     async def _generate(self) -> Outcome:
+        outcome = await self._words()
+        self.instance.calls.outcomes[self.job.request_id] = outcome
+        return outcome
+
+    async def _words(self) -> Outcome:
         calls = self.instance.calls
         if self.instance.busy:
             calls.overlaps += 1

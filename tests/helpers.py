@@ -1,4 +1,4 @@
-"""Shared test helpers: the timing unit and a protocol-v1 WebSocket client."""
+"""Shared test helpers: the timing unit, a protocol-v1 WebSocket client and a text sink."""
 
 from __future__ import annotations
 
@@ -78,14 +78,18 @@ class _null:
         return None
 
 
-class TextCollector:
-    """A text sink that keeps everything it is given."""
+class Sink:
+    """A text sink that records every piece it is given, in order."""
 
     def __init__(self) -> None:
-        self.text = ""
+        self.pieces: list[str] = []
 
     def on_text(self, text: str) -> None:
-        self.text += text
+        self.pieces.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 def create(request_id: str, text: str, **extra: Any) -> dict[str, Any]:

@@ -15,15 +15,7 @@ from rkstream.errors import QueueFullError, VisionError
 from rkstream.scheduler import Scheduler
 
 from fakes import FakeEngine
-from helpers import MS
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.text: list[str] = []
-
-    def on_text(self, text: str) -> None:
-        self.text.append(text)
+from helpers import MS, Sink
 
 
 def job(rid: str, text: str = "a b c", max_tokens: int = 100) -> Job:
@@ -115,11 +107,13 @@ async def test_prepare_runs_when_an_instance_is_free() -> None:
             return job(rid, text)
         return prepare
 
-    first = scheduler.submit(job("a"), Sink(), prepare_for("a", "one two"))
-    second = scheduler.submit(job("b"), Sink(), prepare_for("b", "three"))
+    sinks = [Sink(), Sink()]
+    first = scheduler.submit(job("a"), sinks[0], prepare_for("a", "one two"))
+    second = scheduler.submit(job("b"), sinks[1], prepare_for("b", "three"))
     assert order == []  # nothing runs before the instance is taken
     outcomes = await asyncio.gather(first.outcome, second.outcome)
     assert [o.output_tokens for o in outcomes] == [2, 1]  # the prepared jobs ran
+    assert [s.text for s in sinks] == ["one two ", "three "]
     assert order == ["prepare a", "prepare b"]
     assert first.vision_ms > 0
 

@@ -3,6 +3,9 @@
 Parametrised over the RKLLM engine on the stand-in runtime (both ABI lines)
 and the llama.cpp engine with the bundled SmolLM2 model. What differs per
 engine is only how to ask for a long answer and how to make a run fail.
+
+SmolLM2 is loaded once for the module and lent to every llamacpp test, so the
+tests run on the module's event loop (the fixture that loads it lives there).
 """
 
 from __future__ import annotations
@@ -12,21 +15,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from rkstream.config import LlamaCppSettings, RKLLMSettings, Settings
 from rkstream.core.messages import Message, TextPart
 from rkstream.core.params import SamplingSettings
-from rkstream.engines.base import Engine, Job, Outcome
+from rkstream.engines.base import Engine, EngineInstance, Job, ModelInfo, Outcome
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.engines.rkllm.engine import RKLLMEngine
 from rkstream.server.app import make_app
 
 from conftest import ModelFactory
-from helpers import MS, WSClient, create
+from helpers import MS, Sink, WSClient, create
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @dataclass
@@ -48,18 +54,17 @@ FLAVOURS = {
 }
 
 
+SMOLLM2 = replace(Settings(), engine="llamacpp",
+                  llamacpp=replace(LlamaCppSettings(), n_ctx=512))
+
+
 def settings_for(flavour: str, standin_libs: dict[str, Path], model: Path) -> Settings:
-    base = Settings()
     if flavour.startswith("rkllm"):
         line = flavour.split("-")[1]
-        return replace(base, engine="rkllm", rkllm=replace(
+        return replace(Settings(), engine="rkllm", rkllm=replace(
             RKLLMSettings(), library=str(standin_libs[line]), model=str(model), runtime=line,
             max_new_tokens=100_000))
-    return replace(base, engine="llamacpp", llamacpp=replace(LlamaCppSettings(), n_ctx=512))
-
-
-def make(flavour: str, settings: Settings) -> Engine:
-    return RKLLMEngine(settings) if flavour.startswith("rkllm") else LlamaCppEngine(settings)
+    return SMOLLM2
 
 
 @pytest.fixture(params=list(FLAVOURS))
@@ -74,24 +79,51 @@ def settings(flavour: Flavour, standin_libs: dict[str, Path], standin_model: Mod
                                                                         "delta epsilon zeta"))
 
 
-@pytest.fixture
-async def engine(flavour: Flavour, settings: Settings) -> AsyncIterator[Engine]:
-    engine = make(flavour.name, settings)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def smollm2() -> AsyncIterator[Engine]:
+    """SmolLM2, loaded once: the tests leave it idle, so they can share it."""
+    engine = LlamaCppEngine(SMOLLM2)
     await engine.load()
     yield engine
     await engine.close()
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
+@pytest_asyncio.fixture(loop_scope="module")
+async def rkllm_engine(settings: Settings) -> AsyncIterator[Engine]:
+    """An RKLLM engine per test: each test writes its own stand-in model file."""
+    engine = RKLLMEngine(settings)
+    await engine.load()
+    yield engine
+    await engine.close()
 
-    def on_text(self, text: str) -> None:
-        self.pieces.append(text)
+
+@pytest.fixture
+def engine(flavour: Flavour, request: pytest.FixtureRequest) -> Engine:
+    """The loaded engine of this flavour; looked up by name so that only the
+    flavour's own engine is loaded (an rkllm-only run never loads SmolLM2)."""
+    name = "smollm2" if flavour.name == "llamacpp" else "rkllm_engine"
+    return cast(Engine, request.getfixturevalue(name))
+
+
+class Lent(Engine):
+    """An engine handed to an app that must not load or close it: its owner does."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     @property
-    def text(self) -> str:
-        return "".join(self.pieces)
+    def info(self) -> ModelInfo:
+        return self._engine.info
+
+    @property
+    def instances(self) -> list[EngineInstance]:
+        return self._engine.instances
+
+    async def load(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 def job(prompt: str, max_tokens: int = 48, stop: tuple[str, ...] = ()) -> Job:
@@ -169,9 +201,13 @@ async def test_runs_in_sequence_are_independent(engine: Engine) -> None:
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+# pytest-aiohttp's client lives on the function's loop, so this test does too. The
+# engine still works here: a run binds to the loop that starts it, and loading
+# left nothing tied to the module's loop (owner threads and concurrent futures).
+@pytest.mark.asyncio(loop_scope="function")
 async def test_disconnect_frees_the_model(aiohttp_client: ClientFactory, flavour: Flavour,
-                                          settings: Settings) -> None:
-    client = await aiohttp_client(make_app(settings, lambda s: make(flavour.name, s)))
+                                          settings: Settings, engine: Engine) -> None:
+    client = await aiohttp_client(make_app(settings, lambda s: Lent(engine)))
     leaver = WSClient(await client.ws_connect("/ws"))
     await leaver.recv()
     await leaver.send(create("long", flavour.long_prompt, params={"max_tokens": 400}))

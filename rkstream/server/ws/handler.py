@@ -9,15 +9,64 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from rkstream.errors import RequestError
 from rkstream.log import ws_log
 from rkstream.protocol.codec import Encoding
 from rkstream.protocol.events import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
-from rkstream.server.state import STATE, ready
+from rkstream.server.state import STATE, AppState, ready
 from rkstream.server.ws.connection import Connection
 from rkstream.server.ws.outbox import Outbox
+
+# After a 1009, how long the client may go on sending its message before the
+# connection is closed anyway, and how often lingering checks whether it closed.
+OVERSIZE_LINGER_S = 5.0
+LINGER_POLL_S = 0.05
+
+
+def too_big(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is aiohttp's reader refusing a message over ``max_msg_size``."""
+    return isinstance(exc, WebSocketError) and exc.code == WSCloseCode.MESSAGE_TOO_BIG
+
+
+class LingeringWebSocket(web.WebSocketResponse):
+    """A WebSocketResponse that leaves the TCP connection open after a 1009.
+
+    aiohttp's reader refuses an oversize frame from its header, before buffering
+    any of it. receive() then sends the 1009 close frame and closes the transport
+    at once, while the client is usually still writing the message: a socket
+    closed with unread input makes the kernel answer with RST, and the client's
+    write fails ("connection lost") before it reads the close frame. So the
+    transport stays open here and the handler lingers instead (see linger()).
+    """
+
+    def _close_transport(self) -> None:
+        # aiohttp's one place that closes the transport (3.10 to 3.14); close()
+        # records the reader's error in exception() just before calling it.
+        if not too_big(self.exception()):
+            super()._close_transport()
+
+
+async def linger(transport: asyncio.BaseTransport | None, state: AppState) -> None:
+    """Let the client finish sending and close, then close the connection.
+
+    Whatever arrives after the reader's error is dropped by aiohttp's protocol
+    as it is read (the protocol is already marked closing), so this costs no
+    memory. The client's own close frame is dropped with the rest, so the wait
+    ends when the client closes the TCP connection (an aiohttp client does so
+    right after answering the close frame) or after OVERSIZE_LINGER_S for a
+    client that waits for the server to close first, as RFC 6455 allows.
+    """
+    if transport is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + OVERSIZE_LINGER_S
+    try:
+        while not transport.is_closing() and not state.closing and loop.time() < deadline:
+            await asyncio.sleep(LINGER_POLL_S)
+    finally:
+        transport.close()
 
 
 def refusal(exc: RequestError) -> web.Response:
@@ -41,11 +90,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except RequestError as exc:
         return refusal(exc)
     assert state.engine is not None and state.scheduler is not None
-    ws = web.WebSocketResponse(
+    ws = LingeringWebSocket(
         protocols=(SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON),
         heartbeat=settings.server.heartbeat_s or None,
         compress=False,  # tokens are tiny and images are already compressed
-        max_msg_size=settings.limits.max_message_bytes,
+        # aiohttp refuses sizes >= max_msg_size; the limit is the largest one accepted.
+        max_msg_size=settings.limits.max_message_bytes + 1,
     )
     await ws.prepare(request)
     encoding: Encoding = "json" if ws.ws_protocol == SUBPROTOCOL_JSON else "msgpack"
@@ -67,6 +117,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     reader = asyncio.current_task()
     writer = asyncio.create_task(outbox.run())
     ending = False
+    oversize = False
 
     def on_writer_done(task: asyncio.Task[bool]) -> None:
         if ending or task.cancelled() or task.result():
@@ -95,6 +146,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 conn.receive(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 ws_log.info("%s: %s", address, ws.exception())
+                oversize = too_big(ws.exception())
                 break
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
@@ -123,6 +175,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             outbox.close()
             if not writer.done():
                 writer.cancel()
+        # aiohttp records 1006 for the socket it would have dropped; 1009 was sent.
         ws_log.info("%s disconnected (%s, close code %s)", address, conn.session_id,
-                    ws.close_code)
+                    WSCloseCode.MESSAGE_TOO_BIG if oversize else ws.close_code)
+    if oversize:
+        await linger(request.transport, state)
     return ws

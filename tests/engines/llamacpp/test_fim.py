@@ -7,13 +7,17 @@ FIM ids (three ordinary special tokens of the model).
 
 from __future__ import annotations
 
+import pytest
+
 from rkstream.core.messages import Message, TextPart
 from rkstream.core.params import SamplingSettings
 from rkstream.engines.base import Job
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.engines.llamacpp.instance import LlamaInstance
 
-from helpers import TextCollector as Sink
+from helpers import Sink
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # the shared engine's loop
 
 
 def fim_job(prefix: str, suffix: str) -> Job:
@@ -30,10 +34,12 @@ async def test_bundled_model_has_no_fim(engine: LlamaCppEngine) -> None:
     assert engine.info.as_dict()["fim"] is False
 
 
-async def test_fim_prompt_layout(engine: LlamaCppEngine) -> None:
+async def test_fim_prompt_layout(engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+                                 ) -> None:
     instance = engine.instances[0]
     assert isinstance(instance, LlamaInstance)
-    instance.fim_tokens = (1, 2, 3)  # stand-in ids: <|im_start|>, <|im_end|>, ...
+    # Stand-in ids (<|im_start|>, <|im_end|>, ...), undone after: the engine is shared.
+    monkeypatch.setattr(instance, "fim_tokens", (1, 2, 3))
     prefix, suffix = "def add(a, b):\n    ", "\n    return result\n"
     tokens = instance._fim_tokens((prefix, suffix))
     assert tokens[0] == 1 and tokens[-1] == 3 and 2 in tokens

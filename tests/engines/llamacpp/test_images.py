@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rkstream.core.embeddings import ImageEmbedding, ImageTags
 from rkstream.core.messages import ImagePart, Message, TextPart
@@ -14,8 +15,10 @@ from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.vision.onnx_encoder import OnnxEncoder
 from rkstream.vision.presets import PRESETS
 
-from helpers import TextCollector as Sink
+from helpers import Sink
 from tiny_encoder import build_tiny_encoder
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # the shared engine's loop
 
 N_EMBD = 576  # SmolLM2-135M's embedding size
 

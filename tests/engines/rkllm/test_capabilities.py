@@ -35,6 +35,7 @@ from rkstream.engines.rkllm.loader import SUPPORTED, RuntimeLibrary, load_runtim
 from rkstream.errors import RuntimeVersionError
 
 from conftest import ModelFactory, Records
+from helpers import Sink
 
 LINES = ("1.3", "1.2")
 TAGS = ImageTags("<img>", "</img>", "<pad>")
@@ -62,14 +63,9 @@ def job(prompt: str, max_tokens: int, images: tuple[ImageEmbedding, ...] = (),
 
 
 async def generate(engine: RKLLMEngine, j: Job) -> str:
-    pieces: list[str] = []
-
-    class Sink:
-        def on_text(self, text: str) -> None:
-            pieces.append(text)
-
-    await engine.instances[0].start(j, Sink()).wait()
-    return "".join(pieces)
+    sink = Sink()
+    await engine.instances[0].start(j, sink).wait()
+    return sink.text
 
 
 @pytest.mark.parametrize("line", LINES)

@@ -23,24 +23,9 @@ from rkstream.engines.rkllm.engine import RKLLMEngine
 from rkstream.errors import EngineInitError, ModelFileError
 
 from conftest import ModelFactory, Records
-from helpers import MS
+from helpers import MS, Sink
 
 LINES = ("1.3", "1.2")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-        self.first_s: float | None = None
-
-    def on_text(self, text: str) -> None:
-        if self.first_s is None:
-            self.first_s = time.perf_counter()
-        self.pieces.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
 
 
 def settings_for(lib: Path, model: Path, line: str, instances: int = 1,

@@ -27,7 +27,7 @@ from rkstream.server.ops.metrics import (
 )
 
 from fakes import FakeEngine
-from helpers import MS, WSClient, create
+from helpers import MS, Sink, WSClient, create
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 HAS_PROC = Path("/proc/self/stat").exists()
@@ -63,11 +63,6 @@ def job(rid: str, text: str) -> Job:
                                 presence_penalty=0.0)
     return Job(request_id=rid, messages=(Message("user", (TextPart(text),)),),
                instructions=None, sampling=sampling)
-
-
-class Sink:
-    def on_text(self, text: str) -> None:
-        pass
 
 
 def test_counters_follow_the_observer_calls() -> None:

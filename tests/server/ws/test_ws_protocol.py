@@ -326,3 +326,16 @@ async def test_health_while_loading_then_ready(aiohttp_client: ClientFactory) ->
         await asyncio.sleep(5 * MS)
     assert (await ready.json())["model"]["id"] == "fake"
     await connect(client)
+
+
+async def test_a_message_of_exactly_the_limit_is_taken(make_server: Any) -> None:
+    client = await make_server(max_message_bytes=4096)
+    conn = await connect(client)
+    bare = msgpack.packb({"type": "image.upload", "data": b""})
+    padded = msgpack.packb({"type": "image.upload", "data": b"x" * (4096 - len(bare) - 1)})
+    assert len(padded) == 4096
+    await conn.ws.send_bytes(padded)
+    # Read and refused as an event (no encoder here), not closed with 1009.
+    assert (await conn.recv())["error"]["code"] == "vision_unavailable"
+    await conn.send({"type": "ping"})
+    assert (await conn.recv())["type"] == "pong"

@@ -244,7 +244,13 @@ async def test_disconnect_cancels_before_any_answer(server: Server, calls: Calls
     post = asyncio.create_task(client.post("/api/generate", json=body))
     await wait_for(lambda: len(calls.jobs) == 1)
     post.cancel()  # closes the connection while nothing has been answered yet
-    await wait_for(lambda: len(calls.cancels) == 1)
+    await wait_for(lambda: len(calls.outcomes) == 1)
+    rid = calls.jobs[0].request_id
+    assert calls.cancels == [rid]
+    # The run stopped early instead of producing all 500 words for nobody.
+    outcome = calls.outcomes[rid]
+    assert outcome.finish_reason == "cancelled" and outcome.output_tokens < 500
+    assert post.cancelled()  # the client really left without an answer
 
 
 def test_ndjson_escapes_what_splitlines_would_split() -> None:

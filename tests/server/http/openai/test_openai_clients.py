@@ -11,11 +11,12 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
@@ -35,6 +36,39 @@ NODE_DIR = REPO / "tests" / "node"
 
 def hello(text: str) -> list[Any]:
     return [{"role": "user", "content": text}]
+
+
+class Recorder(httpx2.AsyncBaseTransport):
+    """Passes requests on and keeps the response bytes as they came off the socket,
+    comments included, which the SDK never shows."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.received = bytearray()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        return httpx2.Response(response.status_code, headers=response.headers,
+                              stream=_Tee(response.stream, self.received),
+                              extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Tee(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, into: bytearray) -> None:
+        self._inner = inner
+        self._into = into
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._into += chunk
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @pytest.fixture
@@ -112,12 +146,20 @@ async def test_async_client_stream_with_usage(fake_url: Any) -> None:
 async def test_sdk_skips_keepalive_pings(fake_url: Any, monkeypatch: pytest.MonkeyPatch
                                          ) -> None:
     monkeypatch.setattr(OpenAIDialect, "keepalive_s", 20 * MS)
-    async with AsyncOpenAI(base_url=await fake_url(delay_ms=100), api_key="x",
-                           max_retries=0) as client:
+    recorder = Recorder()
+    async with httpx2.AsyncClient(transport=recorder) as http, AsyncOpenAI(
+            base_url=await fake_url(delay_ms=100), api_key="x", max_retries=0,
+            http_client=http) as client:
         stream = await client.chat.completions.create(
             model="m", messages=hello("late words"), stream=True)
-        text = "".join([c.choices[0].delta.content or "" async for c in stream])
-    assert text == "late words "
+        chunks = [c async for c in stream]
+    # The pings reached this client while it waited 100 ms for the first word...
+    waited = bytes(recorder.received[:recorder.received.index(b"late")])
+    assert waited.count(b": ping\n\n") >= 2
+    # ...and the SDK skipped them: every chunk it gave is a real one, the text whole.
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "late words "
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 async def test_error_mid_stream_raises_api_error(standin_url: Any) -> None:

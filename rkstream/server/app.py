@@ -21,7 +21,7 @@ from typing import TypedDict
 
 from aiohttp import WSCloseCode, web
 
-from rkstream.config import Settings
+from rkstream.config import Settings, parsed
 from rkstream.engines.base import Engine
 from rkstream.log import server_log
 from rkstream.resources import static_dir
@@ -29,8 +29,8 @@ from rkstream.scheduler import Scheduler
 from rkstream.server.http.ollama.routes import add_ollama_routes
 from rkstream.server.http.openai.routes import add_openai_routes
 from rkstream.server.http.rkllm_demo import add_rkllm_demo_routes
-from rkstream.server.ops.access import access_middleware, parse_list
-from rkstream.server.ops.cors import add_cors_headers, cors_middleware, parse_origins
+from rkstream.server.ops.access import access_middleware
+from rkstream.server.ops.cors import add_cors_headers, cors_middleware
 from rkstream.server.ops.health import health
 from rkstream.server.ops.metrics import METRICS, metrics_handler
 from rkstream.server.state import STATE, AppState
@@ -148,10 +148,12 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
             "failed" with the reason. Otherwise startup waits for the load
             and a failure stops it.
     """
-    origins = parse_origins(settings.server.cors_origins)
+    server = settings.server
+    origins = frozenset(parsed("server.cors_origins", server.cors_origins))
     middlewares = [cors_middleware(origins)] if origins else []
-    middlewares.append(access_middleware(parse_list(settings.server.api_keys),
-                                         parse_list(settings.server.allowed_origins)))
+    middlewares.append(access_middleware(parsed("server.api_keys", server.api_keys),
+                                         parsed("server.allowed_origins",
+                                                server.allowed_origins)))
     app = web.Application(client_max_size=settings.limits.max_message_bytes,
                           middlewares=middlewares)
     if origins:

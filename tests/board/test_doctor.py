@@ -319,7 +319,7 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert main([*base, "--standin"]) == 0
     out = capsys.readouterr().out
     assert "OK   RKLLM runtime: 1.3.0 (line 1.3)" in out
-    assert f"OK   librkllmrt.so: {standin_libs['1.3']}" in out
+    assert "OK   librkllmrt.so: " in out and "librkllmrt-standin-1.3.so" in out
     rknn = put(tmp_path, "v.rknn", b"RKNN")
     assert main([*base, "--json", "--model", str(rknn)]) == 1
     data = json.loads(capsys.readouterr().out)

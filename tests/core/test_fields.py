@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from rkstream.core.params import MAX_STOP_SEQUENCES, PARAM_RULES
 from rkstream.errors import ProtocolError
 
 
-def refusal(obj: dict[str, Any], read: Any) -> ProtocolError:
+def refusal(obj: Mapping[str, Any], read: Any) -> ProtocolError:
     with pytest.raises(ProtocolError) as caught:
         read(Fields(obj, "params"))
     return caught.value

@@ -27,10 +27,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROTECTED = ("/ws", "/v1/", "/api/", "/rkllm_chat")
 
 
-def parse_list(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 def key_matches(given: str, keys: tuple[str, ...]) -> bool:
     """Constant-time comparison against every key (no early exit on a match)."""
     found = False

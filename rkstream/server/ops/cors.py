@@ -19,10 +19,6 @@ ALLOW_HEADERS = "Authorization, Content-Type, X-Requested-With"
 ALLOW_METHODS = "GET, POST, OPTIONS"
 
 
-def parse_origins(value: str) -> frozenset[str]:
-    return frozenset(o.strip().rstrip("/") for o in value.split(",") if o.strip())
-
-
 def cors_middleware(origins: frozenset[str]) -> Middleware:
     """A middleware that allows ``origins`` (``*`` = any) on every HTTP route."""
 

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from rkstream import __version__
 from rkstream.config import LimitSettings, Settings
 from rkstream.server.app import make_app
 from rkstream.server.http.ollama.routes import ndjson
@@ -262,7 +263,8 @@ def test_ndjson_escapes_what_splitlines_would_split() -> None:
 
 async def test_model_endpoints(server: Server) -> None:
     client = await server()
-    assert await (await client.get("/api/version")).json() == {"version": "0.6.0"}
+    assert await (await client.get("/api/version")).json() == {"version": "0.6.0",
+                                                               "rkstream": __version__}
     [model] = (await (await client.get("/api/tags")).json())["models"]
     assert set(model) == {"name", "model", "modified_at", "size", "digest", "details"}
     assert model["name"] == model["model"] == "fake"

@@ -229,7 +229,8 @@ async def test_real_model_streams_an_answer(aiohttp_server: ServerFactory) -> No
 async def run_node(base_url: str, prompt: str) -> tuple[int, dict[str, Any]]:
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is not installed; the AI SDK check needs Node 20 or later")
+        pytest.fail("node is not installed; the AI SDK check needs Node 18.17 or later "
+                    "(bash tests/setup_and_run installs it)")
     if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
         pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
     process = await asyncio.create_subprocess_exec(

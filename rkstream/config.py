@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rkstream.errors import ConfigError
-from rkstream.vision.presets import PRESETS, rgb
+from rkstream.vision.presets import PRESETS, VisionPreset, preset_with_overrides, rgb
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -476,3 +476,27 @@ def describe_settings() -> list[tuple[str, str, str]]:
 
     walk(Settings(), "")
     return rows
+
+
+def vision_preset(settings: VisionSettings) -> VisionPreset:
+    """The configured preset with any [vision] overrides applied.
+
+    Loaded settings were checked by load_settings, so this does not fail for
+    them; settings built in code are refused with the same ConfigError.
+    """
+    overrides: dict[str, object] = {}
+    for key in ("image_start", "image_end", "image_content"):
+        value = getattr(settings, key)
+        if value:
+            overrides[key] = value
+    if settings.background >= 0:
+        overrides["background"] = settings.background
+    for key in ("mean", "std"):
+        # Checked when the settings loaded; parsed() refuses, with the key named,
+        # only settings built in code past load_settings.
+        rgb = parsed(f"vision.{key}", getattr(settings, key))
+        if rgb is not None:
+            overrides[key] = rgb
+    if settings.size:
+        overrides["size"] = settings.size
+    return preset_with_overrides(settings.preset, overrides)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from rkstream.config import (
     describe_settings,
     load_settings,
     parsed,
+    vision_preset,
     with_overrides,
 )
 from rkstream.errors import ConfigError
@@ -156,3 +157,16 @@ def test_default_max_tokens_must_fit_the_cap(tmp_path: Path) -> None:
     path.write_text("[sampling]\nmax_tokens = 8000\n")
     settings = load_settings(path, environ={}, overrides={"limits.max_tokens": "8000"})
     assert settings.sampling.max_tokens == 8000
+
+
+def test_preset_overrides_from_config() -> None:
+    preset = vision_preset(replace(VisionSettings(), preset="internvl3", image_start="<i>",
+                                 background=0, mean="1,2,3", std="4,5,6", size=224))
+    assert preset.image_start == "<i>" and preset.image_end == "</img>"
+    assert preset.background == 0 and preset.size == 224
+    assert preset.mean == (1.0, 2.0, 3.0) and preset.std == (4.0, 5.0, 6.0)
+    with pytest.raises(ConfigError, match="vision.mean"):
+        vision_preset(replace(VisionSettings(), mean="1,x,3"))
+    with pytest.raises(ConfigError):
+        vision_preset(replace(VisionSettings(), std="1,2"))
+    assert preset.tags.start == "<i>"

@@ -21,7 +21,7 @@ from typing import TypedDict
 
 from aiohttp import WSCloseCode, web
 
-from rkstream.config import Settings, parsed
+from rkstream.config import Settings, parsed, vision_preset
 from rkstream.engines.base import Engine
 from rkstream.log import server_log
 from rkstream.resources import static_dir
@@ -41,24 +41,25 @@ EngineFactory = Callable[[Settings], Engine]
 
 def default_engine(settings: Settings) -> Engine:
     from rkstream.engines.select import make_engine
-    from rkstream.vision.service import preset_from, tags_of
 
-    tags = tags_of(preset_from(settings.vision)) if settings.vision.encoder else None
+    # Runtime 1.2 takes the image tags at init, so the engine is told them up front.
+    tags = vision_preset(settings.vision).tags if settings.vision.encoder else None
     return make_engine(settings, tags)
 
 
 async def _load_vision(state: AppState) -> VisionService:
     from rkstream.vision.loader import load_encoder
-    from rkstream.vision.service import VisionService, preset_from
 
     settings = state.settings.vision
-    preset = preset_from(settings)
+    preset = vision_preset(settings)
     encoder = await asyncio.get_running_loop().run_in_executor(
         None, lambda: load_encoder(settings.encoder, preset, core_mask=settings.core_mask,
                                    threads=settings.threads))
     server_log.info("vision encoder %s ready: %dx%d input, %d tokens x %d per image",
                     settings.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
-    return VisionService(encoder, preset, settings, state.settings.limits,
+    return VisionService(encoder, preset, cache_bytes=settings.cache_bytes,
+                         max_image_pixels=settings.max_image_pixels,
+                         encode_ahead=settings.encode_ahead,
                          on_encode=state.metrics.vision_encode.observe)
 
 

@@ -171,7 +171,7 @@ class Media:
                                             event.format, event.width, event.height))
         if self._on_frame is not None:
             self._on_frame(self.frames.superseded.get(event.stream, 0) > before)
-        if kept and self.vision.settings.encode_ahead and self._model_busy():
+        if kept and self.vision.encode_ahead and self._model_busy():
             self._encode_ahead(event.stream)
 
     def _encode_ahead(self, stream: str) -> None:

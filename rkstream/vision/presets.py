@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rkstream.core.embeddings import ImageTags
 from rkstream.errors import ConfigError
 
 _QWEN_TAGS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
@@ -52,6 +53,12 @@ class VisionPreset:
     mean: tuple[float, float, float] = _HALF
     std: tuple[float, float, float] = _HALF
     size: int | None = None
+
+    @property
+    def tags(self) -> ImageTags:
+        """The strings the runtime wraps around each image's embedding rows."""
+        return ImageTags(start=self.image_start, end=self.image_end,
+                         content=self.image_content)
 
 
 PRESETS: dict[str, VisionPreset] = {

@@ -19,42 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rkstream.config import LimitSettings, VisionSettings, parsed
-from rkstream.core.embeddings import ImageEmbedding, ImageTags
+from rkstream.core.embeddings import ImageEmbedding
 from rkstream.core.owner import OwnerThread
 from rkstream.log import engine_log
 from rkstream.vision.encoder import VisionEncoder
 from rkstream.vision.preprocess import background_from, prepare_image_sync
-from rkstream.vision.presets import VisionPreset, preset_with_overrides
-
-
-def preset_from(settings: VisionSettings) -> VisionPreset:
-    """The configured preset with any [vision] overrides applied.
-
-    Loaded settings were checked by load_settings, so this does not fail for
-    them; settings built in code are refused with the same ConfigError.
-    """
-    overrides: dict[str, object] = {}
-    for key in ("image_start", "image_end", "image_content"):
-        value = getattr(settings, key)
-        if value:
-            overrides[key] = value
-    if settings.background >= 0:
-        overrides["background"] = settings.background
-    for key in ("mean", "std"):
-        # Checked when the settings loaded; parsed() refuses, with the key named,
-        # only settings built in code past load_settings.
-        rgb = parsed(f"vision.{key}", getattr(settings, key))
-        if rgb is not None:
-            overrides[key] = rgb
-    if settings.size:
-        overrides["size"] = settings.size
-    return preset_with_overrides(settings.preset, overrides)
-
-
-def tags_of(preset: VisionPreset) -> ImageTags:
-    return ImageTags(start=preset.image_start, end=preset.image_end,
-                     content=preset.image_content)
+from rkstream.vision.presets import VisionPreset
 
 
 @dataclass
@@ -114,16 +84,16 @@ def content_key(data: bytes, format: str | None, width: int | None, height: int 
 class VisionService:
     """Bytes in, embeddings out; one per server."""
 
-    def __init__(self, encoder: VisionEncoder, preset: VisionPreset,
-                 settings: VisionSettings, limits: LimitSettings,
+    def __init__(self, encoder: VisionEncoder, preset: VisionPreset, *, cache_bytes: int,
+                 max_image_pixels: int, encode_ahead: bool,
                  on_encode: Callable[[float], None] | None = None) -> None:
         self._on_encode = on_encode
         self.encoder = encoder
         self.preset = preset
-        self.tags = tags_of(preset)
-        self.settings = settings
-        self.limits = limits
-        self.cache = EmbeddingCache(settings.cache_bytes)
+        self.tags = preset.tags
+        self.max_image_pixels = max_image_pixels
+        self.encode_ahead = encode_ahead
+        self.cache = EmbeddingCache(cache_bytes)
         self._background = background_from(preset.background)
         self._decoders = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="vision-decode")
@@ -168,7 +138,7 @@ class VisionService:
             self._decoders, lambda: prepare_image_sync(
                 data, format=format, width=width, height=height,
                 size=self.encoder.input_size, background=self._background,
-                max_pixels=self.settings.max_image_pixels))
+                max_pixels=self.max_image_pixels))
         embedding = await self._owner.call(lambda: self._encode_sync(tensor))
         item = ImageEmbedding(embedding=embedding, size=self.encoder.input_size)
         self.cache.put(key, item)

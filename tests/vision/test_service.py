@@ -1,28 +1,11 @@
-"""The vision service's pieces that need no encoder: presets from config, the cache."""
+"""The vision service's pieces that need no encoder: the embedding cache and its keys."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
-import pytest
 
-from rkstream.config import VisionSettings
 from rkstream.core.embeddings import ImageEmbedding
-from rkstream.errors import ConfigError
-from rkstream.vision.service import EmbeddingCache, content_key, preset_from
-
-
-def test_preset_overrides_from_config() -> None:
-    preset = preset_from(replace(VisionSettings(), preset="internvl3", image_start="<i>",
-                                 background=0, mean="1,2,3", std="4,5,6", size=224))
-    assert preset.image_start == "<i>" and preset.image_end == "</img>"
-    assert preset.background == 0 and preset.size == 224
-    assert preset.mean == (1.0, 2.0, 3.0) and preset.std == (4.0, 5.0, 6.0)
-    with pytest.raises(ConfigError, match="vision.mean"):
-        preset_from(replace(VisionSettings(), mean="1,x,3"))
-    with pytest.raises(ConfigError):
-        preset_from(replace(VisionSettings(), std="1,2"))
+from rkstream.vision.service import EmbeddingCache, content_key
 
 
 def item(rows: int) -> ImageEmbedding:

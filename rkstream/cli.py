@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return setup(force=args.force)
     if args.command == "config" and args.default:
-        from rkstream.config_file import default_config_text
+        from rkstream.config.file import default_config_text
 
         sys.stdout.write(default_config_text())
         return 0

@@ -115,6 +115,10 @@ ERRORS: dict[str, ErrorSpec] = {
 UNKNOWN_CODE = ErrorSpec(400, "")
 
 
+# The one sentence for work refused or ended by a shutdown.
+SHUTTING_DOWN = "the server is shutting down; retry in a moment"
+
+
 def error_spec(code: str) -> ErrorSpec:
     """The table's entry for ``code``; an unknown code is a plain 400."""
     return ERRORS.get(code, UNKNOWN_CODE)

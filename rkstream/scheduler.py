@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from rkstream.engines.base import EngineInstance, Job, Outcome, Run, TextSink
-from rkstream.errors import QueueFullError, RequestError
+from rkstream.errors import SHUTTING_DOWN, QueueFullError, RequestError
 from rkstream.log import scheduler_log
 
 Prepare = Callable[[], Awaitable[Job]]
@@ -123,7 +123,7 @@ class Scheduler:
         ticket = Ticket(job, sink, prepare, self._observer)
         if self._closed:
             ticket._finish(Outcome("error", error_code="shutting_down",
-                                   error_message="the server is shutting down"))
+                                   error_message=SHUTTING_DOWN))
         elif self._free and not self._queue:
             self._start(ticket, self._free.popleft())
         elif len(self._queue) >= self._max_queue:

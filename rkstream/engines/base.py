@@ -19,6 +19,9 @@ from rkstream.core.params import SamplingSettings
 from rkstream.log import engine_log
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+# How a request ended, in the words of response.done.status and the metrics.
+STATUS_OF: dict[FinishReason, str] = {"stop": "completed", "length": "incomplete",
+                                      "cancelled": "cancelled", "error": "failed"}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from rkstream.config import Settings
 from rkstream.engines.base import Engine
-from rkstream.errors import RequestError
+from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.scheduler import Scheduler
 from rkstream.server.ops.metrics import Metrics
 from rkstream.vision.service import VisionService
@@ -52,7 +52,7 @@ def ready(state: AppState) -> None:
             failure's reason, when loading failed).
     """
     if state.closing:
-        raise RequestError("shutting_down", "the server is shutting down; retry in a moment")
+        raise RequestError("shutting_down", SHUTTING_DOWN)
     if state.engine is None or state.scheduler is None:
         raise RequestError("model_loading", state.load_error
                            or "the model is still loading; retry shortly")

@@ -151,7 +151,7 @@ def rgb(values: Iterable[object], *, std: bool) -> tuple[float, float, float]:
     """Check a mean (``std=False``) or std: three numbers, R, G, B, in 0-255
     units; a std also above 0, since the ONNX encoder divides by it.
 
-    config.py checks ``vision.mean``/``vision.std`` text with this rule too.
+    rkstream.config checks ``vision.mean``/``vision.std`` text with this rule too.
 
     Raises:
         ValueError: saying what is wrong (count, a non-number, a value out of range).

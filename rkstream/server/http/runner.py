@@ -36,7 +36,7 @@ from rkstream.core.fields import Fields, kind_of
 from rkstream.core.params import effective_sampling
 from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Job, Outcome
-from rkstream.errors import RequestError
+from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.log import server_log
 from rkstream.scheduler import Ticket
 from rkstream.server.media import Media
@@ -111,8 +111,7 @@ def outcome_error(outcome: Outcome) -> RequestError | None:
         return None
     if outcome.finish_reason == "cancelled":  # the client is still here: a shutdown
         return RequestError(outcome.error_code or "shutting_down",
-                            outcome.error_message or "the server is shutting down; retry "
-                                                     "in a moment")
+                            outcome.error_message or SHUTTING_DOWN)
     return RequestError(outcome.error_code or "runtime_error",
                         outcome.error_message or "the generation failed")
 

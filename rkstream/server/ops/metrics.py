@@ -27,14 +27,12 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from rkstream.engines.base import Outcome
+from rkstream.engines.base import STATUS_OF, Outcome
 from rkstream.scheduler import Scheduler
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                      10.0, 30.0, 60.0)
 NPU_LOAD = Path("/sys/kernel/debug/rknpu/load")
-STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled",
-          "error": "failed"}
 
 
 class LiveSource(Protocol):
@@ -75,7 +73,7 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         self.requests = Counter("rkstream_requests_total", "Requests by how they ended.",
                                 ["status"], registry=self.registry)
-        for status in STATUS.values():
+        for status in STATUS_OF.values():
             self.requests.labels(status)  # so every status shows, at 0, from the start
         self.prompt_tokens = Counter("rkstream_prompt_tokens_total", "Prompt tokens read.",
                                      registry=self.registry)
@@ -117,7 +115,7 @@ class Metrics:
 
     def request_done(self, outcome: Outcome, queued_ms: float, ttft_s: float | None,
                      busy_s: float) -> None:
-        self.requests.labels(STATUS[outcome.finish_reason]).inc()
+        self.requests.labels(STATUS_OF[outcome.finish_reason]).inc()
         self.queue_wait.observe(queued_ms / 1000.0)
         if ttft_s is not None:
             self.ttft.observe(ttft_s)

@@ -17,8 +17,8 @@ from typing import Any
 from rkstream import __version__
 from rkstream.config import Settings
 from rkstream.core.params import Params, SamplingSettings, effective_sampling
-from rkstream.engines.base import Job, ModelInfo, Outcome
-from rkstream.errors import InflightLimitError, ProtocolError, RequestError
+from rkstream.engines.base import STATUS_OF, Job, ModelInfo, Outcome
+from rkstream.errors import SHUTTING_DOWN, InflightLimitError, ProtocolError, RequestError
 from rkstream.log import ws_log
 from rkstream.protocol import server_events as ev
 from rkstream.protocol.codec import decode_binary, decode_text
@@ -42,9 +42,7 @@ def _event_id(event_id: str | None) -> dict[str, Any]:
     return {"event_id": event_id} if event_id is not None else {}
 
 
-SHUTDOWN_REASON = ("shutting_down", "the server is shutting down; retry in a moment")
-_STATUS = {"stop": "completed", "length": "incomplete", "cancelled": "cancelled",
-           "error": "failed"}
+SHUTDOWN_REASON = ("shutting_down", SHUTTING_DOWN)
 
 
 @dataclass
@@ -90,7 +88,7 @@ class RequestStream:
         event: dict[str, Any] = {
             "type": "response.done",
             "request_id": self.request_id,
-            "status": _STATUS[outcome.finish_reason],
+            "status": STATUS_OF[outcome.finish_reason],
             "finish_reason": outcome.finish_reason,
             "usage": {"input_tokens": outcome.prompt_tokens,
                       "output_tokens": outcome.output_tokens},

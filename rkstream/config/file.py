@@ -19,7 +19,7 @@ HEADER = """\
 # with its effective value. RKSTREAM_* variables and command-line flags
 # override this file (see README.md, "Configuration").
 #
-# Generated from the settings in rkstream/config.py by
+# Generated from the settings in rkstream/config/ by
 # `rkstream config --default`; a test keeps the repository's copy in step.
 """
 WIDTH = 88

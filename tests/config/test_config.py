@@ -19,7 +19,7 @@ from rkstream.config import (
 from rkstream.errors import ConfigError
 from rkstream.vision.presets import PRESETS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_config_is_the_defaults() -> None:

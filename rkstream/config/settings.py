@@ -1,0 +1,189 @@
+"""The settings, section by section: each field carries its default, its help
+and what is allowed, so one definition documents, validates and sets it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rkstream.config.values import (
+    ORIGINS_ALLOWED,
+    RGB_EXAMPLE,
+    opt,
+    parse_api_keys,
+    parse_host,
+    parse_mean,
+    parse_origins,
+    parse_std,
+)
+from rkstream.vision.presets import PRESETS
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = opt("0.0.0.0", "address to listen on (0.0.0.0 = every interface)",
+                     parse=parse_host, allowed="a host name or IP address, without scheme "
+                                               "or port")
+    port: int = opt(8080, "TCP port", minimum=0, maximum=65535)
+    heartbeat_s: float = opt(20.0, "WebSocket ping interval; a peer silent for half of it "
+                                    "after a ping is dropped (0 = off)", minimum=0)
+    slow_client_timeout_s: float = opt(
+        10.0, "a client that has not read what was sent to it for this long is dropped "
+              "and its requests cancelled", minimum=0.1)
+    max_outbound_bytes: int = opt(
+        8 << 20, "bytes waiting to be sent to one client before it is dropped as too slow",
+        minimum=4096)
+    shutdown_timeout_s: float = opt(5.0, "how long shutdown waits for handlers", minimum=0)
+    static_dir: str = opt("", "folder served at / (empty = the page shipped with rkstream)")
+    cors_origins: str = opt("", "origins allowed to call the HTTP APIs from a browser: "
+                                 "comma-separated, or * for any; empty = none",
+                             parse=parse_origins, allowed=ORIGINS_ALLOWED)
+    api_keys: str = opt("", "comma-separated API keys required on /ws and the HTTP APIs; "
+                             "empty = no key needed",
+                         parse=parse_api_keys,
+                         allowed="comma-separated keys of visible ASCII characters, no "
+                                 "spaces (empty = no key needed)")
+    allowed_origins: str = opt("", "web pages (origins) besides the server's own that may "
+                                    "open /ws from a browser: comma-separated, or *",
+                                parse=parse_origins, allowed=ORIGINS_ALLOWED)
+
+
+@dataclass(frozen=True)
+class RKLLMSettings:
+    library: str = opt("", "path of librkllmrt.so (empty = lib/, then the system path)")
+    runtime: str = opt("auto", "runtime ABI line of the library",
+                        choices=("auto", "1.3", "1.2"))
+    model: str = opt("", "path of the .rkllm language model")
+    max_context_len: int = opt(4096, "context window in tokens", minimum=32,
+                                maximum=1 << 17)
+    max_new_tokens: int = opt(2048, "init-time cap on generated tokens per run",
+                               minimum=1, maximum=1 << 17)
+    n_keep: int = opt(-1, "KV entries kept when the window shifts (-1 = runtime default)",
+                       minimum=-1)
+    base_domain_id: int = opt(-1, "NPU memory domain; -1 = auto: 1 when a vision encoder "
+                                   "shares the process (as the official demo on RK3588), "
+                                   "else 0", minimum=-1, maximum=15)
+    embed_flash: bool = opt(True, "keep the embedding table in the model file, not in RAM")
+    enabled_cpus_num: int = opt(4, "CPU threads the runtime may use", minimum=1, maximum=8)
+    enabled_cpus_mask: int = opt(0xF0, "CPU bitmask (0xF0 = the A76 cores of RK3588)",
+                                  minimum=0, maximum=0xFF)
+    skip_special_token: bool = opt(True, "do not emit special tokens as text")
+    mirostat: int = opt(0, "0 off, 1 mirostat, 2 mirostat 2.0", choices=(0, 1, 2))
+    mirostat_tau: float = opt(5.0, "mirostat target entropy", minimum=0)
+    mirostat_eta: float = opt(0.1, "mirostat learning rate", minimum=0)
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    model: str = opt("", "path of a .gguf model (empty = the bundled SmolLM2-135M-Instruct)")
+    n_ctx: int = opt(4096, "context window in tokens (0 = the model's own)", minimum=0,
+                      maximum=1 << 18)
+    n_batch: int = opt(512, "prompt tokens evaluated per batch", minimum=1, maximum=1 << 16)
+    n_threads: int = opt(0, "CPU threads (0 = llama.cpp's choice)", minimum=0, maximum=256)
+    seed: int = opt(0xFFFFFFFF, "sampling seed (4294967295 = random)", minimum=0,
+                     maximum=0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class VisionSettings:
+    encoder: str = opt("", "vision encoder: a .rknn file (board) or .onnx file (anywhere); "
+                            "empty = no vision")
+    preset: str = opt("qwen2-vl", "model family: image tags, pad colour, ONNX mean/std",
+                       choices=tuple(PRESETS))
+    image_start: str = opt("", "override the preset's image start tag (empty = preset)")
+    image_end: str = opt("", "override the preset's image end tag (empty = preset)")
+    image_content: str = opt("", "override the preset's image content tag (empty = preset)")
+    background: float = opt(-1.0, "pad colour 0-255 (negative = preset)", minimum=-1,
+                             maximum=255)
+    mean: str = opt("", "ONNX input mean per channel, 0-255, as \"r,g,b\" (empty = preset)",
+                     parse=parse_mean,
+                     allowed="three comma-separated numbers from 0 to 255, " + RGB_EXAMPLE)
+    std: str = opt("", "ONNX input std per channel, 0-255, as \"r,g,b\" (empty = preset)",
+                    parse=parse_std,
+                    allowed="three comma-separated numbers above 0 and at most 255, "
+                            + RGB_EXAMPLE)
+    size: int = opt(0, "encoder input size when the model file does not fix it "
+                        "(0 = preset)", minimum=0, maximum=4096)
+    core_mask: str = opt("2", "NPU cores for the RKNN encoder (2 = the core an LLM "
+                               "converted with num_npu_core=2 leaves free)",
+                          choices=("auto", "0", "1", "2", "0_1", "0_1_2", "all"))
+    threads: int = opt(0, "ONNX Runtime threads (0 = its default)", minimum=0, maximum=64)
+    cache_bytes: int = opt(64 << 20, "embedding cache size; repeated images encode once",
+                            minimum=0)
+    max_image_pixels: int = opt(4096 * 4096, "largest image accepted (decompression "
+                                                "bombs are refused)", minimum=1)
+    encode_ahead: bool = opt(True, "encode the newest camera frame while the model is busy")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_tokens: int = opt(512, "tokens generated when a request does not say",
+                           minimum=1, maximum=1 << 17)
+    temperature: float = opt(0.8, "default temperature", minimum=0, maximum=5)
+    top_p: float = opt(0.9, "default nucleus sampling mass", minimum=0, maximum=1)
+    top_k: int = opt(1, "default top-k (1 = greedy, as the official demos)", minimum=0)
+    repeat_penalty: float = opt(1.1, "default repeat penalty", minimum=0, maximum=10)
+    frequency_penalty: float = opt(0.0, "default frequency penalty", minimum=-2, maximum=2)
+    presence_penalty: float = opt(0.0, "default presence penalty", minimum=-2, maximum=2)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_message_bytes: int = opt(8 << 20, "largest WebSocket message accepted; larger "
+                                           "closes the socket with 1009",
+                                  minimum=1024, maximum=1 << 30)
+    max_queue: int = opt(32, "requests waiting for a model instance; more fail with "
+                              "queue_full", minimum=0)
+    max_inflight_per_connection: int = opt(8, "open requests (queued or running) per "
+                                               "connection", minimum=1)
+    max_tokens: int = opt(4096, "largest max_tokens a request may ask for",
+                           minimum=1, maximum=1 << 17)
+    max_images_per_request: int = opt(4, "images one request may carry", minimum=0)
+    max_connections_per_address: int = opt(16, "open WebSocket connections per client "
+                                                "address", minimum=1)
+    request_timeout_s: float = opt(600.0, "a request running longer is stopped "
+                                           "(code request_timeout); 0 = never", minimum=0)
+    idle_timeout_s: float = opt(900.0, "a WebSocket with no open request and no message "
+                                        "for this long is closed; 0 = never", minimum=0)
+
+
+@dataclass(frozen=True)
+class BoardSettings:
+    pin_frequencies: bool = opt(False, "pin NPU, DDR and CPU clocks to their top speed at "
+                                        "start (needs root; logs what changed)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: str = opt("auto", "which engine runs the model: auto = rkllm when its library "
+                               "and .rkllm model load, else llamacpp",
+                       choices=("auto", "rkllm", "llamacpp"))
+    instances: int = opt(1, "model instances (native handles, one owner thread each)",
+                          minimum=1, maximum=16)
+    log_level: str = opt("info", "log level",
+                          choices=("debug", "info", "warning", "error"))
+    log_format: str = opt("text", "log lines as plain text or one JSON object each",
+                           choices=("text", "json"))
+    server: ServerSettings = field(default_factory=ServerSettings)
+    rkllm: RKLLMSettings = field(default_factory=RKLLMSettings)
+    llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
+    vision: VisionSettings = field(default_factory=VisionSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    board: BoardSettings = field(default_factory=BoardSettings)
+
+
+# RKSTREAM_* variables that override one key each.
+ENV_KEYS: dict[str, str] = {
+    "RKSTREAM_HOST": "server.host",
+    "RKSTREAM_PORT": "server.port",
+    "RKSTREAM_ENGINE": "engine",
+    "RKSTREAM_MODEL": "rkllm.model",
+    "RKSTREAM_RKLLM_LIBRARY": "rkllm.library",
+    "RKSTREAM_RUNTIME": "rkllm.runtime",
+    "RKSTREAM_GGUF": "llamacpp.model",
+    "RKSTREAM_VISION_ENCODER": "vision.encoder",
+    "RKSTREAM_LOG_LEVEL": "log_level",
+    "RKSTREAM_API_KEYS": "server.api_keys",
+}
+
+

@@ -1,0 +1,104 @@
+"""How one setting is declared and checked: ``_opt`` and the parse hooks.
+
+A parse hook takes a value that passed the type check and returns its
+structured form (``(r, g, b)``, a tuple of origins), or raises ValueError
+saying what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any
+
+from rkstream.vision.presets import rgb
+
+# A parse hook takes a value that has passed the type check and returns its
+# structured form, or raises ValueError saying what is wrong with it.
+Parse = Callable[[Any], Any]
+
+
+def opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,
+         minimum: float | None = None, maximum: float | None = None,
+         parse: Parse | None = None, allowed: str | None = None) -> Any:
+    """A setting; ``allowed`` says in words what ``parse`` accepts."""
+    return field(default=default, metadata={
+        "help": help, "choices": choices, "min": minimum, "max": maximum,
+        "parse": parse, "allowed": allowed})
+
+
+def _rgb(text: str, *, std: bool) -> tuple[float, float, float] | None:
+    if not text.strip():
+        return None  # the preset's own
+    numbers: list[float] = []
+    for part in text.split(","):
+        try:
+            numbers.append(float(part))
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a number") from None
+    return rgb(numbers, std=std)  # the vision presets' own rule
+
+
+def parse_mean(text: str) -> tuple[float, float, float] | None:
+    """``"r,g,b"`` in 0-255 units; None for empty (the preset's)."""
+    return _rgb(text, std=False)
+
+
+def parse_std(text: str) -> tuple[float, float, float] | None:
+    """``"r,g,b"`` above 0 and at most 255 (a division); None for empty."""
+    return _rgb(text, std=True)
+
+
+def _items(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if text and not items:
+        # "," or " " would look set but mean "none": refuse rather than guess.
+        raise ValueError("it lists nothing")
+    return items
+
+
+# scheme://host[:port]; a path never matches a browser's Origin header.
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """Comma-separated origins (a trailing / dropped), or ``*``; () for empty."""
+    origins = tuple(item.rstrip("/") for item in _items(text))
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin")
+    return origins
+
+
+def parse_api_keys(text: str) -> tuple[str, ...]:
+    """Comma-separated keys of visible ASCII (they travel in HTTP headers and URLs)."""
+    keys = _items(text)
+    for key in keys:
+        if not re.fullmatch(r"[!-~]+", key):
+            raise ValueError("a key has a space or a character outside visible ASCII")
+    return keys
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_host(text: str) -> str:
+    """A host name or IP address to bind; empty = every interface (as asyncio)."""
+    if not text:
+        return text
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if len(text) > 253 or not _HOSTNAME.fullmatch(text):
+        raise ValueError("it is not a host name or IP address")
+    return text
+
+
+ORIGINS_ALLOWED = ("comma-separated origins such as \"https://app.example,"
+                    "http://localhost:3000\" (scheme://host[:port], no path), or *")
+RGB_EXAMPLE = "such as \"127.5,127.5,127.5\" (empty = preset)"
+

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -32,10 +33,9 @@ from rkstream.core.fields import Fields
 from rkstream.core.messages import ImagePart, Message, Part, TextPart
 from rkstream.core.params import Params
 from rkstream.core.request import GenerationRequest
-from rkstream.engines.base import Outcome
 from rkstream.errors import RequestError
 from rkstream.server.http.body import SAMPLING, image_base64, message_role, token_budget
-from rkstream.server.http.runner import Dialect, Result, serve
+from rkstream.server.http.runner import Dialect, Result, serve, usage
 from rkstream.server.state import AppState
 
 OBJECT = "rkllm_chat"
@@ -53,13 +53,6 @@ def encode_frame(obj: dict[str, Any]) -> bytes:
     # ASCII-only JSON: requests' iter_lines() splits like str.splitlines(), which
     # also breaks at U+2028 and friends; escaped, they cannot cut a frame.
     return (json.dumps(obj) + "\n\n").encode("ascii")
-
-
-def usage_of(outcome: Outcome) -> dict[str, int | None]:
-    """Real token counts, where the demo had nulls (or word counts in 1.3.0)."""
-    return {"prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.output_tokens,
-            "total_tokens": outcome.prompt_tokens + outcome.output_tokens}
 
 
 def _content(m: Fields) -> tuple[Part, ...]:
@@ -107,10 +100,11 @@ class DemoDialect(Dialect):
         self.created = int(time.time())
 
     def frame(self, choice: dict[str, Any],
-              usage: dict[str, int | None] | None = None) -> dict[str, Any]:
-        """One response object of the demo's shape."""
+              counts: Mapping[str, int | None] = NO_USAGE) -> dict[str, Any]:
+        """One response object of the demo's shape; real token counts on the last one,
+        where the demo had nulls (or word counts in 1.3.0)."""
         return {"id": OBJECT, "object": OBJECT, "created": self.created, "choices": [choice],
-                "usage": usage or NO_USAGE}
+                "usage": dict(counts)}
 
     def _delta(self, text: str, finish_reason: str | None) -> dict[str, Any]:
         return {"index": 0, "delta": {"role": "assistant", "content": text},
@@ -139,7 +133,7 @@ class DemoDialect(Dialect):
 
     def end(self, result: Result) -> bytes:
         return encode_frame(self.frame(self._delta("", result.outcome.finish_reason),
-                                       usage_of(result.outcome)))
+                                       usage(result.outcome)))
 
     def stream_error(self, exc: RequestError) -> bytes:
         return encode_frame({**self.frame(self._delta("", "error")), "status": "error",
@@ -148,7 +142,7 @@ class DemoDialect(Dialect):
     def whole(self, result: Result) -> dict[str, Any]:
         return self.frame({"index": 0, "message": {"role": "assistant", "content": result.text},
                            "logprobs": None, "finish_reason": result.outcome.finish_reason},
-                          usage_of(result.outcome))
+                          usage(result.outcome))
 
 
 async def rkllm_chat(request: web.Request) -> web.StreamResponse:

@@ -105,6 +105,14 @@ class Dialect(abc.ABC):
                                  headers=headers)
 
 
+def usage(outcome: Outcome) -> dict[str, int]:
+    """``{prompt_tokens, completion_tokens, total_tokens}`` from the engine's own counts
+    (OpenAI's usage object, which the demo's /rkllm_chat copies)."""
+    return {"prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.output_tokens,
+            "total_tokens": outcome.prompt_tokens + outcome.output_tokens}
+
+
 def outcome_error(outcome: Outcome) -> RequestError | None:
     """None for an answer that finished (stop, length), else what went wrong."""
     if outcome.finish_reason in ("stop", "length"):

@@ -23,7 +23,7 @@ from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Outcome
 from rkstream.errors import RequestError
 from rkstream.server.http.openai.schema import OpenAIRequest, parse_chat, parse_completion
-from rkstream.server.http.runner import Dialect, Result
+from rkstream.server.http.runner import Dialect, Result, usage
 from rkstream.server.state import AppState
 
 PING_INTERVAL_S = 15.0
@@ -41,13 +41,6 @@ def error_object(exc: RequestError) -> dict[str, Any]:
     """OpenAI's ``{"error": {message, type, param, code}}``."""
     return {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param,
                       "code": exc.code}}
-
-
-def usage(outcome: Outcome) -> dict[str, int]:
-    """OpenAI's usage object, from the runtime's own token counts."""
-    return {"prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.output_tokens,
-            "total_tokens": outcome.prompt_tokens + outcome.output_tokens}
 
 
 def timings(outcome: Outcome) -> dict[str, float]:

@@ -70,6 +70,16 @@ class RKLLMSettings:
     mirostat: int = opt(0, "0 off, 1 mirostat, 2 mirostat 2.0", choices=(0, 1, 2))
     mirostat_tau: float = opt(5.0, "mirostat target entropy", minimum=0)
     mirostat_eta: float = opt(0.1, "mirostat learning rate", minimum=0)
+    kv_reuse: str = opt("history", "how follow-up turns reuse the KV cache: history = send only "
+                                   "what is new with keep_history = 1; runtime = send the whole "
+                                   "prompt and let the runtime reuse the matching prefix; off = "
+                                   "every run starts from an empty cache",
+                        choices=("history", "runtime", "off"))
+    kv_end_of_turn: str = opt("resend", "after an answer that ended by itself, whether the "
+                                        "runtime's cache holds its end-of-turn token: resend = "
+                                        "no (rkstream sends it with the next turn; safe), kept "
+                                        "= yes (check on a board, see README)",
+                              choices=("resend", "kept"))
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,35 @@ class BoardSettings:
                                         "start (needs root; logs what changed)")
 
 
+# The chat format families rkstream has built in (rkstream/chat/presets.py).
+CHAT_FAMILIES = ("qwen2", "qwen2-vl", "qwen3", "llama3", "gemma", "phi3", "deepseek-r1",
+                 "internlm2", "minicpm", "smollm2", "smollm3")
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    template: str = opt("", "the model's chat template: a tokenizer_config.json, a "
+                            "chat_template.jinja, or the Jinja text itself (empty = a built-in "
+                            "family's)")
+    family: str = opt("auto", "built-in chat format: auto = recognised from the model's file "
+                              "name; none = no format (the runtime's own template, one "
+                              "labelled transcript per run)",
+                      choices=("auto", "none", *CHAT_FAMILIES))
+    thinking: bool = opt(True, "let models that can think (Qwen3, R1 distills) think, unless "
+                               "a request says otherwise")
+    history_rewrite: str = opt("keep", "when the format rewrites earlier turns (Qwen3 and R1 "
+                                       "distills drop earlier reasoning): keep = reuse the cache "
+                                       "as it stands; reprefill = prefill the rewritten history",
+                               choices=("keep", "reprefill"))
+    overflow: str = opt("error", "a conversation longer than the context: error = refuse with "
+                                 "context_overflow; drop_oldest = drop whole turns after the "
+                                 "system prompt, oldest first",
+                        choices=("error", "drop_oldest"))
+    system_prompt: str = opt("", "system prompt for conversations that bring none")
+    cache_system_prompt: bool = opt(False, "prefill system_prompt once and keep it with the "
+                                           "runtime's prompt cache (RKLLM)")
+
+
 @dataclass(frozen=True)
 class Settings:
     engine: str = opt("auto", "which engine runs the model: auto = rkllm when its library "
@@ -166,6 +205,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     rkllm: RKLLMSettings = field(default_factory=RKLLMSettings)
     llamacpp: LlamaCppSettings = field(default_factory=LlamaCppSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
     vision: VisionSettings = field(default_factory=VisionSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)

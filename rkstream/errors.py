@@ -2,6 +2,7 @@
 
 - RkstreamError
   - ConfigError: a setting is refused at start
+  - ChatTemplateError: a chat template refused a conversation, or failed rendering it
   - RuntimeLibraryError: librkllmrt.so cannot be found, loaded or bound
   - RuntimeVersionError: the runtime line is unknown or unsupported
   - ModelFileError: a model path is missing or is the wrong kind of file
@@ -86,6 +87,9 @@ ERRORS: dict[str, ErrorSpec] = {
                                   "model's context"),
     "fim_unsupported": ErrorSpec(400, "a suffix (fill-in-the-middle) for a model without "
                                  "FIM tokens"),
+    "chat_format_error": ErrorSpec(400, "the model's chat format refused the conversation (its "
+                                   "template raised an error, e.g. roles that do not "
+                                   "alternate); the message says why"),
     # the model and the server
     "model_not_found": ErrorSpec(404, "a model name this server does not serve"),
     "not_found": ErrorSpec(404, "no such endpoint"),
@@ -132,6 +136,13 @@ class ConfigError(RkstreamError, ValueError):
     """Raised at start when config.toml, a CLI flag or an RKSTREAM_* variable
     has a value that is not allowed. The message names the key and what is
     allowed."""
+
+
+class ChatTemplateError(RkstreamError, ValueError):
+    """Raised when a chat template cannot render a conversation: the template
+    called ``raise_exception`` (a role it does not allow, roles out of order),
+    or it failed while rendering (a sandbox refusal, a type error). The message
+    is the template's own, or names the Jinja error."""
 
 
 class RuntimeLibraryError(RkstreamError, OSError):

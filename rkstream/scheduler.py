@@ -1,7 +1,8 @@
 """One queue for every connection, in arrival order, in front of N instances.
 
-A request either starts at once on a free instance or waits in a queue of at
-most ``max_queue`` entries; a full queue refuses it with QueueFullError.
+A request either starts at once on a free instance (the one whose KV cache
+holds most of its conversation) or waits in a queue of at most ``max_queue``
+entries; a full queue refuses it with QueueFullError.
 Cancelling a queued request removes it without touching the runtime;
 cancelling a running one asks the engine to abort.
 
@@ -125,7 +126,7 @@ class Scheduler:
             ticket._finish(Outcome("error", error_code="shutting_down",
                                    error_message=SHUTTING_DOWN))
         elif self._free and not self._queue:
-            self._start(ticket, self._free.popleft())
+            self._start(ticket, self._take_instance(job))
         elif len(self._queue) >= self._max_queue:
             raise QueueFullError(self._max_queue)
         else:
@@ -222,9 +223,22 @@ class Scheduler:
                                      "(limits.request_timeout_s) and was stopped")
             return outcome
 
+    def _take_instance(self, job: Job) -> EngineInstance:
+        """The free instance whose KV cache holds most of ``job``'s prompt.
+
+        Only free instances are considered, so a job never waits longer than
+        first come, first served would make it; ties go to the one free longest.
+        """
+        best = max(self._free, key=lambda instance: instance.affinity(job))
+        if best.affinity(job) <= 0:
+            best = self._free[0]
+        self._free.remove(best)
+        return best
+
     def _dispatch(self) -> None:
         while self._free and self._queue and not self._closed:
-            self._start(self._queue.popleft(), self._free.popleft())
+            ticket = self._queue.popleft()
+            self._start(ticket, self._take_instance(ticket.job))
         for position, waiting in enumerate(self._queue):
             waiting.queue_position = position
 

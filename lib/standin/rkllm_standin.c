@@ -502,6 +502,7 @@ static void rec_commit(sbuf *b, const char *path)
 /* ------------------------------------------------------------------------ */
 
 enum { WAIT_CONTINUE = 0, WAIT_REPEAT = 1, WAIT_NONE = 2 };
+enum { REPLY_ECHO = 0, REPLY_CONTEXT = 1 };
 
 typedef struct {
     char *reply; /* NULL or "" = echo the prompt */
@@ -518,6 +519,10 @@ typedef struct {
     long finish_on_abort;
     long embed_width;
     long caller_thread; /* callback_thread: 0 native, 1 caller */
+    long reply_mode;    /* REPLY_ECHO or REPLY_CONTEXT */
+    long auto_prefix_reuse;
+    long kv_keeps_end_of_turn;
+    char *end_of_turn;  /* NULL or text appended to the KV after an eos */
     char *record;
 } sconf;
 
@@ -527,21 +532,23 @@ static void conf_defaults(sconf *c)
     c->error_after = -1;
     c->finish_on_abort = 1;
     c->embed_width = 16;
+    c->auto_prefix_reuse = 1;
 }
 
 static void conf_free(sconf *c)
 {
     free(c->reply);
+    free(c->end_of_turn);
     free(c->record);
-    c->reply = c->record = NULL;
+    c->reply = c->end_of_turn = c->record = NULL;
 }
 
-enum { K_REPLY, K_INT, K_BOOL, K_WAITING, K_PATH, K_THREAD };
+enum { K_TEXT, K_INT, K_BOOL, K_WAITING, K_PATH, K_THREAD, K_REPLY_MODE };
 
 typedef struct {
     const char *name;
     int kind;
-    size_t off;     /* offset of a long member (K_INT/K_BOOL/K_WAITING/K_THREAD) */
+    size_t off;     /* offset of a char * member (K_TEXT) or of a long member */
     long min;       /* smallest accepted value for K_INT */
     int file_only;  /* not accepted as a prompt directive */
 } keydef;
@@ -549,7 +556,7 @@ typedef struct {
 #define LONG_KEY(nm, kind, min, fo) {#nm, kind, offsetof(sconf, nm), min, fo}
 
 static const keydef conf_keys[] = {
-    {"reply", K_REPLY, 0, 0, 0},
+    {"reply", K_TEXT, offsetof(sconf, reply), 0, 0},
     LONG_KEY(n_tokens, K_INT, LONG_MIN, 0),
     LONG_KEY(token_bytes, K_INT, 0, 0),
     LONG_KEY(waiting, K_WAITING, 0, 0),
@@ -562,6 +569,10 @@ static const keydef conf_keys[] = {
     LONG_KEY(error_after, K_INT, LONG_MIN, 0),
     LONG_KEY(finish_on_abort, K_BOOL, 0, 0),
     LONG_KEY(embed_width, K_INT, 0, 0),
+    {"reply_mode", K_REPLY_MODE, offsetof(sconf, reply_mode), 0, 0},
+    LONG_KEY(auto_prefix_reuse, K_BOOL, 0, 0),
+    {"end_of_turn", K_TEXT, offsetof(sconf, end_of_turn), 0, 0},
+    LONG_KEY(kv_keeps_end_of_turn, K_BOOL, 0, 0),
     {"record", K_PATH, 0, 0, 1},
     {"callback_thread", K_THREAD, offsetof(sconf, caller_thread), 0, 1},
 };
@@ -647,10 +658,12 @@ static int conf_set(sconf *c, const char *key, size_t klen, const char *value, i
     long v = 0;
     long *slot = (long *)((char *)c + kd->off);
     switch (kd->kind) {
-    case K_REPLY:
-        free(c->reply);
-        c->reply = unescape(value, strlen(value));
+    case K_TEXT: {
+        char **text = (char **)((char *)c + kd->off);
+        free(*text);
+        *text = unescape(value, strlen(value));
         return SET_OK;
+    }
     case K_PATH:
         free(c->record);
         c->record = xstrdup(value);
@@ -672,6 +685,14 @@ static int conf_set(sconf *c, const char *key, size_t klen, const char *value, i
             *slot = WAIT_REPEAT;
         else if (!strcmp(value, "none"))
             *slot = WAIT_NONE;
+        else
+            return SET_BAD_VALUE;
+        return SET_OK;
+    case K_REPLY_MODE:
+        if (!strcmp(value, "echo"))
+            *slot = REPLY_ECHO;
+        else if (!strcmp(value, "context"))
+            *slot = REPLY_CONTEXT;
         else
             return SET_BAD_VALUE;
         return SET_OK;
@@ -900,14 +921,6 @@ static span *tokenize(const char *s, size_t n, long chunk, size_t *count)
     return v;
 }
 
-static size_t count_words(const char *s)
-{
-    size_t n = 0;
-    span *t = tokenize(s, strlen(s), 0, &n);
-    free(t);
-    return n;
-}
-
 /* 1 if the bytes end in the middle of a (well-formed so far) UTF-8 character. */
 static int utf8_cut_at_end(const unsigned char *b, size_t n)
 {
@@ -937,6 +950,225 @@ static int utf8_cut_at_end(const unsigned char *b, size_t n)
 }
 
 /* ------------------------------------------------------------------------ */
+/* The KV cache model                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A KV cache is modelled as the bytes it holds, in order, with one class
+ * byte per text byte: KV_START where a token begins, KV_TEMPLATE for bytes
+ * the runtime's own chat template added (they hold no tokens).  Image and
+ * video tokens have no bytes; each `media` entry puts its tokens just before
+ * the byte at `off`.  The same structure holds a run's effective input and
+ * its generated text before they join the cache.
+ */
+#define KV_START 0x01
+#define KV_TEMPLATE 0x02
+
+typedef struct {
+    size_t off;
+    long tokens;
+} kv_media;
+
+typedef struct {
+    sbuf text;
+    sbuf cls;
+    kv_media *media;
+    size_t n_media, cap_media;
+} kvbuf;
+
+/* What kind of bytes kv_add appends. */
+enum {
+    SEG_WORDS,    /* caller text: a token starts at the first byte of every word */
+    SEG_TEMPLATE, /* template text: no tokens */
+    SEG_TOKEN     /* one token (generated): it starts at the first byte */
+};
+
+/* The built-in chat template in force until rkllm_set_chat_template. */
+static const char default_prefix[] = "<|im_start|>user\n";
+static const char default_postfix[] = "<|im_end|>\n<|im_start|>assistant\n";
+
+static uint64_t fnv1a64(const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static void kv_free(kvbuf *k)
+{
+    sb_free(&k->text);
+    sb_free(&k->cls);
+    free(k->media);
+    k->media = NULL;
+    k->n_media = k->cap_media = 0;
+}
+
+/* Words are judged within the appended bytes alone, so the token count of
+ * a cache is the sum of what went into it. */
+static void kv_add(kvbuf *k, const char *s, size_t n, int seg)
+{
+    sb_add(&k->text, s, n);
+    sb_reserve(&k->cls, n);
+    for (size_t i = 0; i < n; i++) {
+        char f = 0;
+        if (seg == SEG_TEMPLATE)
+            f = KV_TEMPLATE;
+        else if (seg == SEG_TOKEN)
+            f = i == 0 ? KV_START : 0;
+        else if (!is_ws((unsigned char)s[i]) && (i == 0 || is_ws((unsigned char)s[i - 1])))
+            f = KV_START;
+        k->cls.p[k->cls.n++] = f;
+    }
+    k->cls.p[k->cls.n] = '\0';
+}
+
+static void kv_add_media(kvbuf *k, size_t off, long tokens)
+{
+    if (tokens <= 0)
+        return;
+    if (k->n_media == k->cap_media) {
+        k->cap_media = k->cap_media ? k->cap_media * 2 : 4;
+        k->media = xrealloc(k->media, k->cap_media * sizeof *k->media);
+    }
+    k->media[k->n_media].off = off;
+    k->media[k->n_media].tokens = tokens;
+    k->n_media++;
+}
+
+/* Keep the first `len` bytes; media at or after `len` goes too. */
+static void kv_truncate(kvbuf *k, size_t len)
+{
+    if (len < k->text.n) {
+        k->text.n = len;
+        k->cls.n = len;
+        k->text.p[len] = '\0';
+        k->cls.p[len] = '\0';
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < k->n_media; i++)
+        if (k->media[i].off < len)
+            k->media[o++] = k->media[i];
+    k->n_media = o;
+}
+
+/* Remove the bytes [from, to) and the media attached inside them. */
+static void kv_remove(kvbuf *k, size_t from, size_t to)
+{
+    if (to > k->text.n)
+        to = k->text.n;
+    if (from >= to)
+        return;
+    size_t tail = k->text.n - to;
+    memmove(k->text.p + from, k->text.p + to, tail + 1); /* with the NUL */
+    memmove(k->cls.p + from, k->cls.p + to, tail + 1);
+    k->text.n -= to - from;
+    k->cls.n -= to - from;
+    size_t o = 0;
+    for (size_t i = 0; i < k->n_media; i++) {
+        kv_media m = k->media[i];
+        if (m.off >= from && m.off < to)
+            continue;
+        if (m.off >= to)
+            m.off -= to - from;
+        k->media[o++] = m;
+    }
+    k->n_media = o;
+}
+
+/* Append src from byte `from` on (with its media from there on). */
+static void kv_append(kvbuf *dst, const kvbuf *src, size_t from)
+{
+    size_t base = dst->text.n;
+    if (from > src->text.n)
+        from = src->text.n;
+    sb_add(&dst->text, src->text.p ? src->text.p + from : "", src->text.n - from);
+    sb_add(&dst->cls, src->cls.p ? src->cls.p + from : "", src->cls.n - from);
+    for (size_t i = 0; i < src->n_media; i++)
+        if (src->media[i].off >= from)
+            kv_add_media(dst, base + src->media[i].off - from, src->media[i].tokens);
+}
+
+static long kv_starts(const kvbuf *k, size_t from, size_t to)
+{
+    long n = 0;
+    for (size_t i = from; i < to && i < k->cls.n; i++)
+        if (k->cls.p[i] & KV_START)
+            n++;
+    return n;
+}
+
+static long kv_media_tokens(const kvbuf *k)
+{
+    long n = 0;
+    for (size_t i = 0; i < k->n_media; i++)
+        n += k->media[i].tokens;
+    return n;
+}
+
+static long kv_tokens(const kvbuf *k)
+{
+    return kv_starts(k, 0, k->cls.n) + kv_media_tokens(k);
+}
+
+/* Byte offset at which token position `pos` begins (the length if past the end). */
+static size_t kv_pos_to_byte(const kvbuf *k, long pos)
+{
+    long count = 0;
+    if (pos <= 0)
+        return 0;
+    for (size_t i = 0; i <= k->text.n; i++) {
+        for (size_t m = 0; m < k->n_media; m++) {
+            if (k->media[m].off != i)
+                continue;
+            if (pos < count + k->media[m].tokens)
+                return i;
+            count += k->media[m].tokens;
+        }
+        if (i < k->text.n && (k->cls.p[i] & KV_START)) {
+            if (count == pos)
+                return i;
+            count++;
+        }
+    }
+    return k->text.n;
+}
+
+/*
+ * How many leading bytes of `kv` a keep_history == 0 run on `eff` reuses:
+ * the longest common prefix (bytes and template class equal), but never
+ * the start of the input's last token (a run computes at least that) and
+ * never past an image or video position of either side.
+ */
+static size_t kv_reuse_point(const kvbuf *kv, const kvbuf *eff)
+{
+    size_t n = kv->text.n < eff->text.n ? kv->text.n : eff->text.n;
+    size_t l = 0;
+    while (l < n && kv->text.p[l] == eff->text.p[l] &&
+           !((kv->cls.p[l] ^ eff->cls.p[l]) & KV_TEMPLATE))
+        l++;
+    size_t last = eff->text.n ? eff->text.n - 1 : 0;
+    for (size_t i = eff->text.n; i-- > 0;) {
+        if (eff->cls.p[i] & KV_START) {
+            last = i;
+            break;
+        }
+    }
+    if (l > last)
+        l = last;
+    for (size_t i = 0; i < kv->n_media; i++)
+        if (kv->media[i].off < l)
+            l = kv->media[i].off;
+    for (size_t i = 0; i < eff->n_media; i++)
+        if (eff->media[i].off < l)
+            l = eff->media[i].off;
+    return l;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Handles and runs                                                         */
 /* ------------------------------------------------------------------------ */
 
@@ -950,7 +1182,10 @@ typedef struct standin_handle {
     pthread_cond_t abort_cv;
     atomic_int abort_flag;
     atomic_int active; /* number of runs in progress */
-    long history;      /* tokens kept between keep_history runs */
+    kvbuf kv;          /* what the KV cache holds (guarded by mu) */
+    size_t kv_sys;     /* leading bytes of kv that are the template's system prompt */
+    int tpl_set;       /* rkllm_set_chat_template has been called */
+    char *tpl_system, *tpl_prefix, *tpl_postfix;
     sconf base;
     char *record;      /* resolved record path, NULL = none */
     LLMResultCallback cb;
@@ -977,9 +1212,10 @@ typedef struct {
     sconf cf;           /* effective settings for this run (cf.reply owned) */
     char *reply;        /* bytes to generate */
     size_t reply_len;
-    long own_tokens;    /* prompt tokens of this input */
-    long prefill_tokens;/* own_tokens + history */
-    unsigned long long prompt_bytes;
+    long prefill_tokens;/* tokens of the bytes (and media) actually prefilled */
+    unsigned long long prompt_bytes; /* bytes actually prefilled */
+    int kv_applied;     /* the input went into the KV cache; generated text follows it */
+    kvbuf gen;          /* generated bytes, one SEG_TOKEN per token */
     long limit;         /* <= 0: unlimited */
     int keep_history;
     int ignore_eos;
@@ -1145,6 +1381,7 @@ static void job_generate(run_job *j)
                 sb_clear(&pend);
         }
         j->generated++;
+        kv_add(&j->gen, tb, t->len, SEG_TOKEN);
         if (rv == 1) {
             j->finish = "pause";
             break;
@@ -1187,14 +1424,26 @@ static void job_free(run_job *j)
 {
     free(j->reply);
     conf_free(&j->cf);
+    kv_free(&j->gen);
     free(j);
 }
 
-/* Record the end of the run, update history, drop the running count.
- * The handle must not be touched after this returns. */
+/* Put the generated text into the KV cache, record the end of the run, drop
+ * the running count.  The handle must not be touched after this returns. */
 static void job_finish(run_job *j)
 {
     standin_handle *h = j->h;
+    pthread_mutex_lock(&h->mu);
+    if (j->kv_applied) {
+        kv_append(&h->kv, &j->gen, 0);
+        const char *eot = j->cf.end_of_turn;
+        if (!strcmp(j->finish, "eos") && j->cf.kv_keeps_end_of_turn && eot && *eot)
+            kv_add(&h->kv, eot, strlen(eot), SEG_TOKEN);
+    }
+    size_t kv_after = h->kv.text.n;
+    long kv_tokens_after = kv_tokens(&h->kv);
+    pthread_mutex_unlock(&h->mu);
+
     sbuf rec = {0};
     rec_begin(&rec, "run_end", h);
     jk_int(&rec, "ret", j->ret);
@@ -1202,12 +1451,12 @@ static void job_finish(run_job *j)
     jk_str(&rec, "finish", j->finish);
     jk_int(&rec, "prefill_tokens", j->prefill_tokens);
     jk_bool(&rec, "async", j->is_async);
+    jk_uint(&rec, "kv_after", kv_after);
+    jk_int(&rec, "kv_tokens_after", kv_tokens_after);
     rec_commit(&rec, h->record);
     sb_free(&rec);
 
     pthread_mutex_lock(&h->mu);
-    if (j->keep_history && !j->invalid && !j->cf.fail_run)
-        h->history += j->own_tokens + j->generated;
     atomic_fetch_sub(&h->active, 1);
     pthread_cond_broadcast(&h->idle_cv);
     pthread_mutex_unlock(&h->mu);
@@ -1248,9 +1497,76 @@ static void rec_embed(sbuf *rec, const float *p, unsigned long long n)
 }
 
 /*
+ * Put a run's input into the handle's KV cache (h->mu held).  The effective
+ * input is the caller's text wrapped by the chat template in force (text
+ * and multimodal input only), with the system prompt in front when the run
+ * starts an empty cache.  keep_history = 1 appends all of it; otherwise the
+ * cache keeps the prefix it shares with the input (auto_prefix_reuse) or
+ * nothing, and the rest of the input replaces the rest of the cache.
+ * Writes the KV fields of the run record.
+ */
+static void kv_apply_input(standin_handle *h, run_job *j, const sbuf *input, int templated,
+                           long media_at, long media_tokens, sbuf *rec)
+{
+    kvbuf *kv = &h->kv;
+    size_t kv_before = kv->text.n;
+    const char *sys = "", *pre = "", *post = "";
+    if (templated && h->tpl_set) {
+        sys = h->tpl_system;
+        pre = h->tpl_prefix;
+        post = h->tpl_postfix;
+    } else if (templated) {
+        pre = default_prefix;
+        post = default_postfix;
+    }
+    int with_sys = *sys && (!j->keep_history || kv_before == 0);
+
+    kvbuf eff = {0};
+    if (with_sys)
+        kv_add(&eff, sys, strlen(sys), SEG_TEMPLATE);
+    kv_add(&eff, pre, strlen(pre), SEG_TEMPLATE);
+    size_t input_at = eff.text.n;
+    kv_add(&eff, input->p ? input->p : "", input->n, SEG_WORDS);
+    kv_add(&eff, post, strlen(post), SEG_TEMPLATE);
+    kv_add_media(&eff, input_at + (size_t)(media_at > 0 ? media_at : 0), media_tokens);
+
+    size_t from = 0; /* bytes of eff that the cache already holds */
+    if (!j->keep_history) {
+        from = j->cf.auto_prefix_reuse ? kv_reuse_point(kv, &eff) : 0;
+        kv_truncate(kv, from);
+        /* the first new byte inside a word: that partial word is a token */
+        if (from > 0 && from < eff.text.n) {
+            unsigned char c = (unsigned char)eff.text.p[from];
+            unsigned char b = (unsigned char)eff.text.p[from - 1];
+            if (!(eff.cls.p[from] & (KV_START | KV_TEMPLATE)) && !is_ws(c) &&
+                !(eff.cls.p[from - 1] & KV_TEMPLATE) && !is_ws(b))
+                eff.cls.p[from] |= KV_START;
+        }
+        h->kv_sys = with_sys ? strlen(sys) : 0;
+    } else if (with_sys) {
+        h->kv_sys = strlen(sys);
+    }
+    size_t reused = kv->text.n;
+    long hist = kv_tokens(kv);
+    j->prefill_tokens = kv_starts(&eff, from, eff.text.n) + kv_media_tokens(&eff);
+    j->prompt_bytes = eff.text.n - from;
+    kv_append(kv, &eff, from);
+    j->kv_applied = 1;
+
+    jk_int(rec, "history_tokens", hist);
+    jk_uint(rec, "kv_before", kv_before);
+    jk_uint(rec, "kv_reused", reused);
+    jk_uint(rec, "prefill_bytes", eff.text.n - from);
+    jk(rec, "kv_text_new");
+    js_strn(rec, eff.text.p ? eff.text.p + from : "", eff.text.n - from);
+    kv_free(&eff);
+}
+
+/*
  * Everything that reads the caller's input happens here, on the caller's
  * thread, so asynchronous runs never touch caller memory afterwards.
- * Marks the run active and writes the "run" record.
+ * Marks the run active, puts the input into the KV cache and writes the
+ * "run" record.
  */
 static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *inf,
                             void *userdata, int is_async)
@@ -1261,6 +1577,7 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
     j->is_async = is_async;
     j->cf = h->base;
     j->cf.reply = xstrdup(h->base.reply);
+    j->cf.end_of_turn = xstrdup(h->base.end_of_turn);
     j->cf.record = NULL;
     j->cb = h->cb;
     j->userdata = userdata;
@@ -1281,9 +1598,6 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
     pthread_mutex_lock(&h->mu);
     int prev = atomic_fetch_add(&h->active, 1);
     atomic_store(&h->abort_flag, 0);
-    if (!j->keep_history)
-        h->history = 0;
-    long hist = h->history;
     pthread_mutex_unlock(&h->mu);
     if (prev > 0)
         fprintf(stderr,
@@ -1300,8 +1614,12 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
     if (in && !tname)
         jk_int(&rec, "input_type_value", (long long)in->input_type);
 
-    char *clean = NULL; /* prompt with directives removed */
-    sbuf reply = {0};
+    char *clean = NULL;      /* prompt with directives removed */
+    sbuf input = {0};        /* the caller's part of the effective input */
+    int templated = 0;       /* text input: the chat template applies */
+    long media_at = -1;      /* offset in `input` of the image tokens */
+    long media_tokens = 0;   /* image and video tokens of a multimodal input */
+    unsigned long long n_in = 0; /* token/embed input: n_tokens */
     if (!in || !tname) {
         j->invalid = 1;
         fprintf(stderr, "E rkllm: %s\n", in ? "unsupported input type" : "input is NULL");
@@ -1311,8 +1629,8 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
                                                                : in->multimodal_input.prompt;
         jk_str(&rec, "prompt", raw);
         clean = apply_directives(raw, &j->cf);
-        j->own_tokens = (long)count_words(clean);
-        j->prompt_bytes = strlen(clean);
+        sb_puts(&input, clean);
+        templated = 1;
         if (in->input_type == RKLLM_INPUT_MULTIMODAL) {
             const RKLLMMultiModalInput *mm = &in->multimodal_input;
 #if RKLLM_LINE >= 13
@@ -1330,7 +1648,7 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
             jk_uint(&rec, "n_video", mm->video.n_video);
             jk_uint(&rec, "n_frame_per_video", mm->video.n_frame_per_video);
             jk_uint(&rec, "n_frame_tokens", mm->video.n_frame_tokens);
-            j->own_tokens += (long)(n_img * n_img_tok + vid_tok);
+            media_tokens = (long)(n_img * n_img_tok + vid_tok);
             rec_embed(&rec, mm->image.image_embed,
                       n_img * n_img_tok * (unsigned long long)j->cf.embed_width);
 #else
@@ -1342,46 +1660,72 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
             jk_str(&rec, "image_start", h->img_start);
             jk_str(&rec, "image_end", h->img_end);
             jk_str(&rec, "image_content", h->img_content);
-            j->own_tokens += (long)(n_img * n_img_tok);
+            media_tokens = (long)(n_img * n_img_tok);
             rec_embed(&rec, mm->image_embed,
                       n_img * n_img_tok * (unsigned long long)j->cf.embed_width);
 #endif
-        }
-        if (j->cf.reply && *j->cf.reply) {
-            sb_puts(&reply, j->cf.reply);
-        } else {
-            sb_puts(&reply, "Echo: ");
-            collapse_ws(&reply, clean);
+            const char *ph = strstr(clean, "<image>");
+            media_at = ph ? (long)(ph - clean) : 0;
         }
     } else if (in->input_type == RKLLM_INPUT_TOKEN) {
-        unsigned long long n = in->token_input.n_tokens;
-        jk_uint(&rec, "n_tokens", n);
+        n_in = in->token_input.n_tokens;
+        jk_uint(&rec, "n_tokens", n_in);
         long long idsum = 0;
-        if (in->token_input.input_ids)
-            for (unsigned long long i = 0; i < n; i++)
-                idsum += in->token_input.input_ids[i];
+        const int32_t *ids = in->token_input.input_ids;
+        for (unsigned long long i = 0; i < n_in; i++) {
+            int32_t id = ids ? ids[i] : 0;
+            idsum += id;
+            sb_printf(&input, "<t:%d> ", (int)id);
+        }
         jk_int(&rec, "input_ids_sum", idsum);
-        j->own_tokens = (long)n;
-        if (j->cf.reply && *j->cf.reply)
-            sb_puts(&reply, j->cf.reply);
-        else
-            sb_printf(&reply, "Echo: [%llu tokens]", n);
     } else { /* RKLLM_INPUT_EMBED */
-        unsigned long long n = in->embed_input.n_tokens;
-        jk_uint(&rec, "n_tokens", n);
-        rec_embed(&rec, in->embed_input.embed, n * (unsigned long long)j->cf.embed_width);
-        j->own_tokens = (long)n;
-        if (j->cf.reply && *j->cf.reply)
-            sb_puts(&reply, j->cf.reply);
-        else
-            sb_printf(&reply, "Echo: [%llu embeddings]", n);
+        n_in = in->embed_input.n_tokens;
+        jk_uint(&rec, "n_tokens", n_in);
+        const float *emb = in->embed_input.embed;
+        size_t row = (size_t)j->cf.embed_width * sizeof(float);
+        for (unsigned long long i = 0; i < n_in; i++) {
+            uint64_t d = emb ? fnv1a64((const char *)emb + i * row, row) : fnv1a64("", 0);
+            sb_printf(&input, "<e:%016llx> ", (unsigned long long)d);
+        }
+        rec_embed(&rec, emb, n_in * (unsigned long long)j->cf.embed_width);
+    }
+
+    /* the KV cache: nothing happens to it for a run that never starts */
+    pthread_mutex_lock(&h->mu);
+    if (!j->invalid && !j->cf.fail_run) {
+        kv_apply_input(h, j, &input, templated, media_at, media_tokens, &rec);
+    } else {
+        jk_int(&rec, "history_tokens", kv_tokens(&h->kv));
+        jk_uint(&rec, "kv_before", h->kv.text.n);
+        jk_uint(&rec, "kv_reused", h->kv.text.n);
+        jk_uint(&rec, "prefill_bytes", 0);
+        jk_str(&rec, "kv_text_new", "");
+    }
+    uint64_t kv_digest = fnv1a64(h->kv.text.p ? h->kv.text.p : "", h->kv.text.n);
+    size_t kv_len = h->kv.text.n;
+    pthread_mutex_unlock(&h->mu);
+
+    sbuf reply = {0};
+    if (j->invalid) {
+        /* no reply */
+    } else if (j->cf.reply_mode == REPLY_CONTEXT) {
+        sb_printf(&reply, "ctx:%016llx len:%zu", (unsigned long long)kv_digest, kv_len);
+    } else if (j->cf.reply && *j->cf.reply) {
+        sb_puts(&reply, j->cf.reply);
+    } else if (clean) {
+        sb_puts(&reply, "Echo: ");
+        collapse_ws(&reply, clean);
+    } else if (in->input_type == RKLLM_INPUT_TOKEN) {
+        sb_printf(&reply, "Echo: [%llu tokens]", n_in);
+    } else {
+        sb_printf(&reply, "Echo: [%llu embeddings]", n_in);
     }
     free(clean);
+    sb_free(&input);
     if (!reply.p)
         sb_add(&reply, "", 0);
     j->reply = reply.p;
     j->reply_len = reply.n;
-    j->prefill_tokens = j->own_tokens + hist;
 
     if (!inf) {
         jk(&rec, "infer");
@@ -1423,7 +1767,6 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
         }
         sb_putc(&rec, '}');
     }
-    jk_int(&rec, "history_tokens", hist);
     jk_int(&rec, "max_new_tokens_effective", j->limit);
     jk_bool(&rec, "concurrent", prev > 0);
     jk_bool(&rec, "async", is_async);
@@ -1687,6 +2030,10 @@ RKLLM_API int rkllm_destroy(LLMHandle handle)
     pthread_cond_destroy(&h->abort_cv);
     pthread_mutex_destroy(&h->sleep_mu);
     conf_free(&h->base);
+    kv_free(&h->kv);
+    free(h->tpl_system);
+    free(h->tpl_prefix);
+    free(h->tpl_postfix);
     free(h->record);
     free(h->img_start);
     free(h->img_end);
@@ -1752,14 +2099,18 @@ RKLLM_API int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int
     int ranged = start_pos && end_pos;
     pthread_mutex_lock(&h->mu);
     if (ranged) {
-        /* only batch row 0 is modelled: drop the overlap of [start, end) */
-        long s = start_pos[0] < 0 ? 0 : start_pos[0];
-        long e = end_pos[0] > h->history ? h->history : end_pos[0];
-        if (e > s)
-            h->history -= e - s;
+        /* only batch row 0 is modelled: drop token positions [start, end) */
+        size_t from = kv_pos_to_byte(&h->kv, start_pos[0]);
+        size_t to = kv_pos_to_byte(&h->kv, end_pos[0]);
+        kv_remove(&h->kv, from, to);
+        if (h->kv_sys > from)
+            h->kv_sys = from;
     } else {
-        h->history = 0;
+        size_t keep = keep_system_prompt ? h->kv_sys : 0;
+        kv_truncate(&h->kv, keep);
+        h->kv_sys = keep;
     }
+    size_t kv_after = h->kv.text.n;
     pthread_mutex_unlock(&h->mu);
 
     sbuf rec = {0};
@@ -1773,6 +2124,7 @@ RKLLM_API int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int
         jk_str(&rec, "start_pos", NULL);
         jk_str(&rec, "end_pos", NULL);
     }
+    jk_uint(&rec, "kv_after", kv_after);
     rec_commit(&rec, h->record);
     sb_free(&rec);
     return 0;
@@ -1784,7 +2136,7 @@ RKLLM_API int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes)
     if (!h)
         return -1;
     pthread_mutex_lock(&h->mu);
-    long hist = h->history;
+    long hist = kv_tokens(&h->kv);
     pthread_mutex_unlock(&h->mu);
     int v = hist > INT_MAX ? INT_MAX : (int)hist;
     int ret = cache_sizes ? 0 : -1;
@@ -1806,6 +2158,18 @@ RKLLM_API int rkllm_set_chat_template(LLMHandle handle, const char *system_promp
     standin_handle *h = get_handle(handle);
     if (!h)
         return -1;
+    /* takes effect at once and clears the whole cache (maintainer, rknn-llm #377) */
+    pthread_mutex_lock(&h->mu);
+    free(h->tpl_system);
+    free(h->tpl_prefix);
+    free(h->tpl_postfix);
+    h->tpl_system = xstrdup(system_prompt ? system_prompt : "");
+    h->tpl_prefix = xstrdup(prompt_prefix ? prompt_prefix : "");
+    h->tpl_postfix = xstrdup(prompt_postfix ? prompt_postfix : "");
+    h->tpl_set = 1;
+    kv_truncate(&h->kv, 0);
+    h->kv_sys = 0;
+    pthread_mutex_unlock(&h->mu);
     sbuf rec = {0};
     rec_begin(&rec, "set_chat_template", h);
     jk_int(&rec, "ret", 0);

@@ -541,13 +541,14 @@ static void test_history(LLMHandle h)
 {
     collector c;
     int sizes[4] = {-1, -1, -1, -1};
+    CHECK(rkllm_clear_kv_cache(h, 0, NULL, NULL) == 0, "clear before history test");
     col_init(&c);
     run_text(h, "a b c [[reply=x y]]", &c, 1, 0);
     CHECK(c.perf.prefill_tokens == 3, "first prefill %d", c.perf.prefill_tokens);
     col_free(&c);
     col_init(&c);
     run_text(h, "d e [[reply=x y]]", &c, 1, 0);
-    CHECK(c.perf.prefill_tokens == 7, "second prefill %d (2 + history 5)",
+    CHECK(c.perf.prefill_tokens == 2, "second prefill %d (only the new turn)",
           c.perf.prefill_tokens);
     col_free(&c);
     CHECK(rkllm_get_kv_cache_size(h, sizes) == 0 && sizes[0] == 9, "kv size %d", sizes[0]);
@@ -557,8 +558,393 @@ static void test_history(LLMHandle h)
     col_init(&c);
     run_text(h, "d e [[reply=x y]]", &c, 1, 0);
     run_text(h, "d e [[reply=x y]]", &c, 0, 0);
-    CHECK(c.perf.prefill_tokens == 2, "keep_history=0 prefill %d", c.perf.prefill_tokens);
+    CHECK(c.perf.prefill_tokens == 1, "keep_history=0 repeat prefill %d (last word again)",
+          c.perf.prefill_tokens);
     col_free(&c);
+    col_init(&c);
+    run_text(h, "d e [[reply=x y]] [[auto_prefix_reuse=0]]", &c, 0, 0);
+    CHECK(c.perf.prefill_tokens == 2, "no reuse: prefill %d", c.perf.prefill_tokens);
+    col_free(&c);
+}
+
+/* ---- KV cache model ---------------------------------------------------- */
+
+static uint64_t fnv1a64(const char *s, size_t n)
+{
+    uint64_t v = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        v ^= (unsigned char)s[i];
+        v *= 0x100000001b3ull;
+    }
+    return v;
+}
+
+/* The last record line of `call` (malloc'd), NULL if none. */
+static char *last_record(const char *call)
+{
+    char *text = slurp(record_path);
+    if (!text)
+        return NULL;
+    char want[64];
+    snprintf(want, sizeof want, "{\"call\":\"%s\",", call);
+    char *found = NULL;
+    size_t found_n = 0;
+    for (char *line = text; *line;) {
+        char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line) : strlen(line);
+        if (!strncmp(line, want, strlen(want))) {
+            found = line;
+            found_n = n;
+        }
+        line = nl ? nl + 1 : line + n;
+    }
+    char *out = NULL;
+    if (found) {
+        out = malloc(found_n + 1);
+        if (!out)
+            abort();
+        memcpy(out, found, found_n);
+        out[found_n] = '\0';
+    }
+    free(text);
+    return out;
+}
+
+/* An integer field of a record line, -999999 if missing. */
+static long long rec_int(const char *line, const char *key)
+{
+    char want[64];
+    snprintf(want, sizeof want, "\"%s\":", key);
+    const char *p = line ? strstr(line, want) : NULL;
+    if (!p)
+        return -999999;
+    return strtoll(p + strlen(want), NULL, 10);
+}
+
+/* 1 if a string field of a record line holds exactly `escaped` (JSON-escaped). */
+static int rec_str_is(const char *line, const char *key, const char *escaped)
+{
+    char want[1024];
+    snprintf(want, sizeof want, "\"%s\":\"%s\"", key, escaped);
+    return line && strstr(line, want) != NULL;
+}
+
+typedef struct {
+    long long kv_before, kv_reused, prefill_bytes, history_tokens;
+    long long kv_after, kv_tokens_after, prefill_tokens;
+    char *run, *end;
+} kv_rec;
+
+static void kv_rec_load(kv_rec *r)
+{
+    r->run = last_record("run");
+    r->end = last_record("run_end");
+    r->kv_before = rec_int(r->run, "kv_before");
+    r->kv_reused = rec_int(r->run, "kv_reused");
+    r->prefill_bytes = rec_int(r->run, "prefill_bytes");
+    r->history_tokens = rec_int(r->run, "history_tokens");
+    r->kv_after = rec_int(r->end, "kv_after");
+    r->kv_tokens_after = rec_int(r->end, "kv_tokens_after");
+    r->prefill_tokens = rec_int(r->end, "prefill_tokens");
+}
+
+static void kv_rec_free(kv_rec *r)
+{
+    free(r->run);
+    free(r->end);
+}
+
+/* One text run; fills the collector and the records of the run. */
+static int kv_run(LLMHandle h, const char *prompt, int keep_history, collector *c, kv_rec *r)
+{
+    col_init(c);
+    int rc = run_text(h, prompt, c, keep_history, 0);
+    kv_rec_load(r);
+    return rc;
+}
+
+static void kv_done(collector *c, kv_rec *r)
+{
+    col_free(c);
+    kv_rec_free(r);
+}
+
+static int kv_size(LLMHandle h)
+{
+    int sizes[1] = {-1};
+    rkllm_get_kv_cache_size(h, sizes);
+    return sizes[0];
+}
+
+static LLMHandle kv_handle(const char *name, const char *extra, int pass_through)
+{
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, standin_model(name, extra), 0) == 0 && h, "init %s", name);
+    if (h && pass_through)
+        CHECK(rkllm_set_chat_template(h, "", "", "") == 0, "pass-through template");
+    return h;
+}
+
+static void test_kv_append(void)
+{
+    LLMHandle h = kv_handle("kv-append.rkllm", "", 1);
+    if (!h)
+        return;
+    collector c;
+    kv_rec r;
+    /* turn 1: 40 new bytes at 2 ms each */
+    kv_run(h, "[[reply=x y]][[prefill_us_per_byte=2000]]one two three four five six seven eighty",
+           1, &c, &r);
+    CHECK(r.kv_before == 0 && r.kv_reused == 0 && r.prefill_bytes == 40, "turn 1: %lld %lld %lld",
+          r.kv_before, r.kv_reused, r.prefill_bytes);
+    CHECK(c.perf.prefill_tokens == 8 && r.prefill_tokens == 8, "turn 1 prefill tokens %d",
+          c.perf.prefill_tokens);
+    CHECK(c.perf.prefill_time_ms >= 79.0f, "turn 1 prefill %.3f ms", c.perf.prefill_time_ms);
+    CHECK(r.kv_after == 43 && r.kv_tokens_after == 10, "turn 1 kv %lld bytes %lld tokens",
+          r.kv_after, r.kv_tokens_after);
+    CHECK(rec_str_is(r.run, "kv_text_new", "one two three four five six seven eighty"),
+          "turn 1 kv_text_new: %s", r.run);
+    kv_done(&c, &r);
+    /* turn 2: only its 3 new bytes are prefilled */
+    kv_run(h, "[[reply=z]][[prefill_us_per_byte=2000]] ok", 1, &c, &r);
+    CHECK(r.kv_before == 43 && r.kv_reused == 43 && r.prefill_bytes == 3,
+          "turn 2: %lld %lld %lld", r.kv_before, r.kv_reused, r.prefill_bytes);
+    CHECK(c.perf.prefill_tokens == 1 && r.history_tokens == 10, "turn 2 prefill %d history %lld",
+          c.perf.prefill_tokens, r.history_tokens);
+    CHECK(c.perf.prefill_time_ms < 60.0f, "turn 2 prefill %.3f ms", c.perf.prefill_time_ms);
+    CHECK(rec_str_is(r.run, "kv_text_new", " ok"), "turn 2 kv_text_new: %s", r.run);
+    CHECK(r.kv_after == 47 && r.kv_tokens_after == 12 && kv_size(h) == 12,
+          "turn 2 kv %lld bytes %lld tokens, size %d", r.kv_after, r.kv_tokens_after,
+          kv_size(h));
+    kv_done(&c, &r);
+    /* ranged clear of token positions [1, 3) ("two three ") */
+    int s = 1, e = 3;
+    CHECK(rkllm_clear_kv_cache(h, 0, &s, &e) == 0 && kv_size(h) == 10, "ranged clear: size %d",
+          kv_size(h));
+    char *cl = last_record("clear_kv_cache");
+    CHECK(rec_int(cl, "kv_after") == 37, "ranged clear kv_after %lld", rec_int(cl, "kv_after"));
+    free(cl);
+    CHECK(rkllm_clear_kv_cache(h, 1, NULL, NULL) == 0 && kv_size(h) == 0, "clear: size %d",
+          kv_size(h));
+    kv_run(h, "[[reply=z]]again", 1, &c, &r);
+    CHECK(r.kv_before == 0 && r.prefill_bytes == 5, "after clear: %lld %lld", r.kv_before,
+          r.prefill_bytes);
+    kv_done(&c, &r);
+    rkllm_destroy(h);
+}
+
+static void test_kv_prefix_reuse(void)
+{
+    LLMHandle h = kv_handle("kv-reuse.rkllm", "reply = ok", 1);
+    if (!h)
+        return;
+    collector c;
+    kv_rec r;
+    kv_run(h, "alpha beta gamma delta", 0, &c, &r);
+    CHECK(r.prefill_bytes == 22 && c.perf.prefill_tokens == 4 && r.kv_after == 24,
+          "first: %lld bytes %d tokens kv %lld", r.prefill_bytes, c.perf.prefill_tokens,
+          r.kv_after);
+    kv_done(&c, &r);
+    /* a changed middle: only "alpha " is reused */
+    kv_run(h, "alpha BETA gamma delta", 0, &c, &r);
+    CHECK(r.kv_before == 24 && r.kv_reused == 6 && r.prefill_bytes == 16,
+          "changed middle: %lld %lld %lld", r.kv_before, r.kv_reused, r.prefill_bytes);
+    CHECK(c.perf.prefill_tokens == 3 && r.history_tokens == 1, "changed middle: %d tokens %lld",
+          c.perf.prefill_tokens, r.history_tokens);
+    CHECK(rec_str_is(r.run, "kv_text_new", "BETA gamma delta"), "changed middle: %s", r.run);
+    CHECK(r.kv_after == 24 && r.kv_tokens_after == 5, "changed middle kv %lld / %lld",
+          r.kv_after, r.kv_tokens_after);
+    kv_done(&c, &r);
+    /* the whole cache plus more: everything before is reused */
+    kv_run(h, "alpha BETA gamma deltaok more", 0, &c, &r);
+    CHECK(r.kv_reused == 24 && r.prefill_bytes == 5 && c.perf.prefill_tokens == 1 &&
+              r.history_tokens == 5,
+          "extension: %lld %lld %d %lld", r.kv_reused, r.prefill_bytes, c.perf.prefill_tokens,
+          r.history_tokens);
+    kv_done(&c, &r);
+    /* a cut inside a word: the partial word counts as a token */
+    kv_run(h, "alpha BETA gamma deltaOK more", 0, &c, &r);
+    CHECK(r.kv_reused == 22 && r.prefill_bytes == 7 && c.perf.prefill_tokens == 2,
+          "mid-word: %lld %lld %d", r.kv_reused, r.prefill_bytes, c.perf.prefill_tokens);
+    CHECK(r.kv_tokens_after == 7, "mid-word kv tokens %lld", r.kv_tokens_after);
+    kv_done(&c, &r);
+    /* the same input again: its last word is computed again */
+    kv_run(h, "alpha BETA gamma deltaOK more", 0, &c, &r);
+    CHECK(r.kv_reused == 25 && r.prefill_bytes == 4 && c.perf.prefill_tokens == 1,
+          "repeat: %lld %lld %d", r.kv_reused, r.prefill_bytes, c.perf.prefill_tokens);
+    kv_done(&c, &r);
+    /* auto_prefix_reuse off: keep_history=0 clears and prefills everything */
+    kv_run(h, "alpha BETA gamma deltaOK more [[auto_prefix_reuse=0]]", 0, &c, &r);
+    CHECK(r.kv_reused == 0 && r.prefill_bytes == 30 && c.perf.prefill_tokens == 5,
+          "reuse off: %lld %lld %d", r.kv_reused, r.prefill_bytes, c.perf.prefill_tokens);
+    kv_done(&c, &r);
+    /* token input: the ids are compared too */
+    RKLLMInput in;
+    memset(&in, 0, sizeof in);
+    in.role = "user";
+    in.input_type = RKLLM_INPUT_TOKEN;
+    int32_t ids[4] = {7, 8, 9, 10};
+    in.token_input.input_ids = ids;
+    in.token_input.n_tokens = 3;
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    col_init(&c);
+    rkllm_run(h, &in, &ip, &c);
+    CHECK(c.perf.prefill_tokens == 3, "tokens: prefill %d", c.perf.prefill_tokens);
+    col_free(&c);
+    in.token_input.n_tokens = 4;
+    col_init(&c);
+    rkllm_run(h, &in, &ip, &c);
+    kv_rec_load(&r);
+    CHECK(c.perf.prefill_tokens == 1 && rec_str_is(r.run, "kv_text_new", "<t:10> "),
+          "tokens again: prefill %d %s", c.perf.prefill_tokens, r.run);
+    kv_done(&c, &r);
+    rkllm_destroy(h);
+}
+
+static void test_kv_templates(void)
+{
+    LLMHandle h = kv_handle("kv-template.rkllm", "reply = ok", 0);
+    if (!h)
+        return;
+    collector c;
+    kv_rec r;
+    /* the built-in template wraps the input; its text holds no tokens */
+    kv_run(h, "hi there", 0, &c, &r);
+    CHECK(rec_str_is(r.run, "kv_text_new",
+                     "<|im_start|>user\\u000ahi there<|im_end|>\\u000a<|im_start|>assistant"
+                     "\\u000a"),
+          "default template: %s", r.run);
+    CHECK(r.prefill_bytes == 58 && c.perf.prefill_tokens == 2 && r.kv_tokens_after == 3,
+          "default template: %lld bytes %d tokens kv %lld", r.prefill_bytes,
+          c.perf.prefill_tokens, r.kv_tokens_after);
+    CHECK(strcmp(buf_str(&c.normal), "ok") == 0, "reply '%s'", buf_str(&c.normal));
+    kv_done(&c, &r);
+    /* setting a template clears the cache; empty parts pass the text through */
+    CHECK(rkllm_set_chat_template(h, "", "", "") == 0 && kv_size(h) == 0, "cleared: %d",
+          kv_size(h));
+    kv_run(h, "hi there", 0, &c, &r);
+    CHECK(r.kv_before == 0 && r.prefill_bytes == 8 && rec_str_is(r.run, "kv_text_new", "hi there"),
+          "pass-through: %s", r.run);
+    kv_done(&c, &r);
+    /* prefix and postfix wrap every run; the system prompt goes in once */
+    CHECK(rkllm_set_chat_template(h, "SYS ", "<u>", "</u>") == 0 && kv_size(h) == 0,
+          "cleared again");
+    kv_run(h, "hi", 1, &c, &r);
+    CHECK(rec_str_is(r.run, "kv_text_new", "SYS <u>hi</u>") && c.perf.prefill_tokens == 1,
+          "wrapped: %s", r.run);
+    CHECK(r.kv_after == 15 && r.kv_tokens_after == 2, "wrapped kv %lld %lld", r.kv_after,
+          r.kv_tokens_after);
+    kv_done(&c, &r);
+    kv_run(h, "yo", 1, &c, &r);
+    CHECK(rec_str_is(r.run, "kv_text_new", "<u>yo</u>") && r.kv_reused == 15,
+          "second turn: %s", r.run);
+    kv_done(&c, &r);
+    /* keep_system_prompt keeps "SYS " */
+    CHECK(rkllm_clear_kv_cache(h, 1, NULL, NULL) == 0, "clear keeping the system prompt");
+    char *cl = last_record("clear_kv_cache");
+    CHECK(rec_int(cl, "kv_after") == 4 && kv_size(h) == 0, "kept %lld", rec_int(cl, "kv_after"));
+    free(cl);
+    kv_run(h, "yo", 1, &c, &r);
+    CHECK(r.kv_before == 4 && rec_str_is(r.run, "kv_text_new", "<u>yo</u>"), "after keep: %s",
+          r.run);
+    kv_done(&c, &r);
+    /* keep_history = 0 sends the system prompt again and reuses it */
+    kv_run(h, "yo", 0, &c, &r);
+    CHECK(r.kv_reused == 7 && rec_str_is(r.run, "kv_text_new", "yo</u>"), "reuse with system: %s",
+          r.run);
+    kv_done(&c, &r);
+    CHECK(rkllm_clear_kv_cache(h, 0, NULL, NULL) == 0 && kv_size(h) == 0, "clear all");
+    kv_run(h, "yo", 1, &c, &r);
+    CHECK(r.kv_before == 0 && rec_str_is(r.run, "kv_text_new", "SYS <u>yo</u>"),
+          "system prompt again: %s", r.run);
+    kv_done(&c, &r);
+    rkllm_destroy(h);
+}
+
+static void *kv_run_thread(void *p)
+{
+    run_arg *a = p;
+    a->rc = run_text(a->h, a->prompt, a->c, 1, 0);
+    return NULL;
+}
+
+static void test_kv_end_of_turn(void)
+{
+    LLMHandle h = kv_handle("kv-eot.rkllm", "reply = a b c\nend_of_turn = <|im_end|>", 1);
+    if (!h)
+        return;
+    collector c;
+    kv_rec r;
+    kv_run(h, "q", 1, &c, &r);
+    CHECK(r.kv_after == 6 && r.kv_tokens_after == 4, "eos, not kept: %lld %lld", r.kv_after,
+          r.kv_tokens_after);
+    kv_done(&c, &r);
+    kv_run(h, "q [[kv_keeps_end_of_turn=1]]", 1, &c, &r);
+    CHECK(r.kv_after == 6 + 2 + 5 + 10 && r.kv_tokens_after == 9, "eos, kept: %lld %lld",
+          r.kv_after, r.kv_tokens_after);
+    kv_done(&c, &r);
+    /* cuts keep only what was generated */
+    col_init(&c);
+    c.pause_after = 1;
+    run_text(h, "q [[kv_keeps_end_of_turn=1]]", &c, 1, 0);
+    kv_rec_load(&r);
+    CHECK(r.kv_after == r.kv_before + r.prefill_bytes + 2 && strstr(r.end, "\"pause\""),
+          "pause: %lld vs %lld + %lld", r.kv_after, r.kv_before, r.prefill_bytes);
+    kv_done(&c, &r);
+    kv_run(h, "q [[kv_keeps_end_of_turn=1]] [[error_after=2]]", 1, &c, &r);
+    CHECK(r.kv_after == r.kv_before + r.prefill_bytes + 4 && strstr(r.end, "\"error\""),
+          "error: %lld vs %lld + %lld", r.kv_after, r.kv_before, r.prefill_bytes);
+    kv_done(&c, &r);
+    kv_run(h, "q [[kv_keeps_end_of_turn=1]] [[n_tokens=2]]", 1, &c, &r);
+    CHECK(r.kv_after == r.kv_before + r.prefill_bytes + 4 + 10, "n_tokens eos: %lld", r.kv_after);
+    kv_done(&c, &r);
+    /* aborted in prefill: the input is in, nothing generated */
+    col_init(&c);
+    run_arg a = {h, "q [[kv_keeps_end_of_turn=1]] [[prefill_delay_us=10000000]]", &c, 99, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, kv_run_thread, &a);
+    sleep_ms(30);
+    rkllm_abort(h);
+    pthread_join(t, NULL);
+    kv_rec_load(&r);
+    CHECK(r.kv_after == r.kv_before + r.prefill_bytes && strstr(r.end, "\"abort\""),
+          "abort in prefill: %lld vs %lld + %lld", r.kv_after, r.kv_before, r.prefill_bytes);
+    kv_done(&c, &r);
+    /* failed runs leave the cache alone */
+    long long before = r.kv_after;
+    kv_run(h, "q [[fail_run=1]]", 1, &c, &r);
+    CHECK(r.kv_after == before && r.prefill_bytes == 0, "fail_run: %lld", r.kv_after);
+    kv_done(&c, &r);
+    rkllm_destroy(h);
+}
+
+static void test_kv_context_reply(void)
+{
+    LLMHandle h = kv_handle("kv-ctx.rkllm", "reply_mode = context", 1);
+    if (!h)
+        return;
+    collector c;
+    kv_rec r;
+    char want[128], kv[512];
+    kv_run(h, "hello", 1, &c, &r);
+    snprintf(want, sizeof want, "ctx:%016llx len:5",
+             (unsigned long long)fnv1a64("hello", 5));
+    CHECK(strcmp(buf_str(&c.normal), want) == 0, "context '%s' want '%s'", buf_str(&c.normal),
+          want);
+    snprintf(kv, sizeof kv, "hello%s world", buf_str(&c.normal));
+    kv_done(&c, &r);
+    kv_run(h, " world", 1, &c, &r);
+    snprintf(want, sizeof want, "ctx:%016llx len:%zu",
+             (unsigned long long)fnv1a64(kv, strlen(kv)), strlen(kv));
+    CHECK(strcmp(buf_str(&c.normal), want) == 0, "context 2 '%s' want '%s'", buf_str(&c.normal),
+          want);
+    kv_done(&c, &r);
+    /* echo stays the directive-free prompt of the run, not the cache */
+    kv_run(h, " more [[reply_mode=echo]]", 1, &c, &r);
+    CHECK(strcmp(buf_str(&c.normal), "Echo: more") == 0, "echo '%s'", buf_str(&c.normal));
+    kv_done(&c, &r);
+    rkllm_destroy(h);
 }
 
 static void test_other_inputs(LLMHandle h)
@@ -841,6 +1227,11 @@ int main(void)
         CHECK(rkllm_destroy(h) == 0, "destroy");
     }
     test_length(cycler);
+    test_kv_append();
+    test_kv_prefix_reuse();
+    test_kv_templates();
+    test_kv_end_of_turn();
+    test_kv_context_reply();
     test_threads();
     test_concurrent_and_destroy(plain);
 #if RKLLM_LINE >= 13

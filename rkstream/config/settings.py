@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rkstream.chat.presets import FAMILIES
 from rkstream.config.values import (
     ORIGINS_ALLOWED,
     RGB_EXAMPLE,
@@ -162,9 +163,8 @@ class BoardSettings:
                                         "start (needs root; logs what changed)")
 
 
-# The chat format families rkstream has built in (rkstream/chat/presets.py).
-CHAT_FAMILIES = ("qwen2", "qwen2-vl", "qwen3", "llama3", "gemma", "phi3", "deepseek-r1",
-                 "internlm2", "minicpm", "smollm2", "smollm3")
+# The chat format families rkstream has built in.
+CHAT_FAMILIES = tuple(FAMILIES)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,13 @@ class ImageEmbedding:
 
     ``embedding`` is float32, C-contiguous, ``(n_tokens, width)``; ``size``
     is the encoder's input (height, width), which runtimes use for M-RoPE.
+    ``key`` identifies the image's content, so a KV cache that holds it can
+    tell it from another image at the same place in a conversation.
     """
 
     embedding: Any
     size: tuple[int, int]
+    key: str = ""
 
 
 @dataclass(frozen=True)

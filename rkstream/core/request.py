@@ -36,6 +36,8 @@ class GenerationRequest:
         model: the model the client named, if any.
         tools: functions the model may call.
         fim: (prefix, suffix) for fill-in-the-middle, which bypasses the chat format.
+        raw: the one message's text goes to the model as it is, without the
+            chat format (``/v1/completions``).
     """
 
     messages: tuple[Message, ...]
@@ -45,6 +47,7 @@ class GenerationRequest:
     model: str | None = None
     tools: tuple[Tool, ...] = ()
     fim: tuple[str, str] | None = None
+    raw: bool = False
 
     @property
     def media(self) -> tuple[ImagePart | FramePart, ...]:

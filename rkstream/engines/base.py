@@ -13,6 +13,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from rkstream.chat.format import ChatFormat
 from rkstream.core.embeddings import ImageEmbedding, ImageTags
 from rkstream.core.messages import Message
 from rkstream.core.params import SamplingSettings
@@ -22,6 +23,26 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 # How a request ended, in the words of response.done.status and the metrics.
 STATUS_OF: dict[FinishReason, str] = {"stop": "completed", "length": "incomplete",
                                       "cancelled": "cancelled", "error": "failed"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The text an engine sends as it is: a conversation already in the model's own
+    chat format, or a raw completion prompt.
+
+    Attributes:
+        text: ends where the model's answer begins; ``<image>`` stands where
+            each of the job's images goes.
+        end_of_turn: what closes an answer in the format's history ("" for raw
+            text): the KV bookkeeping needs it to join a finished answer to
+            the next turn.
+        rewrites_history: the format renders earlier answers differently from
+            how they were generated (Qwen3 and R1 distills drop the reasoning).
+    """
+
+    text: str
+    end_of_turn: str = ""
+    rewrites_history: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,7 @@ class Job:
     images: tuple[ImageEmbedding, ...] = ()
     image_tags: ImageTags | None = None
     fim: tuple[str, str] | None = None  # (prefix, suffix): fill in the middle, no template
+    prompt: Prompt | None = None  # rendered already: the engine sends it as it is
 
 
 @dataclass
@@ -46,8 +68,9 @@ class Outcome:
     """How a run ended, with the engine's own counters."""
 
     finish_reason: FinishReason
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # processed by this run's prefill
     output_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens found in the KV cache, not processed again
     prompt_ms: float = 0.0
     predicted_ms: float = 0.0
     error_code: str | None = None
@@ -66,6 +89,7 @@ class ModelInfo:
     fim: bool = False  # the model defines fill-in-the-middle tokens
     runtime: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    chat_format: str | None = None  # the format rkstream renders prompts in, if any
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -78,6 +102,8 @@ class ModelInfo:
         }
         if self.runtime is not None:
             out["runtime"] = self.runtime
+        if self.chat_format is not None:
+            out["chat_format"] = self.chat_format
         if self.notes:
             out["notes"] = list(self.notes)
         return out
@@ -118,6 +144,11 @@ class EngineInstance(abc.ABC):
     def start(self, job: Job, sink: TextSink) -> Run:
         """Start ``job``; the instance must be idle (the scheduler ensures it)."""
 
+    def affinity(self, job: Job) -> int:
+        """How much of ``job``'s prompt this instance's KV cache holds (0 = nothing
+        known); the scheduler gives a job the free instance that holds most."""
+        return 0
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Free the native model on its owner thread; safe to call twice."""
@@ -133,6 +164,12 @@ class Engine(abc.ABC):
     @property
     @abc.abstractmethod
     def instances(self) -> list[EngineInstance]: ...
+
+    @property
+    def chat_format(self) -> ChatFormat | None:
+        """The format rkstream renders conversations in for this model; None: the
+        engine formats them itself (llama.cpp's GGUF template, RKLLM's own)."""
+        return None
 
     @abc.abstractmethod
     async def load(self) -> None:

@@ -33,6 +33,7 @@ class RunFacts:
     error_code: str | None = None
     error_message: str | None = None
     context_full: bool = False  # generation stopped because the context window was full
+    cached_tokens: int = 0  # prompt tokens the KV cache already held
 
 
 class BridgedRun(Run):
@@ -99,7 +100,8 @@ class BridgedRun(Run):
         if predicted_ms is None:
             predicted_ms = (facts.end_s - first) * 1000.0
         outcome = Outcome(finish_reason="stop", prompt_tokens=facts.prompt_tokens,
-                          output_tokens=facts.tokens, prompt_ms=prompt_ms,
+                          output_tokens=facts.tokens, cached_tokens=facts.cached_tokens,
+                          prompt_ms=prompt_ms,
                           predicted_ms=predicted_ms)
         if facts.error_code is not None:
             outcome.finish_reason = "error"

@@ -140,7 +140,7 @@ class VisionService:
                 size=self.encoder.input_size, background=self._background,
                 max_pixels=self.max_image_pixels))
         embedding = await self._owner.call(lambda: self._encode_sync(tensor))
-        item = ImageEmbedding(embedding=embedding, size=self.encoder.input_size)
+        item = ImageEmbedding(embedding=embedding, size=self.encoder.input_size, key=key)
         self.cache.put(key, item)
         self.encodes += 1
         seconds = time.perf_counter() - started

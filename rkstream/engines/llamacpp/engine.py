@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 
+from rkstream.chat.format import ChatFormat, resolve_chat_format
 from rkstream.config import Settings
 from rkstream.engines.base import InstanceEngine, ModelInfo
 from rkstream.engines.llamacpp.instance import LlamaInstance
@@ -18,6 +19,13 @@ class LlamaCppEngine(InstanceEngine):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self._settings = settings
+        self._format: ChatFormat | None = None
+
+    @property
+    def chat_format(self) -> ChatFormat | None:
+        """rkstream's renderer only when ``[chat] template`` is set; else the GGUF's own
+        template, applied by the instance."""
+        return self._format
 
     async def load(self) -> None:
         """Find the model, then load each instance on its owner thread.
@@ -28,6 +36,10 @@ class LlamaCppEngine(InstanceEngine):
         """
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(None, resolve_model, self._settings.llamacpp.model)
+        chat = self._settings.chat
+        if chat.template:
+            self._format, reason = resolve_chat_format(chat.template, chat.family, str(model))
+            engine_log.info("chat format: %s", reason)
         for index in range(self._settings.instances):
             instance = LlamaInstance(self._settings.llamacpp, model, index)
             self._instances.append(instance)
@@ -39,6 +51,9 @@ class LlamaCppEngine(InstanceEngine):
         first = instance
         self._info = ModelInfo(id=model.stem, engine="llamacpp", context_length=first.n_ctx,
                                vision=False, per_request_sampling=True,
-                               fim=first.fim_tokens is not None,
-                               runtime=f"llama-cpp-python {version}")
+                               fim=first.fim_tokens is not None or (
+                                   self._format is not None
+                                   and self._format.fim("", "") is not None),
+                               runtime=f"llama-cpp-python {version}",
+                               chat_format=self._format.name if self._format else None)
         engine_log.info("CPU engine ready: %s", model)

@@ -64,6 +64,7 @@ class LlamaInstance(EngineInstance):
         self._perf_reset: Callable[[], Any] = lambda: None
         self._needs_reset = False
         self.fim_tokens: tuple[int, int, int] | None = None  # prefix, suffix, middle
+        self._bos_text = ""
 
     # -- owner thread ------------------------------------------------------------
     def _load_sync(self) -> None:
@@ -96,6 +97,9 @@ class LlamaInstance(EngineInstance):
                 result = formatter(messages=cast(Any, messages))
                 return result.prompt, bool(result.added_special)
             self._format = apply
+        if llm.token_bos() >= 0:
+            self._bos_text = llm.detokenize([llm.token_bos()], special=True).decode(
+                errors="replace")
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         fim = [llama_cpp.llama_vocab_fim_pre(vocab), llama_cpp.llama_vocab_fim_suf(vocab),
                llama_cpp.llama_vocab_fim_mid(vocab)]
@@ -108,6 +112,9 @@ class LlamaInstance(EngineInstance):
                         (time.perf_counter() - started) * 1000, self.n_ctx, self.n_embd)
 
     def _prompt(self, job: Job) -> tuple[str, bool]:
+        if job.prompt is not None:  # rendered by rkstream's chat format, or raw text
+            text = job.prompt.text
+            return text, bool(self._bos_text) and text.startswith(self._bos_text)
         if self._format is not None:
             return self._format(_messages(job))
         # No template in the file: a plain transcript.
@@ -187,6 +194,20 @@ class LlamaInstance(EngineInstance):
         llm.input_ids[llm.n_tokens:llm.n_tokens + count] = 0
         llm.n_tokens += count
 
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        """How many of ``tokens`` llama-cpp-python's generate() will take from the KV
+        cache instead of evaluating (it reuses the longest matching prefix)."""
+        llm = self._llm
+        if llm.n_tokens <= 0 or not tokens:
+            return 0
+        held = llm.input_ids[:llm.n_tokens]
+        longest = 0
+        for a, b in zip(held, tokens, strict=False):
+            if a != b:
+                break
+            longest += 1
+        return min(longest, len(tokens) - 1)  # the last token is evaluated again
+
     def _run_sync(self, run: LlamaRun) -> None:
         run.start_s = time.perf_counter()
         facts = RunFacts(tokens=0, prompt_tokens=0, prompt_ms=None, predicted_ms=None,
@@ -218,6 +239,7 @@ class LlamaInstance(EngineInstance):
         else:
             tokens = self._tokens(run.job)
             facts.prompt_tokens = len(tokens)
+            facts.cached_tokens = self._cached_prefix(tokens)
         room = self.n_ctx - facts.prompt_tokens
         if room < 1 or not tokens:
             facts.error_code = "context_overflow"
@@ -250,6 +272,7 @@ class LlamaInstance(EngineInstance):
         facts.context_full = len(generated) >= limit and limit < run.max_tokens
         perf = self._perf()
         facts.prompt_ms, facts.predicted_ms = perf.t_p_eval_ms, perf.t_eval_ms
+        facts.prompt_tokens -= facts.cached_tokens  # what this run's prefill processed
 
     def _close_sync(self) -> None:
         if self._llm is not None:

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 from pathlib import Path
 
+from rkstream.chat.format import ChatFormat, resolve_chat_format
 from rkstream.config import Settings
 from rkstream.core.embeddings import ImageTags
 from rkstream.engines.base import InstanceEngine, ModelInfo
@@ -32,6 +33,11 @@ class RKLLMEngine(InstanceEngine):
         self._control = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="rkllm-control")
         self.runtime: RuntimeLibrary | None = None
+        self._format: ChatFormat | None = None
+
+    @property
+    def chat_format(self) -> ChatFormat | None:
+        return self._format
 
     def _prepare_sync(self) -> tuple[RuntimeLibrary, Path]:
         rk = self._settings.rkllm
@@ -55,15 +61,23 @@ class RKLLMEngine(InstanceEngine):
         engine_log.info("runtime %s (line %s) from %s", runtime.version or "?", runtime.line,
                         runtime.path)
         rk = self._settings.rkllm
+        chat = self._settings.chat
+        fmt, reason = resolve_chat_format(chat.template, chat.family, str(model))
+        (engine_log.info if fmt is not None else engine_log.warning)("chat format: %s", reason)
+        self._format = fmt
         for index in range(self._settings.instances):
-            instance = RKLLMInstance(runtime, rk, self._settings.sampling, str(model), index,
-                                     self._control, self._image_tags)
+            instance = RKLLMInstance(
+                runtime, rk, self._settings.sampling, str(model), index, self._control,
+                self._image_tags, raw_prompts=fmt is not None,
+                keep_rewritten=self._settings.chat.history_rewrite == "keep")
             self._instances.append(instance)
             await instance.load()  # one at a time: NPU memory is allocated in init
         self._info = ModelInfo(
             id=model.stem, engine="rkllm", context_length=rk.max_context_len,
             vision=False, per_request_sampling=runtime.caps.per_run_sampling,
-            runtime=runtime.version or runtime.line, notes=runtime.caps.notes)
+            fim=fmt is not None and fmt.fim("", "") is not None,
+            runtime=runtime.version or runtime.line, notes=runtime.caps.notes,
+            chat_format=fmt.name if fmt is not None else None)
 
     async def close(self) -> None:
         await super().close()

@@ -22,6 +22,7 @@ from rkstream.config import SamplingSettings as SamplingDefaults
 from rkstream.core.embeddings import ImageTags
 from rkstream.core.owner import OwnerThread
 from rkstream.engines.base import EngineInstance, Job, TextSink
+from rkstream.engines.kv import KVPlan, KVText, kv_mode
 from rkstream.engines.prompt import render_prompt
 from rkstream.engines.rkllm.loader import RuntimeLibrary
 from rkstream.engines.rkllm.structs import RunStructs, make_param, make_run_structs
@@ -38,19 +39,23 @@ class RKLLMRun(BridgedRun):
     """A run on one RKLLM handle; :meth:`on_step` runs on the callback thread."""
 
     def __init__(self, instance: RKLLMInstance, job: Job, sink: TextSink,
-                 loop: asyncio.AbstractEventLoop, structs: RunStructs) -> None:
+                 loop: asyncio.AbstractEventLoop, structs: RunStructs,
+                 plan: KVPlan | None = None) -> None:
         max_tokens = job.sampling.max_tokens
         if not instance.runtime.caps.per_run_max_new_tokens:  # the init value is a hard cap
             max_tokens = min(max_tokens, instance.settings.max_new_tokens)
         super().__init__(job, sink, loop, max_tokens)
         self._instance = instance
         self.structs = structs
+        self.plan = plan
         self._abi = instance.runtime.abi
         # Callback-thread state.
         self.stitcher = Utf8Stitcher()
         self.tokens = 0
         self.error_state = False
         self.perf: tuple[float, int, float, int] | None = None
+        self.generated: list[str] = []  # all text, stop sequences included: it is in the cache
+        self.cached_tokens = 0
 
     def on_step(self, result: Any, state: int) -> int:
         """Handle one callback; returns what the runtime should do next."""
@@ -63,6 +68,7 @@ class RKLLMRun(BridgedRun):
             else:
                 text = self.stitcher.normal(data)
                 if text:
+                    self.generated.append(text)
                     self.emit(text)
             if self.stop_requested or self.tokens >= self.max_tokens:
                 return PAUSE  # stops at once, also where abort is slow
@@ -80,13 +86,23 @@ class RKLLMRun(BridgedRun):
         """Called by the owner thread once rkllm_run has returned."""
         tail = self.stitcher.flush()
         if tail:
+            self.generated.append(tail)
             self.emit(tail)
+        failed = ret != 0 or self.error_state or exception is not None
+        if self.plan is not None:
+            # Cut short by us (stop, max_tokens, cancel) or by the runtime's own limit?
+            cut = self.stop_requested or self.cancelled or self.tokens >= self.max_tokens
+            self._instance.kv.settle(self.plan, "".join(self.generated),
+                                     natural_end=not cut, failed=failed,
+                                     end_of_turn=self.job.prompt.end_of_turn
+                                     if self.job.prompt is not None else "")
         facts = RunFacts(tokens=self.tokens, prompt_tokens=0, prompt_ms=None,
                          predicted_ms=None, first_text_s=self.first_text_s,
                          start_s=self.start_s, end_s=time.perf_counter())
+        facts.cached_tokens = self.cached_tokens
         if self.perf is not None:
             facts.prompt_ms, facts.prompt_tokens, facts.predicted_ms, _ = self.perf
-        if ret != 0 or self.error_state or exception:
+        if failed:
             facts.error_code = "runtime_error"
             facts.error_message = exception or (
                 f"the RKLLM runtime reported an error during generation (rkllm_run "
@@ -112,12 +128,16 @@ class RKLLMInstance(EngineInstance):
         control: a small executor for rkllm_abort, so it never runs on the loop.
         image_tags: the vision encoder's image tags, or None without one; used
             at init (see :func:`make_param`).
+        raw_prompts: rkstream renders prompts itself (a chat format), so the
+            runtime's own template is turned off once, after init.
+        keep_rewritten: see :class:`~rkstream.engines.kv.KVText`.
     """
 
     def __init__(self, runtime: RuntimeLibrary, settings: RKLLMSettings,
                  defaults: SamplingDefaults, model_path: str, index: int,
                  control: concurrent.futures.Executor,
-                 image_tags: ImageTags | None = None) -> None:
+                 image_tags: ImageTags | None = None, *, raw_prompts: bool = False,
+                 keep_rewritten: bool = True) -> None:
         self.runtime = runtime
         self.settings = settings
         self.defaults = defaults
@@ -134,6 +154,10 @@ class RKLLMInstance(EngineInstance):
         self._callbacks_struct: Any = None
         self._param: Any = None
         self._closed = False
+        self.kv = KVText(kv_mode(settings.kv_reuse),
+                         end_of_turn_kept=settings.kv_end_of_turn == "kept",
+                         keep_rewritten=keep_rewritten)
+        self.raw_prompts = raw_prompts
 
     # -- owner thread --------------------------------------------------------
     def _on_result(self, result: Any, userdata: Any, state: int) -> int:
@@ -166,6 +190,35 @@ class RKLLMInstance(EngineInstance):
                 " in the log above")
         engine_log.info("instance %d loaded %s in %.0f ms", self.index, self.model_path,
                         (time.perf_counter() - started) * 1000)
+        if self.raw_prompts:
+            # Empty parts: the text passes as it is. Once only: the call clears the
+            # KV cache (and the runtime's thinking switch) every time it is made.
+            ret = fns.rkllm_set_chat_template(self._handle, b"", b"", b"")
+            if ret != 0:
+                raise EngineInitError(f"rkllm_set_chat_template failed (returned {ret}), so "
+                                      "the runtime's own template cannot be turned off; set "
+                                      "[chat] family = \"none\" to use it instead")
+            self.kv.clear()
+
+    def _kv_tokens(self) -> int:
+        sizes = (ctypes.c_int * 1)()
+        if self.runtime.functions.rkllm_get_kv_cache_size(self._handle, sizes) != 0:
+            return 0
+        return max(0, int(sizes[0]))
+
+    def _prepare_cache(self, run: RKLLMRun) -> None:
+        """Clear the cache or count what it holds, as the run's plan says."""
+        plan = run.plan
+        if plan is None:
+            return
+        if plan.clear:
+            self.runtime.functions.rkllm_clear_kv_cache(self._handle, 0, None, None)
+        elif plan.reused:
+            held = self._kv_tokens()
+            # history: the whole cache is the prompt's prefix; runtime: the share
+            # of it that matches, an estimate (the runtime does not say).
+            share = 1.0 if plan.keep_history else plan.reused / max(1, plan.prompt_chars)
+            run.cached_tokens = round(held * min(1.0, share))
 
     def _run_sync(self, run: RKLLMRun) -> None:
         fns = self.runtime.functions
@@ -179,6 +232,7 @@ class RKLLMInstance(EngineInstance):
             run.finish_native(0, None)
             return
         try:
+            self._prepare_cache(run)
             ret = fns.rkllm_run(self._handle, ctypes.byref(run.structs.input),
                                 ctypes.byref(run.structs.infer), None)
         except BaseException as exc:  # reported as a failed request, not a crash
@@ -205,11 +259,26 @@ class RKLLMInstance(EngineInstance):
         self._owner.start()
         await self._owner.call(self._init_sync)
 
+    def affinity(self, job: Job) -> int:
+        if job.prompt is None or not self.raw_prompts:
+            return 0
+        return self.kv.match(job.prompt)
+
     def start(self, job: Job, sink: TextSink) -> RKLLMRun:
-        prompt, role = render_prompt(job.messages, job.instructions)
-        structs = make_run_structs(self.runtime, prompt, role, job.sampling,
-                                   self.settings, job.images, job.image_tags)
-        run = RKLLMRun(self, job, sink, asyncio.get_running_loop(), structs)
+        plan = None
+        images = job.images
+        if job.prompt is not None and self.raw_prompts:
+            plan = self.kv.plan(job.prompt, tuple(image.key for image in job.images))
+            prompt, role = plan.send, "user"
+            images = job.images[plan.first_image:]
+        elif job.prompt is not None:  # raw text, but the runtime's template still wraps it
+            prompt, role = job.prompt.text, "user"
+        else:  # no chat format: one labelled transcript; the runtime's template wraps it
+            prompt, role = render_prompt(job.messages, job.instructions)
+        structs = make_run_structs(self.runtime, prompt, role, job.sampling, self.settings,
+                                   images, job.image_tags,
+                                   keep_history=plan is not None and plan.keep_history)
+        run = RKLLMRun(self, job, sink, asyncio.get_running_loop(), structs, plan)
         self._owner.submit(lambda: self._run_sync(run))
         return run
 

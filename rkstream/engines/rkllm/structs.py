@@ -105,7 +105,8 @@ def _fill_images(runtime: RuntimeLibrary, inp: Any, structs: RunStructs,
 def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
                      sampling: SamplingSettings, settings: RKLLMSettings,
                      images: tuple[ImageEmbedding, ...] = (),
-                     tags: ImageTags | None = None) -> RunStructs:
+                     tags: ImageTags | None = None, *, keep_history: bool = False
+                     ) -> RunStructs:
     """Build RKLLMInput (a text prompt, or text with images) and RKLLMInferParam.
 
     The request's sampling and max_tokens go into the per-run fields where
@@ -125,7 +126,7 @@ def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
     infer = abi.RKLLMInferParam()
     ctypes.memset(ctypes.addressof(infer), 0, ctypes.sizeof(infer))
     infer.mode = abi.RKLLM_INFER_GENERATE
-    infer.keep_history = 0
+    infer.keep_history = 1 if keep_history else 0
     native_sampling = None
     if caps.per_run_sampling:
         native_sampling = abi.RKLLMSamplingParam()

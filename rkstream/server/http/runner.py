@@ -39,6 +39,7 @@ from rkstream.engines.base import Job, Outcome
 from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.log import server_log
 from rkstream.scheduler import Ticket
+from rkstream.server.jobs import make_job
 from rkstream.server.media import Media
 from rkstream.server.state import STATE, AppState, ready
 
@@ -105,12 +106,13 @@ class Dialect(abc.ABC):
                                  headers=headers)
 
 
-def usage(outcome: Outcome) -> dict[str, int]:
-    """``{prompt_tokens, completion_tokens, total_tokens}`` from the engine's own counts
-    (OpenAI's usage object, which the demo's /rkllm_chat copies)."""
-    return {"prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.output_tokens,
-            "total_tokens": outcome.prompt_tokens + outcome.output_tokens}
+def usage(outcome: Outcome) -> dict[str, Any]:
+    """OpenAI's usage object from the engine's own counts (the demo's /rkllm_chat
+    copies it): the prompt's tokens include those the KV cache already held."""
+    prompt = outcome.prompt_tokens + outcome.cached_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": outcome.output_tokens,
+            "total_tokens": prompt + outcome.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens}}
 
 
 def outcome_error(outcome: Outcome) -> RequestError | None:
@@ -193,13 +195,7 @@ def submit(state: AppState, req: GenerationRequest, prefix: str) -> tuple[Ticket
     assert state.engine is not None and state.scheduler is not None
     settings = state.settings
     sampling = effective_sampling(settings.sampling, settings.limits.max_tokens, req.params)
-    if req.fim is not None and not state.engine.info.fim:
-        raise RequestError("fim_unsupported",
-                           f"the loaded model ({state.engine.info.id}) defines no FIM tokens "
-                           "(fill-in-the-middle), so suffix cannot be used; send the prompt "
-                           "alone, or load a code model whose GGUF has FIM tokens")
-    job = Job(request_id=f"{prefix}-{uuid.uuid4().hex[:12]}", messages=req.messages,
-              instructions=req.instructions, sampling=sampling, fim=req.fim)
+    job = make_job(state.engine, settings, f"{prefix}-{uuid.uuid4().hex[:12]}", req, sampling)
     prepare = None
     if req.has_media:
         media = Media(state.vision, state.engine.info.context_length,

@@ -17,7 +17,7 @@ from typing import Any
 from rkstream import __version__
 from rkstream.config import Settings
 from rkstream.core.params import Params, SamplingSettings, effective_sampling
-from rkstream.engines.base import STATUS_OF, Job, ModelInfo, Outcome
+from rkstream.engines.base import STATUS_OF, Engine, Job, Outcome
 from rkstream.errors import SHUTTING_DOWN, InflightLimitError, ProtocolError, RequestError
 from rkstream.log import ws_log
 from rkstream.protocol import server_events as ev
@@ -33,6 +33,7 @@ from rkstream.protocol.events import (
 )
 from rkstream.protocol.parse import parse_event
 from rkstream.scheduler import Scheduler, Ticket
+from rkstream.server.jobs import make_job
 from rkstream.server.media import FrameUse, Media
 from rkstream.server.ws.outbox import Outbox
 from rkstream.vision.service import VisionService
@@ -90,12 +91,13 @@ class RequestStream:
             "request_id": self.request_id,
             "status": STATUS_OF[outcome.finish_reason],
             "finish_reason": outcome.finish_reason,
-            "usage": {"input_tokens": outcome.prompt_tokens,
+            "usage": {"input_tokens": outcome.prompt_tokens + outcome.cached_tokens,
                       "output_tokens": outcome.output_tokens},
             "timings": {
                 "queued_ms": round(queued_ms, 3),
                 "vision_ms": round(ticket.vision_ms, 3) if ticket is not None else 0.0,
                 "prompt_n": outcome.prompt_tokens,
+                "cache_n": outcome.cached_tokens,
                 "prompt_ms": round(outcome.prompt_ms, 3),
                 "predicted_n": outcome.output_tokens,
                 "predicted_ms": round(outcome.predicted_ms, 3),
@@ -120,7 +122,8 @@ def failed_done(request_id: str, error: RequestError) -> dict[str, Any]:
     return {
         "type": "response.done", "request_id": request_id, "status": "failed",
         "finish_reason": "error", "usage": {"input_tokens": 0, "output_tokens": 0},
-        "timings": {"queued_ms": 0.0, "vision_ms": 0.0, "prompt_n": 0, "prompt_ms": 0.0,
+        "timings": {"queued_ms": 0.0, "vision_ms": 0.0, "prompt_n": 0, "cache_n": 0,
+                    "prompt_ms": 0.0,
                     "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_second": 0.0,
                     "ttft_ms": None, "total_ms": 0.0},
         "error": ev.error_body_of(error),
@@ -130,10 +133,12 @@ def failed_done(request_id: str, error: RequestError) -> dict[str, Any]:
 class Connection:
     """Protocol state of one client: its session defaults and open requests."""
 
-    def __init__(self, settings: Settings, model: ModelInfo, scheduler: Scheduler,
+    def __init__(self, settings: Settings, engine: Engine, scheduler: Scheduler,
                  outbox: Outbox, vision: VisionService | None = None,
                  on_frame: Callable[[bool], None] | None = None) -> None:
         self.settings = settings
+        self.engine = engine
+        model = engine.info
         self.model = replace(model, vision=vision is not None)
         self.scheduler = scheduler
         self.outbox = outbox
@@ -250,8 +255,9 @@ class Connection:
             limit = self.settings.limits.max_inflight_per_connection
             if len(self.requests) >= limit:
                 raise InflightLimitError(limit)
-            job = Job(request_id=rid, messages=request.messages, instructions=self.instructions,
-                      sampling=self._sampling(request.params, event.event_id, rid))
+            job = make_job(self.engine, self.settings, rid, request,
+                           self._sampling(request.params, event.event_id, rid),
+                           self.instructions)
             stream = RequestStream(self, event)
             prepare = None
             if request.has_media:

@@ -108,7 +108,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
     outbox = Outbox(send, encoding, max_bytes=settings.server.max_outbound_bytes,
                     slow_timeout_s=settings.server.slow_client_timeout_s)
-    conn = Connection(settings, state.engine.info, state.scheduler, outbox, state.vision,
+    conn = Connection(settings, state.engine, state.scheduler, outbox, state.vision,
                       state.metrics.frame)
     ws_log.info("%s connected (%s, %s)", address, conn.session_id, encoding)
     state.sockets.add(ws)

@@ -85,7 +85,8 @@ async def test_not_streaming(server: Server, calls: Calls) -> None:
     check_frame(answer)
     assert answer["choices"][-1]["message"] == {"role": "assistant", "content": "one two "}
     assert answer["choices"][-1]["finish_reason"] == "stop"
-    assert answer["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    assert answer["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4,
+                               "prompt_tokens_details": {"cached_tokens": 0}}
     # stream defaults to false, as in the demo
     resp = await client.post("/rkllm_chat", json={"messages": [{"role": "user",
                                                                  "content": "x"}]})
@@ -107,7 +108,8 @@ async def test_stream_frames(server: Server, calls: Calls) -> None:
     assert [f["choices"][0]["finish_reason"] for f in frames] == [None, None, None, "stop"]
     assert frames[0]["usage"]["total_tokens"] is None
     assert frames[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3,
-                                   "total_tokens": 6}
+                                   "total_tokens": 6,
+                                   "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def test_demo_client_over_a_socket(aiohttp_server: Callable[..., Awaitable[TestServer]],

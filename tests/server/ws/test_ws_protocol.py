@@ -75,7 +75,7 @@ async def test_stream_and_done_json_subprotocol(make_server: Any) -> None:
     assert conn.text("a") == "one two three "
     assert done["status"] == "completed" and done["finish_reason"] == "stop"
     assert done["usage"] == {"input_tokens": 3, "output_tokens": 3}
-    assert set(done["timings"]) == {"queued_ms", "vision_ms", "prompt_n", "prompt_ms",
+    assert set(done["timings"]) == {"queued_ms", "vision_ms", "prompt_n", "cache_n", "prompt_ms",
                                     "predicted_n", "predicted_ms", "predicted_per_second",
                                     "ttft_ms", "total_ms"}
     assert "text" not in done

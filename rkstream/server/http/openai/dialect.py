@@ -46,7 +46,8 @@ def error_object(exc: RequestError) -> dict[str, Any]:
 def timings(outcome: Outcome) -> dict[str, float]:
     """llama.cpp server's ``timings`` object (non-standard; clients ignore it)."""
     seconds = outcome.predicted_ms / 1000.0
-    return {"prompt_n": outcome.prompt_tokens, "prompt_ms": round(outcome.prompt_ms, 3),
+    return {"prompt_n": outcome.prompt_tokens, "cache_n": outcome.cached_tokens,
+            "prompt_ms": round(outcome.prompt_ms, 3),
             "predicted_n": outcome.output_tokens,
             "predicted_ms": round(outcome.predicted_ms, 3),
             "predicted_per_second": round(outcome.output_tokens / seconds, 3)

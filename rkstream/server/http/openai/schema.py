@@ -175,5 +175,5 @@ def parse_completion(f: Fields) -> OpenAIRequest:
     stream, usage = _stream(f)
     request = GenerationRequest((Message("user", (TextPart(prompt),)),), _params(f),
                                 stream=stream, model=f.string("model"),
-                                fim=(prompt, suffix) if suffix else None)
+                                fim=(prompt, suffix) if suffix else None, raw=True)
     return OpenAIRequest(request, usage, echo=prompt if f.flag("echo") else None)

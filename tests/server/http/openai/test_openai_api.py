@@ -141,7 +141,8 @@ async def test_chat_whole_shape(fake: Any) -> None:
     assert body["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "stop",
                                 "message": {"role": "assistant",
                                             "content": "one two three "}}]
-    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert body["timings"]["predicted_n"] == 3
 
 
@@ -162,7 +163,8 @@ async def test_chat_stream_chunks(fake: Any, include_usage: bool) -> None:
     assert chunks[0]["id"].startswith("chatcmpl-") and chunks[0]["model"] == "m"
     if include_usage:
         assert events[-2]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3,
-                                       "total_tokens": 6}
+                                       "total_tokens": 6,
+                                       "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def test_pings_while_waiting_for_the_first_token(fake: Any,
@@ -381,7 +383,7 @@ async def test_completions_errors(fake: Any) -> None:
         assert (await response.json())["error"]["code"] == code
     fim = await (await client.post("/v1/completions", json={"prompt": "a", "suffix": "b"})
                  ).json()
-    assert "FIM tokens" in fim["error"]["message"]
+    assert "fill-in-the-middle markers" in fim["error"]["message"]
 
 
 async def test_never_a_500_for_wrong_types(fake: Any) -> None:

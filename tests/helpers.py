@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 from typing import Any
 
 import aiohttp
 import msgpack
+import numpy as np
+from PIL import Image
 
 # One timing unit for every test timeout; raise RKSTREAM_TEST_TIMING on a slow machine.
 MS = float(os.environ.get("RKSTREAM_TEST_TIMING", "1")) / 1000.0
@@ -95,3 +98,12 @@ class Sink:
 def create(request_id: str, text: str, **extra: Any) -> dict[str, Any]:
     return {"type": "response.create", "request_id": request_id,
             "input": [{"role": "user", "content": text}], **extra}
+
+
+def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A noisy JPEG: each seed gives other bytes, as camera frames do."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue()

@@ -28,19 +28,11 @@ from rkstream.vision.preprocess import background_from, prepare_image_sync
 from rkstream.vision.presets import PRESETS
 
 from conftest import ModelFactory, Records
-from helpers import MS, WSClient, create
+from helpers import MS, WSClient, create, jpeg
 from tiny_encoder import build_tiny_encoder
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 QWEN = PRESETS["qwen2-vl"]
-
-
-def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

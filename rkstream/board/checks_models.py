@@ -9,10 +9,11 @@ from typing import Literal
 from rkstream.board.checks_board import size_text
 from rkstream.board.checks_libs import split_message
 from rkstream.board.report import Check, Status
+from rkstream.chat.format import resolve_chat_format
 from rkstream.config import Settings
 from rkstream.engines.llamacpp.model import resolve_model
 from rkstream.engines.rkllm.loader import check_model_file
-from rkstream.errors import ModelFileError
+from rkstream.errors import ChatTemplateError, ConfigError, ModelFileError
 
 EncoderKind = Literal["rknn", "onnx"]
 
@@ -140,3 +141,25 @@ def check_gguf_model(settings: Settings, bundled: Callable[[], Path | None]) -> 
         return Check(name, missing, "not set, and the bundled SmolLM2-135M is not installed",
                      "run `rkstream setup`, or set llamacpp.model to a .gguf file")
     return Check(name, "OK", f"bundled SmolLM2-135M-Instruct ({found})")
+
+
+def check_chat_format(settings: Settings) -> Check | None:
+    """``chat``: the format conversations are rendered in on the NPU (None without a
+    .rkllm model: the CPU engine uses its GGUF's own template)."""
+    if not settings.rkllm.model:
+        return None
+    chat = settings.chat
+    try:
+        fmt, reason = resolve_chat_format(chat.template, chat.family, settings.rkllm.model)
+    except (ConfigError, ChatTemplateError) as exc:
+        return Check("chat format", "FAIL", str(exc),
+                     "fix [chat] template, or set [chat] family to a built-in family")
+    if fmt is None:
+        return Check("chat format", "WARN", reason,
+                     "set [chat] family (qwen2, qwen3, llama3, ...) or [chat] template to the "
+                     "model's tokenizer_config.json, so conversations keep their roles and "
+                     "follow-up turns reuse the KV cache")
+    return Check("chat format", "OK",
+                 f"{reason}; check once on the board that the runtime passes it through: "
+                 "RKLLM_LOG_LEVEL=2 rkstream serve logs each run's final prompt text, which "
+                 "must be the rendered prompt with no second template around it")

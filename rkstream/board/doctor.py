@@ -31,7 +31,12 @@ from rkstream.board.checks_libs import (
     check_rknn_library,
     probe_module,
 )
-from rkstream.board.checks_models import check_gguf_model, check_rkllm_model, check_vision_encoder
+from rkstream.board.checks_models import (
+    check_chat_format,
+    check_gguf_model,
+    check_rkllm_model,
+    check_vision_encoder,
+)
 from rkstream.board.report import Check, Status, render_json, render_text
 from rkstream.board.sysfs import Root, compatible, meminfo
 from rkstream.config import Settings
@@ -86,6 +91,7 @@ def run_checks(
         ("librkllmrt.so", lambda: check_rkllm_library(settings, root, dirs, npu_asked)),
         ("rkllm.model", lambda: check_rkllm_model(
             settings, meminfo(root).get("MemAvailable"), rockchip, encoder)),
+        ("chat format", lambda: check_chat_format(settings) or []),
         ("vision.encoder", lambda: encoder_check),
         ("librknnrt.so", lambda: check_rknn_library(root, dirs, needed=kind == "rknn")),
         ("rknn-toolkit-lite2", lambda: check_module(

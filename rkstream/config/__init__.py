@@ -36,6 +36,6 @@ from rkstream.config.settings import (
 
 __all__ = [
     "ENV_KEYS", "BoardSettings", "ChatSettings", "LimitSettings", "LlamaCppSettings",
-    "RKLLMSettings", "SamplingSettings", "ServerSettings", "Settings", "VisionSettings", "describe_settings",
-    "load_settings", "parsed", "vision_preset", "with_overrides",
+    "RKLLMSettings", "SamplingSettings", "ServerSettings", "Settings", "VisionSettings",
+    "describe_settings", "load_settings", "parsed", "vision_preset", "with_overrides",
 ]

@@ -9,12 +9,12 @@ Routes (see :func:`add_openai_routes`):
   ``tool_choice``, ``response_format`` and the like are accepted and ignored;
   earlier tool calls and tool results in ``messages`` reach the model as text.
   ``seed`` is accepted but not applied (the engines take it from the config).
-- ``POST /v1/completions``: the legacy text endpoint. Limitation: the prompt
-  is sent as one user message, so the engines wrap it in the model's chat
-  template (RKLLM applies its template itself); a raw prompt is not passed as
-  it is. ``suffix`` (fill-in-the-middle) works where the model defines FIM
-tokens (a llama.cpp GGUF that has them); elsewhere it is refused with
-``fim_unsupported``.
+- ``POST /v1/completions``: the legacy text endpoint: the prompt goes to the
+  model raw, without the chat format (on RKLLM without a chat format, the
+  runtime's own template still wraps it). ``suffix`` (fill-in-the-middle)
+  works where the model's GGUF has FIM tokens or its chat family defines FIM
+  markers (Qwen2.5-Coder, also on RKLLM); elsewhere it is refused with
+  ``fim_unsupported``.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: the one loaded model.
 
 Every error under /v1 has OpenAI's shape ``{"error": {message, type, param,

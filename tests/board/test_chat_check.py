@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rkstream.board.checks_models import check_chat_format
 from rkstream.config import ChatSettings, RKLLMSettings, Settings
 
 
-def settings(model: str, **chat: str) -> Settings:
+def settings(model: str, **chat: Any) -> Settings:
     return replace(Settings(), rkllm=replace(RKLLMSettings(), model=model),
                    chat=replace(ChatSettings(), **chat))
 

@@ -47,6 +47,7 @@ from common import free_port, wait_ready  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 TURN_TIMEOUT_S = 120.0  # one turn; turn 1 on the CPU engine takes ~10 s
 DEADLINE_S = 540.0  # the whole benchmark stops here, done or not
+QUIET = 0.15  # CPU share used by others below which a CPU-engine run starts
 
 # Board-like stand-in speed: 340 tokens/s at ~4 bytes a token is 1e6 / 1360
 # = 735 us a byte; 16.7 tokens/s decode is 60 ms a token (rkllm_perf.md,
@@ -113,6 +114,7 @@ class Series:
 
     name: str
     turns: list[Turn]
+    busy: float = 0.0  # CPU share others used just before the run
 
 
 def _deadline_left(started: float) -> float:
@@ -120,6 +122,28 @@ def _deadline_left(started: float) -> float:
     if left <= 0:
         raise SystemExit("conversation.py: past its time budget; stopping")
     return left
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """The share of all CPUs busy over ``seconds`` (from /proc/stat), 0 to 1."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(limit_s: float = 60.0) -> float:
+    """Wait, at most ``limit_s``, until other processes leave the CPUs alone (on two
+    cores one busy process halves llama.cpp's prefill); return the last busy share."""
+    deadline = time.monotonic() + limit_s
+    busy = cpu_busy()
+    while busy > QUIET and time.monotonic() < deadline:
+        busy = cpu_busy(2.0)
+    return busy
 
 
 # -- clients -------------------------------------------------------------------------
@@ -332,29 +356,47 @@ async def standin_part(args: argparse.Namespace, tmp: Path, started: float) -> l
 
 
 # -- part 2: the CPU engine ------------------------------------------------------------
+def llama_server_command(port: int, *options: str) -> list[str]:
+    """llama-cpp-python's own OpenAI server on the bundled GGUF, rkstream's context size."""
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model("")),
+            "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port),
+            "--verbose", "false", *options]
+
+
 async def cpu_part(args: argparse.Namespace, tmp: Path, started: float) -> list[Series]:
-    gguf = resolve_model("")
     system = system_prompt()
     warm = [{"role": "user", "content": "Hello"}]
-    llama_server = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-                    "--n_ctx", "4096", "--host", "127.0.0.1", "--verbose", "false"]
-    out: list[Series] = []
-    for name in ("rkstream", "llama-cpp-python server"):
-        _deadline_left(started)
-        port = free_port()
-        if name == "rkstream":
-            command = rkstream_command(port, "engine=llamacpp", "llamacpp.n_ctx=4096")
-        else:
-            command = llama_server + ["--port", str(port)]
-        async with Server(command, port, rkstream=name == "rkstream",
-                          log=tmp / "servers.log") as server:
-            timeout = aiohttp.ClientTimeout(total=TURN_TIMEOUT_S)
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                await openai_turn(session, server.base, warm, 4)  # first-call allocations
-            turns = await converse(server.base, system, args.user_turns, args.max_tokens)
-            out.append(Series(name, turns))
-        print(f"  CPU {name}: done", file=sys.stderr)
-    return out
+    # llama-cpp-python's server with its own defaults (logits_all = true: logits
+    # for every prompt token), then like for like with rkstream's Llama() (the
+    # last token's only).
+    configs = (("rkstream", True, ("engine=llamacpp", "llamacpp.n_ctx=4096")),
+               ("llama-cpp-python server", False, ()),
+               ("llama-cpp-python server, logits_all off", False, ("--logits_all", "false")))
+    runs: dict[str, list[Series]] = {name: [] for name, _, _ in configs}
+    for repeat in range(args.repeats):  # interleaved, so a slow spell hits all alike
+        for name, ours, options in configs:
+            _deadline_left(started)
+            port = free_port()
+            command = rkstream_command(port, *options) if ours \
+                else llama_server_command(port, *options)
+            async with Server(command, port, rkstream=ours, log=tmp / "servers.log") as server:
+                timeout = aiohttp.ClientTimeout(total=TURN_TIMEOUT_S)
+                async with aiohttp.ClientSession(timeout=timeout) as session:
+                    await openai_turn(session, server.base, warm, 4)  # first-call allocations
+                busy = wait_quiet()
+                turns = await converse(server.base, system, args.user_turns, args.max_tokens)
+                runs[name].append(Series(name, turns, busy))
+            print(f"  CPU {name} ({repeat + 1}/{args.repeats}): done", file=sys.stderr)
+    return [median_series(series) for series in runs.values()]
+
+
+def median_series(runs: list[Series]) -> Series:
+    """Turn by turn, the median TTFT and total time of repeated runs of one server."""
+    turns = [Turn(statistics.median(r.turns[i].ttft_ms for r in runs),
+                  statistics.median(r.turns[i].total_ms for r in runs),
+                  runs[0].turns[i].text, runs[0].turns[i].prompt_n, runs[0].turns[i].cache_n)
+             for i in range(len(runs[0].turns))]
+    return Series(runs[0].name, turns, max(r.busy for r in runs))
 
 
 # -- tables ------------------------------------------------------------------------
@@ -392,6 +434,10 @@ def cpu_table(series: list[Series]) -> str:
     rows.append("| sum of all turns | " + " | ".join(
         f"{sum(t.ttft_ms for t in s.turns):,.0f} | {sum(t.total_ms for t in s.turns):,.0f}"
         for s in series) + " | |")
+    texts = [t.text for t in series[0].turns]
+    same = ", ".join(f"{s.name}: {'yes' if [t.text for t in s.turns] == texts else 'no'}"
+                     for s in series[1:])
+    rows.append(f"\nSame answers as {series[0].name}: {same}")
     return "\n".join(rows)
 
 
@@ -402,8 +448,11 @@ async def main() -> None:
     parser.add_argument("--part", choices=("all", "standin", "cpu"), default="all")
     parser.add_argument("--ws", action="store_true", help="also run the stand-in chat over /ws")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="CPU-engine conversations per server (default 2, --quick 1)")
     args = parser.parse_args()
     args.user_turns = USER_TURNS[:4] if args.quick else USER_TURNS
+    args.repeats = args.repeats or (1 if args.quick else 2)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rkstream-conversation-") as folder:
         tmp = Path(folder)

@@ -1168,6 +1168,111 @@ static size_t kv_reuse_point(const kvbuf *kv, const kvbuf *eff)
     return l;
 }
 
+/*
+ * Prompt cache files: the stand-in's own format, so a saved prefix can be
+ * loaded again with the token classes it was prefilled with.
+ *
+ *     #rkllm-standin-prompt-cache 1\n
+ *     <bytes> <tokens>\n
+ *     <bytes text bytes><bytes class bytes (bit 0: a token starts, bit 1: template text)>
+ */
+static const char pc_magic[] = "#rkllm-standin-prompt-cache 1\n";
+static const char pc_default_path[] = "./prompt_cache.bin";
+
+/* Write `k` to `path` through a temporary file and a rename, so a reader (or
+ * another process saving the same file) never sees half a file. */
+static int pc_write(const char *path, const kvbuf *k)
+{
+    static atomic_uint seq;
+    sbuf tmp = {0};
+    sb_printf(&tmp, "%s.%ld.%u.tmp", path, (long)getpid(), atomic_fetch_add(&seq, 1u));
+    int err = 0;
+    FILE *f = fopen(tmp.p, "wb");
+    if (!f) {
+        err = errno;
+    } else {
+        int ok = fputs(pc_magic, f) >= 0 &&
+                 fprintf(f, "%zu %ld\n", k->text.n, kv_tokens(k)) > 0 &&
+                 fwrite(k->text.p ? k->text.p : "", 1, k->text.n, f) == k->text.n &&
+                 fwrite(k->cls.p ? k->cls.p : "", 1, k->cls.n, f) == k->cls.n;
+        if (!ok)
+            err = errno ? errno : EIO;
+        if (fclose(f) != 0 && !err)
+            err = errno ? errno : EIO;
+        if (!err && rename(tmp.p, path) != 0)
+            err = errno;
+        if (err)
+            unlink(tmp.p);
+    }
+    if (err)
+        fprintf(stderr, "E rkllm: cannot save the prompt cache to %s: %s\n", path,
+                strerror(err));
+    sb_free(&tmp);
+    return err ? -1 : 0;
+}
+
+/* Read a prompt cache file into `out` (empty on entry).  -1 with a message
+ * on stderr for a missing or malformed file. */
+static int pc_read(const char *path, kvbuf *out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "E rkllm: cannot open prompt cache %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    sbuf data = {0};
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        sb_add(&data, chunk, n);
+    int read_error = ferror(f);
+    fclose(f);
+
+    const char *why = NULL;
+    const size_t magic_n = sizeof pc_magic - 1;
+    unsigned long long nbytes = 0;
+    long long ntok = -1;
+    const char *body = NULL;
+    if (read_error) {
+        why = "read error";
+    } else if (data.n < magic_n || memcmp(data.p, pc_magic, magic_n) != 0) {
+        why = "not a prompt cache file of this runtime";
+    } else {
+        const char *line = data.p + magic_n;
+        const char *nl = memchr(line, '\n', data.n - magic_n);
+        char end = 0;
+        if (!nl || line[0] < '0' || line[0] > '9' ||
+            sscanf(line, "%llu %lld%c", &nbytes, &ntok, &end) != 3 || end != '\n' || ntok < 0) {
+            why = "bad size line";
+        } else {
+            body = nl + 1;
+            size_t rest = data.n - (size_t)(body - data.p);
+            if (nbytes > rest / 2 || rest != 2 * nbytes)
+                why = "its length does not match its size line";
+        }
+    }
+    if (!why) {
+        const unsigned char *cls = (const unsigned char *)body + nbytes;
+        for (size_t i = 0; i < nbytes && !why; i++)
+            if (cls[i] & ~(unsigned)(KV_START | KV_TEMPLATE))
+                why = "bad class byte";
+    }
+    if (!why) {
+        sb_add(&out->text, body, (size_t)nbytes);
+        sb_add(&out->cls, body + nbytes, (size_t)nbytes);
+        if (kv_tokens(out) != ntok) {
+            why = "its token count does not match its bytes";
+            kv_free(out);
+        }
+    }
+    sb_free(&data);
+    if (why) {
+        fprintf(stderr, "E rkllm: invalid prompt cache %s: %s\n", path, why);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Handles and runs                                                         */
 /* ------------------------------------------------------------------------ */
@@ -1184,6 +1289,8 @@ typedef struct standin_handle {
     atomic_int active; /* number of runs in progress */
     kvbuf kv;          /* what the KV cache holds (guarded by mu) */
     size_t kv_sys;     /* leading bytes of kv that are the template's system prompt */
+    kvbuf pc;          /* the loaded prompt cache (guarded by mu) */
+    int pc_loaded;
     int tpl_set;       /* rkllm_set_chat_template has been called */
     char *tpl_system, *tpl_prefix, *tpl_postfix;
     sconf base;
@@ -1215,6 +1322,10 @@ typedef struct {
     long prefill_tokens;/* tokens of the bytes (and media) actually prefilled */
     unsigned long long prompt_bytes; /* bytes actually prefilled */
     int kv_applied;     /* the input went into the KV cache; generated text follows it */
+    int prefilled;      /* the prefill ended without an abort */
+    char *pc_save_path; /* save_prompt_cache: where the effective input goes, else NULL */
+    kvbuf pc_save;      /* that input (bytes before any image) */
+    long long pc_saved; /* bytes written, -1 on failure */
     kvbuf gen;          /* generated bytes, one SEG_TOKEN per token */
     long limit;         /* <= 0: unlimited */
     int keep_history;
@@ -1328,6 +1439,7 @@ static void job_generate(run_job *j)
         aborted = 1;
     if (atomic_load(&h->abort_flag))
         aborted = 1;
+    j->prefilled = !aborted;
     t1 = now_ns();
 
     size_t ntok = 0;
@@ -1422,6 +1534,8 @@ static void job_generate(run_job *j)
 
 static void job_free(run_job *j)
 {
+    free(j->pc_save_path);
+    kv_free(&j->pc_save);
     free(j->reply);
     conf_free(&j->cf);
     kv_free(&j->gen);
@@ -1443,6 +1557,11 @@ static void job_finish(run_job *j)
     size_t kv_after = h->kv.text.n;
     long kv_tokens_after = kv_tokens(&h->kv);
     pthread_mutex_unlock(&h->mu);
+    /* save_prompt_cache: at the end of a run whose prefill completed */
+    if (j->pc_save_path && j->kv_applied && j->prefilled)
+        j->pc_saved = pc_write(j->pc_save_path, &j->pc_save) == 0
+                          ? (long long)j->pc_save.text.n
+                          : -1;
 
     sbuf rec = {0};
     rec_begin(&rec, "run_end", h);
@@ -1453,6 +1572,11 @@ static void job_finish(run_job *j)
     jk_bool(&rec, "async", j->is_async);
     jk_uint(&rec, "kv_after", kv_after);
     jk_int(&rec, "kv_tokens_after", kv_tokens_after);
+    jk(&rec, "prompt_cache_saved");
+    if (j->pc_save_path && j->kv_applied && j->prefilled)
+        sb_printf(&rec, "%lld", j->pc_saved);
+    else
+        sb_puts(&rec, "null");
     rec_commit(&rec, h->record);
     sb_free(&rec);
 
@@ -1502,8 +1626,10 @@ static void rec_embed(sbuf *rec, const float *p, unsigned long long n)
  * and multimodal input only), with the system prompt in front when the run
  * starts an empty cache.  keep_history = 1 appends all of it; otherwise the
  * cache keeps the prefix it shares with the input (auto_prefix_reuse) or
- * nothing, and the rest of the input replaces the rest of the cache.
- * Writes the KV fields of the run record.
+ * nothing, and the rest of the input replaces the rest of the cache.  Where
+ * the input starts at position 0 and begins with the loaded prompt cache,
+ * the cached bytes go in without a prefill.  Writes the KV fields of the
+ * run record.
  */
 static void kv_apply_input(standin_handle *h, run_job *j, const sbuf *input, int templated,
                            long media_at, long media_tokens, sbuf *rec)
@@ -1528,23 +1654,42 @@ static void kv_apply_input(standin_handle *h, run_job *j, const sbuf *input, int
     size_t input_at = eff.text.n;
     kv_add(&eff, input->p ? input->p : "", input->n, SEG_WORDS);
     kv_add(&eff, post, strlen(post), SEG_TEMPLATE);
-    kv_add_media(&eff, input_at + (size_t)(media_at > 0 ? media_at : 0), media_tokens);
+    size_t media_off = input_at + (size_t)(media_at > 0 ? media_at : 0);
+    kv_add_media(&eff, media_off, media_tokens);
+
+    if (j->pc_save_path) { /* what a prompt cache file gets: the input up to any image */
+        size_t keep = media_tokens > 0 ? media_off : eff.text.n;
+        sb_add(&j->pc_save.text, eff.text.p, keep);
+        sb_add(&j->pc_save.cls, eff.cls.p, keep);
+    }
 
     size_t from = 0; /* bytes of eff that the cache already holds */
     if (!j->keep_history) {
         from = j->cf.auto_prefix_reuse ? kv_reuse_point(kv, &eff) : 0;
         kv_truncate(kv, from);
-        /* the first new byte inside a word: that partial word is a token */
-        if (from > 0 && from < eff.text.n) {
-            unsigned char c = (unsigned char)eff.text.p[from];
-            unsigned char b = (unsigned char)eff.text.p[from - 1];
-            if (!(eff.cls.p[from] & (KV_START | KV_TEMPLATE)) && !is_ws(c) &&
-                !(eff.cls.p[from - 1] & KV_TEMPLATE) && !is_ws(b))
-                eff.cls.p[from] |= KV_START;
-        }
         h->kv_sys = with_sys ? strlen(sys) : 0;
     } else if (with_sys) {
         h->kv_sys = strlen(sys);
+    }
+    /* The prompt cache: only where the input starts the cache, and only as a
+     * whole prefix of it, as the runtime matches it from the start. */
+    size_t pc_reused = 0;
+    if (h->pc_loaded && kv->text.n == from) {
+        size_t pcn = h->pc.text.n;
+        if (pcn > from && kv_reuse_point(&h->pc, &eff) == pcn) {
+            sb_add(&kv->text, h->pc.text.p + from, pcn - from);
+            sb_add(&kv->cls, h->pc.cls.p + from, pcn - from);
+            pc_reused = pcn - from;
+            from = pcn;
+        }
+    }
+    /* the first new byte inside a word: that partial word is a token */
+    if (from > 0 && from < eff.text.n) {
+        unsigned char c = (unsigned char)eff.text.p[from];
+        unsigned char b = (unsigned char)eff.text.p[from - 1];
+        if (!(eff.cls.p[from] & (KV_START | KV_TEMPLATE)) && !is_ws(c) &&
+            !(eff.cls.p[from - 1] & KV_TEMPLATE) && !is_ws(b))
+            eff.cls.p[from] |= KV_START;
     }
     size_t reused = kv->text.n;
     long hist = kv_tokens(kv);
@@ -1556,6 +1701,7 @@ static void kv_apply_input(standin_handle *h, run_job *j, const sbuf *input, int
     jk_int(rec, "history_tokens", hist);
     jk_uint(rec, "kv_before", kv_before);
     jk_uint(rec, "kv_reused", reused);
+    jk_uint(rec, "prompt_cache_reused", pc_reused);
     jk_uint(rec, "prefill_bytes", eff.text.n - from);
     jk(rec, "kv_text_new");
     js_strn(rec, eff.text.p ? eff.text.p + from : "", eff.text.n - from);
@@ -1593,6 +1739,11 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
 #endif
     j->ignore_eos = h->ignore_eos;
     j->finish = "eos";
+    const RKLLMPromptCacheParam *pcp = inf ? inf->prompt_cache_params : NULL;
+    if (pcp && pcp->save_prompt_cache)
+        j->pc_save_path = xstrdup(pcp->prompt_cache_path && *pcp->prompt_cache_path
+                                      ? pcp->prompt_cache_path
+                                      : pc_default_path);
 
     /* concurrency bookkeeping */
     pthread_mutex_lock(&h->mu);
@@ -1698,6 +1849,7 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
         jk_int(&rec, "history_tokens", kv_tokens(&h->kv));
         jk_uint(&rec, "kv_before", h->kv.text.n);
         jk_uint(&rec, "kv_reused", h->kv.text.n);
+        jk_uint(&rec, "prompt_cache_reused", 0);
         jk_uint(&rec, "prefill_bytes", 0);
         jk_str(&rec, "kv_text_new", "");
     }
@@ -2031,6 +2183,7 @@ RKLLM_API int rkllm_destroy(LLMHandle handle)
     pthread_mutex_destroy(&h->sleep_mu);
     conf_free(&h->base);
     kv_free(&h->kv);
+    kv_free(&h->pc);
     free(h->tpl_system);
     free(h->tpl_prefix);
     free(h->tpl_postfix);
@@ -2067,11 +2220,31 @@ RKLLM_API int rkllm_load_prompt_cache(LLMHandle handle, const char *prompt_cache
     standin_handle *h = get_handle(handle);
     if (!h)
         return -1;
-    int ret = prompt_cache_path ? 0 : -1;
+    kvbuf loaded = {0};
+    int ret = -1;
+    if (!prompt_cache_path)
+        fprintf(stderr, "E rkllm: rkllm_load_prompt_cache: path is NULL\n");
+    else
+        ret = pc_read(prompt_cache_path, &loaded);
+    size_t bytes = loaded.text.n;
+    long tokens = kv_tokens(&loaded);
+    if (ret == 0) { /* replaces a loaded one; a failed load leaves it as it was */
+        pthread_mutex_lock(&h->mu);
+        kv_free(&h->pc);
+        h->pc = loaded;
+        h->pc_loaded = 1;
+        pthread_mutex_unlock(&h->mu);
+    } else {
+        kv_free(&loaded);
+        bytes = 0;
+        tokens = 0;
+    }
     sbuf rec = {0};
     rec_begin(&rec, "load_prompt_cache", h);
     jk_int(&rec, "ret", ret);
     jk_str(&rec, "path", prompt_cache_path);
+    jk_uint(&rec, "bytes", bytes);
+    jk_int(&rec, "tokens", tokens);
     rec_commit(&rec, h->record);
     sb_free(&rec);
     return ret;
@@ -2082,9 +2255,15 @@ RKLLM_API int rkllm_release_prompt_cache(LLMHandle handle)
     standin_handle *h = get_handle(handle);
     if (!h)
         return -1;
+    pthread_mutex_lock(&h->mu);
+    int was_loaded = h->pc_loaded;
+    kv_free(&h->pc);
+    h->pc_loaded = 0;
+    pthread_mutex_unlock(&h->mu);
     sbuf rec = {0};
     rec_begin(&rec, "release_prompt_cache", h);
     jk_int(&rec, "ret", 0);
+    jk_bool(&rec, "was_loaded", was_loaded);
     rec_commit(&rec, h->record);
     sb_free(&rec);
     return 0;

@@ -947,6 +947,157 @@ static void test_kv_context_reply(void)
     rkllm_destroy(h);
 }
 
+/* ---- prompt cache ------------------------------------------------------ */
+
+/* One text run with prompt_cache_params (NULL `path` with save = 1: the default path). */
+static void pc_run(LLMHandle h, const char *prompt, int keep_history, int save, const char *path,
+                   collector *c, kv_rec *r)
+{
+    RKLLMInput in;
+    memset(&in, 0, sizeof in);
+    in.role = "user";
+    in.input_type = RKLLM_INPUT_PROMPT;
+    in.prompt_input = prompt;
+    RKLLMPromptCacheParam pcp;
+    memset(&pcp, 0, sizeof pcp);
+    pcp.save_prompt_cache = save;
+    pcp.prompt_cache_path = path;
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    ip.mode = RKLLM_INFER_GENERATE;
+    ip.keep_history = keep_history;
+    ip.prompt_cache_params = &pcp;
+    col_init(c);
+    CHECK(rkllm_run(h, &in, &ip, c) == 0, "prompt cache run '%s'", prompt);
+    kv_rec_load(r);
+}
+
+static void test_prompt_cache(void)
+{
+    LLMHandle h = kv_handle("pc.rkllm", "reply = x y\nprefill_us_per_byte = 2000", 1);
+    if (!h)
+        return;
+    collector c;
+    kv_rec r;
+    char path[400], bad[400], cwd[512];
+    snprintf(path, sizeof path, "%s/system.cache", tmpdir);
+    /* save: the run's effective input goes to the file when the run ends */
+    pc_run(h, "SYS one two.\n", 1, 1, path, &c, &r);
+    CHECK(rec_int(r.end, "prompt_cache_saved") == 13, "saved %s", r.end);
+    char *file = slurp(path);
+    CHECK(file && !memcmp(file, "#rkllm-standin-prompt-cache 1\n13 3\nSYS one two.\n\x01", 50),
+          "cache file '%s'", file ? file : "(none)");
+    free(file);
+    kv_done(&c, &r);
+    /* save_prompt_cache = 0 writes nothing */
+    pc_run(h, "more", 1, 0, path, &c, &r);
+    CHECK(strstr(r.end, "\"prompt_cache_saved\":null") != NULL, "no save: %s", r.end);
+    kv_done(&c, &r);
+    /* missing and malformed files */
+    snprintf(bad, sizeof bad, "%s/missing.cache", tmpdir);
+    CHECK(rkllm_load_prompt_cache(h, bad) == -1, "missing file loads");
+    char *lr = last_record("load_prompt_cache");
+    CHECK(rec_int(lr, "ret") == -1 && rec_int(lr, "bytes") == 0, "missing: %s", lr);
+    free(lr);
+    CHECK(rkllm_load_prompt_cache(h, write_model("bad1.cache", "not a cache")) == -1, "bad magic");
+    CHECK(rkllm_load_prompt_cache(h, write_model("bad2.cache",
+                                                 "#rkllm-standin-prompt-cache 1\n5 1\nabc")) == -1,
+          "short file");
+    CHECK(rkllm_load_prompt_cache(h, write_model("bad3.cache",
+                                                 "#rkllm-standin-prompt-cache 1\n2 1\nab\x01\x01")) == -1,
+          "wrong token count");
+    CHECK(rkllm_load_prompt_cache(h, write_model("ok.cache",
+                                                 "#rkllm-standin-prompt-cache 1\n2 1\nab\x01\x02")) == 0,
+          "hand-written cache");
+    /* load: a first turn that starts with the cached bytes prefills only the rest */
+    CHECK(rkllm_load_prompt_cache(h, path) == 0, "load the saved cache");
+    lr = last_record("load_prompt_cache");
+    CHECK(rec_int(lr, "bytes") == 13 && rec_int(lr, "tokens") == 3, "loaded: %s", lr);
+    free(lr);
+    CHECK(rkllm_clear_kv_cache(h, 0, NULL, NULL) == 0 && kv_size(h) == 0, "clear");
+    kv_run(h, "SYS one two.\nhello there", 1, &c, &r);
+    CHECK(r.kv_before == 0 && r.kv_reused == 13 && rec_int(r.run, "prompt_cache_reused") == 13,
+          "first turn: %s", r.run);
+    CHECK(r.prefill_bytes == 11 && rec_str_is(r.run, "kv_text_new", "hello there") &&
+              c.perf.prefill_tokens == 2 && r.history_tokens == 3,
+          "first turn: %lld bytes %d tokens history %lld", r.prefill_bytes,
+          c.perf.prefill_tokens, r.history_tokens);
+    CHECK(c.perf.prefill_time_ms >= 21.0f && c.perf.prefill_time_ms < 40.0f,
+          "first turn prefill %.3f ms (22 expected, 48 without the cache)",
+          c.perf.prefill_time_ms);
+    CHECK(r.kv_after == 27 && kv_size(h) == 7, "first turn kv %lld bytes %d tokens", r.kv_after,
+          kv_size(h));
+    kv_done(&c, &r);
+    /* keep_history = 1 on a cache that holds something: not at position 0 */
+    kv_run(h, "SYS one two.\nagain", 1, &c, &r);
+    CHECK(rec_int(r.run, "prompt_cache_reused") == 0 && r.prefill_bytes == 18,
+          "appended: %s", r.run);
+    kv_done(&c, &r);
+    /* keep_history = 0: the cache's own prefix serves where it reaches far enough */
+    CHECK(rkllm_clear_kv_cache(h, 0, NULL, NULL) == 0, "clear");
+    kv_run(h, "SYS one two.\nhello there", 0, &c, &r);
+    kv_done(&c, &r);
+    kv_run(h, "SYS one two.\nhello again", 0, &c, &r);
+    CHECK(r.kv_reused == 19 && rec_int(r.run, "prompt_cache_reused") == 0 &&
+              r.prefill_bytes == 5,
+          "prefix reuse: %s", r.run);
+    kv_done(&c, &r);
+    /* ... and the prompt cache where the shared prefix stops short of it */
+    kv_run(h, "SYS one TWO.\nq", 0, &c, &r);
+    CHECK(r.kv_reused == 8 && rec_int(r.run, "prompt_cache_reused") == 0, "other system: %s",
+          r.run);
+    kv_done(&c, &r);
+    kv_run(h, "SYS one two.\nq", 0, &c, &r);
+    CHECK(r.kv_reused == 13 && rec_int(r.run, "prompt_cache_reused") == 5 &&
+              r.prefill_bytes == 1 && c.perf.prefill_tokens == 1 && r.history_tokens == 3,
+          "prompt cache past the prefix: %s", r.run);
+    kv_done(&c, &r);
+    /* auto_prefix_reuse = 0 empties the cache; the prompt cache still serves */
+    kv_run(h, "SYS one two.\nq[[auto_prefix_reuse=0]]", 0, &c, &r);
+    CHECK(r.kv_reused == 13 && rec_int(r.run, "prompt_cache_reused") == 13 &&
+              r.prefill_bytes == 1,
+          "no auto reuse: %s", r.run);
+    kv_done(&c, &r);
+    /* an input that is only the cached text: the last word is computed, so no reuse */
+    CHECK(rkllm_clear_kv_cache(h, 0, NULL, NULL) == 0, "clear");
+    kv_run(h, "SYS one two.\n", 1, &c, &r);
+    CHECK(rec_int(r.run, "prompt_cache_reused") == 0 && r.prefill_bytes == 13,
+          "whole input cached: %s", r.run);
+    kv_done(&c, &r);
+    /* a cache that ends inside a word of the input: the rest of the word is a token */
+    pc_run(h, "SYS on", 0, 1, path, &c, &r);
+    kv_done(&c, &r);
+    CHECK(rkllm_load_prompt_cache(h, path) == 0, "load the shorter cache");
+    CHECK(rkllm_clear_kv_cache(h, 0, NULL, NULL) == 0, "clear");
+    kv_run(h, "SYS one two", 1, &c, &r);
+    CHECK(r.kv_reused == 6 && r.prefill_bytes == 5 && c.perf.prefill_tokens == 2 &&
+              r.history_tokens == 2 && r.kv_tokens_after == 6,
+          "mid-word: %s / %d", r.run, c.perf.prefill_tokens);
+    kv_done(&c, &r);
+    /* release: the cache is gone */
+    CHECK(rkllm_release_prompt_cache(h) == 0, "release");
+    char *rl = last_record("release_prompt_cache");
+    CHECK(rl && strstr(rl, "\"was_loaded\":true"), "release record %s", rl);
+    free(rl);
+    CHECK(rkllm_clear_kv_cache(h, 0, NULL, NULL) == 0, "clear");
+    kv_run(h, "SYS one two", 1, &c, &r);
+    CHECK(rec_int(r.run, "prompt_cache_reused") == 0 && r.prefill_bytes == 11, "released: %s",
+          r.run);
+    kv_done(&c, &r);
+    /* an unwritable path fails the save, not the run; NULL saves to ./prompt_cache.bin */
+    pc_run(h, "x", 1, 1, "/nonexistent-dir/p.cache", &c, &r);
+    CHECK(rec_int(r.end, "prompt_cache_saved") == -1 && rec_int(r.end, "ret") == 0,
+          "unwritable: %s", r.end);
+    kv_done(&c, &r);
+    if (getcwd(cwd, sizeof cwd) && chdir(tmpdir) == 0) {
+        pc_run(h, "x", 1, 1, NULL, &c, &r);
+        CHECK(access("prompt_cache.bin", R_OK) == 0, "default path");
+        kv_done(&c, &r);
+        CHECK(chdir(cwd) == 0, "back to %s", cwd);
+    }
+    rkllm_destroy(h);
+}
+
 static void test_other_inputs(LLMHandle h)
 {
     collector c;
@@ -1163,7 +1314,8 @@ static void test_misc_calls(LLMHandle h)
 {
     RKLLMLoraAdapter lora = {"/tmp/lora.rkllm", "test", 1.0f};
     CHECK(rkllm_load_lora(h, &lora) == 0, "load_lora");
-    CHECK(rkllm_load_prompt_cache(h, "/tmp/cache.bin") == 0, "load_prompt_cache");
+    CHECK(rkllm_load_prompt_cache(h, "/nonexistent/cache.bin") == -1, "load a missing cache");
+    CHECK(rkllm_load_prompt_cache(h, NULL) == -1, "load a NULL path");
     CHECK(rkllm_release_prompt_cache(h) == 0, "release_prompt_cache");
     CHECK(rkllm_set_function_tools(h, "sys", "[]", "tool_response") == 0, "function tools");
     RKLLMCrossAttnParam ca;
@@ -1232,6 +1384,7 @@ int main(void)
     test_kv_templates();
     test_kv_end_of_turn();
     test_kv_context_reply();
+    test_prompt_cache();
     test_threads();
     test_concurrent_and_destroy(plain);
 #if RKLLM_LINE >= 13

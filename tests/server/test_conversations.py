@@ -56,9 +56,12 @@ def line(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def server(aiohttp_client: Callable[..., Awaitable[Client]], standin_libs: dict[str, Path],
-           standin_model: ModelFactory, records: Records, line: str, tmp_path: Path
-           ) -> Callable[..., Awaitable[Client]]:
+           standin_model: ModelFactory, records: Records, line: str, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Callable[..., Awaitable[Client]]:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # prompt cache files
+
     async def make(kv_reuse: str = "history", vision: bool = False, instances: int = 1,
+                   system_prompt: str = "", cache_system_prompt: bool = False,
                    **keys: Any) -> Client:
         model = standin_model(record=records.path, reply_mode="context", **keys)
         encoder = build_tiny_encoder(tmp_path / "tiny.onnx", width=16) if vision else None
@@ -66,7 +69,8 @@ def server(aiohttp_client: Callable[..., Awaitable[Client]], standin_libs: dict[
             Settings(), instances=instances,
             rkllm=replace(RKLLMSettings(), library=str(standin_libs[line]), model=str(model),
                           kv_reuse=kv_reuse),
-            chat=replace(ChatSettings(), family="qwen2"),
+            chat=replace(ChatSettings(), family="qwen2", system_prompt=system_prompt,
+                         cache_system_prompt=cache_system_prompt),
             vision=replace(VisionSettings(), encoder=str(encoder or "")))
         return await aiohttp_client(make_app(settings))
     return make
@@ -256,3 +260,44 @@ async def test_overflow_drop_oldest(aiohttp_client: Callable[..., Awaitable[Clie
     prompt = records.all("run")[-1]["prompt"]
     assert "sys" in prompt and "last one" in prompt and "question 0" not in prompt
     assert answer["choices"][0]["message"]["content"].startswith("ctx:")
+
+
+@pytest.mark.parametrize("cached", [True, False])
+async def test_system_prompt_cache_skips_the_system_block(server: Any, records: Records,
+                                                          cached: bool) -> None:
+    """The default system prompt, cached at load, is not prefilled by a new
+    conversation's first turn; the digest proves the model still saw it."""
+    system = "You are a careful assistant. Answer briefly. " * 10
+    client = await server(system_prompt=system, cache_system_prompt=cached)
+    conn = WSClient(await client.ws_connect("/ws"))
+    await conn.recv()
+    block = f"<|im_start|>system\n{system}{EOT}\n"
+    assert rendered([{"role": "system", "content": system}]).startswith(block)
+    if cached:
+        (save,) = [r for r in records.all("run") if r["infer"]["prompt_cache"]]
+        assert save["prompt"] == block
+    chats: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    for rid, name in (("a0", "a"), ("a1", "a"), ("b0", "b")):  # b's turn follows a clear
+        history = chats[name]
+        history.append({"role": "user", "content": f"question {rid}"})
+        done = await ws_turn(conn, rid, history)
+        full = rendered([{"role": "system", "content": system}, *history])
+        assert conn.text(rid) == digest(full)  # the whole conversation, system block included
+        history.append({"role": "assistant", "content": conn.text(rid)})
+        run = records.all("run")[-1]
+        if rid == "a1":  # a follow-up extends the cache; the prompt cache has no part
+            assert run["prompt_cache_reused"] == 0 and run["infer"]["keep_history"] == 1
+        elif cached:
+            turn = full[len(block):]
+            assert run["kv_text_new"] == turn and run["prefill_bytes"] == len(turn.encode())
+            assert run["prompt_cache_reused"] == len(block.encode()) == run["kv_reused"]
+            assert done["timings"]["cache_n"] == len(block.split())
+            assert done["timings"]["prompt_n"] == run_prefill(records) == len(turn.split())
+        else:
+            assert run["kv_text_new"] == full and run["prompt_cache_reused"] == 0
+            assert done["timings"]["cache_n"] == 0
+    if cached:  # the OpenAI API reports the cached block too
+        body = await (await client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "over http"}]})).json()
+        assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == len(block.split())
+        assert records.all("run")[-1]["prompt_cache_reused"] == len(block.encode())

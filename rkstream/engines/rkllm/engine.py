@@ -12,6 +12,7 @@ from rkstream.core.embeddings import ImageTags
 from rkstream.engines.base import InstanceEngine, ModelInfo
 from rkstream.engines.rkllm.instance import RKLLMInstance
 from rkstream.engines.rkllm.loader import RuntimeLibrary, check_model_file, load_runtime
+from rkstream.engines.rkllm.prompt_cache import plan_system_cache
 from rkstream.log import engine_log
 
 
@@ -65,11 +66,15 @@ class RKLLMEngine(InstanceEngine):
         fmt, reason = resolve_chat_format(chat.template, chat.family, str(model))
         (engine_log.info if fmt is not None else engine_log.warning)("chat format: %s", reason)
         self._format = fmt
+        system = (plan_system_cache(fmt, chat.system_prompt, str(model), runtime.line,
+                                    enable_thinking=chat.thinking)
+                  if chat.cache_system_prompt else None)
         for index in range(self._settings.instances):
             instance = RKLLMInstance(
                 runtime, rk, self._settings.sampling, str(model), index, self._control,
                 self._image_tags, raw_prompts=fmt is not None,
-                keep_rewritten=self._settings.chat.history_rewrite == "keep")
+                keep_rewritten=self._settings.chat.history_rewrite == "keep",
+                system_cache=system)
             self._instances.append(instance)
             await instance.load()  # one at a time: NPU memory is allocated in init
         self._info = ModelInfo(

@@ -25,6 +25,13 @@ from rkstream.engines.base import EngineInstance, Job, TextSink
 from rkstream.engines.kv import KVPlan, KVText, kv_mode
 from rkstream.engines.prompt import render_prompt
 from rkstream.engines.rkllm.loader import RuntimeLibrary
+from rkstream.engines.rkllm.prompt_cache import (
+    LoadedCache,
+    PrefillOnly,
+    SystemBlock,
+    cached_tokens,
+    save_and_load,
+)
 from rkstream.engines.rkllm.structs import RunStructs, make_param, make_run_structs
 from rkstream.engines.run import BridgedRun, RunFacts
 from rkstream.engines.text import Utf8Stitcher
@@ -131,13 +138,15 @@ class RKLLMInstance(EngineInstance):
         raw_prompts: rkstream renders prompts itself (a chat format), so the
             runtime's own template is turned off once, after init.
         keep_rewritten: see :class:`~rkstream.engines.kv.KVText`.
+        system_cache: the system block to prefill once at load and keep as a
+            prompt cache (:mod:`~rkstream.engines.rkllm.prompt_cache`), or None.
     """
 
     def __init__(self, runtime: RuntimeLibrary, settings: RKLLMSettings,
                  defaults: SamplingDefaults, model_path: str, index: int,
                  control: concurrent.futures.Executor,
                  image_tags: ImageTags | None = None, *, raw_prompts: bool = False,
-                 keep_rewritten: bool = True) -> None:
+                 keep_rewritten: bool = True, system_cache: SystemBlock | None = None) -> None:
         self.runtime = runtime
         self.settings = settings
         self.defaults = defaults
@@ -158,13 +167,19 @@ class RKLLMInstance(EngineInstance):
                          end_of_turn_kept=settings.kv_end_of_turn == "kept",
                          keep_rewritten=keep_rewritten)
         self.raw_prompts = raw_prompts
+        self._system_block = system_cache if raw_prompts else None
+        self.prompt_cache: LoadedCache | None = None  # loaded into the handle
+        self._prefill_only: PrefillOnly | None = None  # gets the callbacks of the save run
 
     # -- owner thread --------------------------------------------------------
     def _on_result(self, result: Any, userdata: Any, state: int) -> int:
         # Never let an exception reach C: its return value would be undefined.
         try:
             run = self._active
-            return CONTINUE if run is None else run.on_step(result, state)
+            if run is not None:
+                return run.on_step(result, state)
+            steps = self._prefill_only
+            return CONTINUE if steps is None else steps.on_step(result, state)
         except BaseException:
             native_log.exception("result callback failed; generation continues")
             return CONTINUE
@@ -199,6 +214,26 @@ class RKLLMInstance(EngineInstance):
                                       "the runtime's own template cannot be turned off; set "
                                       "[chat] family = \"none\" to use it instead")
             self.kv.clear()
+            if self._system_block is not None:
+                self._load_prompt_cache(self._system_block)
+
+    def _load_prompt_cache(self, block: SystemBlock) -> None:
+        # Optional: a failure costs only the cache, never the instance.
+        steps = PrefillOnly(self.runtime.abi)
+        self._prefill_only = steps
+        try:
+            self.prompt_cache = save_and_load(self.runtime, self._handle, block, steps,
+                                              self.settings, self.defaults)
+        except Exception:
+            engine_log.exception("system prompt not cached: saving or loading %s failed",
+                                 block.path)
+            self.runtime.functions.rkllm_clear_kv_cache(self._handle, 0, None, None)
+        finally:
+            self._prefill_only = None
+        self.kv.clear()
+        if self.prompt_cache is not None:
+            engine_log.info("instance %d: system prompt cached (%d tokens) in %s", self.index,
+                            self.prompt_cache.tokens, block.path)
 
     def _kv_tokens(self) -> int:
         sizes = (ctypes.c_int * 1)()
@@ -219,6 +254,8 @@ class RKLLMInstance(EngineInstance):
             # of it that matches, an estimate (the runtime does not say).
             share = 1.0 if plan.keep_history else plan.reused / max(1, plan.prompt_chars)
             run.cached_tokens = round(held * min(1.0, share))
+        # a run that starts the cache afresh with the system block skips it
+        run.cached_tokens = max(run.cached_tokens, cached_tokens(self.prompt_cache, plan))
 
     def _run_sync(self, run: RKLLMRun) -> None:
         fns = self.runtime.functions
@@ -250,6 +287,9 @@ class RKLLMInstance(EngineInstance):
 
     def _destroy_sync(self) -> None:
         if self._handle.value:
+            if self.prompt_cache is not None:
+                self.runtime.functions.rkllm_release_prompt_cache(self._handle)
+                self.prompt_cache = None
             self.runtime.functions.rkllm_destroy(self._handle)
             self._handle = self.runtime.abi.LLMHandle()
 

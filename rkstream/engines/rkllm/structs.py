@@ -73,6 +73,8 @@ class RunStructs:
     role: bytes
     embeddings: Any = None
     tags: tuple[bytes, bytes, bytes] | None = None
+    prompt_cache: Any = None  # RKLLMPromptCacheParam when the run saves a prompt cache
+    prompt_cache_path: bytes | None = None
 
 
 def _fill_images(runtime: RuntimeLibrary, inp: Any, structs: RunStructs,
@@ -105,14 +107,15 @@ def _fill_images(runtime: RuntimeLibrary, inp: Any, structs: RunStructs,
 def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
                      sampling: SamplingSettings, settings: RKLLMSettings,
                      images: tuple[ImageEmbedding, ...] = (),
-                     tags: ImageTags | None = None, *, keep_history: bool = False
-                     ) -> RunStructs:
+                     tags: ImageTags | None = None, *, keep_history: bool = False,
+                     save_prompt_cache: str | None = None) -> RunStructs:
     """Build RKLLMInput (a text prompt, or text with images) and RKLLMInferParam.
 
     The request's sampling and max_tokens go into the per-run fields where
     the line has them (``caps.per_run_sampling``, ``caps.per_run_max_new_tokens``);
     otherwise the init values apply (the engine still enforces max_tokens by
-    pausing generation from the callback).
+    pausing generation from the callback). ``save_prompt_cache``: a file the
+    runtime saves the run's prompt cache to when the run ends.
     """
     abi, caps = runtime.abi, runtime.caps
     prompt_bytes = prompt.encode("utf-8")
@@ -144,6 +147,12 @@ def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
         infer.max_new_tokens = sampling.max_tokens
     structs = RunStructs(input=inp, infer=infer, sampling=native_sampling,
                          prompt=prompt_bytes, role=role_bytes)
+    if save_prompt_cache is not None:
+        structs.prompt_cache_path = save_prompt_cache.encode()
+        structs.prompt_cache = abi.RKLLMPromptCacheParam()
+        structs.prompt_cache.save_prompt_cache = 1
+        structs.prompt_cache.prompt_cache_path = structs.prompt_cache_path
+        infer.prompt_cache_params = ctypes.pointer(structs.prompt_cache)
     if images:
         _fill_images(runtime, inp, structs, images, tags)
     return structs

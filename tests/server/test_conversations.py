@@ -301,3 +301,33 @@ async def test_system_prompt_cache_skips_the_system_block(server: Any, records: 
             "messages": [{"role": "user", "content": "over http"}]})).json()
         assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == len(block.split())
         assert records.all("run")[-1]["prompt_cache_reused"] == len(block.encode())
+
+
+async def test_a_length_cut_answer_continues_from_the_cache(server: Any,
+                                                           records: Records) -> None:
+    conn = WSClient(await (await server()).ws_connect("/ws"))
+    await conn.recv()
+    history: list[dict[str, Any]] = [{"role": "user", "content": "first"}]
+    await conn.send({"type": "response.create", "request_id": "a", "input": history,
+                     "params": {"max_tokens": 1}})
+    done = (await conn.until_done({"a"}))["a"]
+    assert done["status"] == "incomplete"
+    cut = conn.text("a")  # the first word of the digest: all that reached the cache
+    history += [{"role": "assistant", "content": cut}, {"role": "user", "content": "go on"}]
+    await ws_turn(conn, "b", history)
+    assert conn.text("b") == digest(rendered(history))
+    assert not records.all("clear_kv_cache") and records.all("run")[-1]["kv_reused"] > 0
+
+
+async def test_after_a_runtime_error_the_cache_is_cleared(server: Any,
+                                                         records: Records) -> None:
+    conn = WSClient(await (await server(error_after=1)).ws_connect("/ws"))
+    await conn.recv()
+    history: list[dict[str, Any]] = [{"role": "user", "content": "first"}]
+    assert (await ws_turn(conn, "a", history))["status"] == "failed"
+    history += [{"role": "assistant", "content": conn.text("a")},
+                {"role": "user", "content": "again"}]
+    await ws_turn(conn, "b", history)
+    # What the cache held after the error is unknown: it goes before the next run.
+    clear, = records.all("clear_kv_cache")
+    assert clear["t_ns"] < records.all("run")[-1]["t_ns"]

@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -524,6 +525,10 @@ typedef struct {
     long kv_keeps_end_of_turn;
     char *end_of_turn;  /* NULL or text appended to the KV after an eos */
     char *record;
+    long crash_after;   /* >= 0: SIGSEGV after this many tokens */
+    long hang_after;    /* >= 0: hang after this many tokens */
+    char *hang_release_file; /* a hang ends once this file exists */
+    char *fault_file;   /* control file read at each run start (model file only) */
 } sconf;
 
 static void conf_defaults(sconf *c)
@@ -533,6 +538,8 @@ static void conf_defaults(sconf *c)
     c->finish_on_abort = 1;
     c->embed_width = 16;
     c->auto_prefix_reuse = 1;
+    c->crash_after = -1;
+    c->hang_after = -1;
 }
 
 static void conf_free(sconf *c)
@@ -540,10 +547,14 @@ static void conf_free(sconf *c)
     free(c->reply);
     free(c->end_of_turn);
     free(c->record);
+    free(c->hang_release_file);
+    free(c->fault_file);
     c->reply = c->end_of_turn = c->record = NULL;
+    c->hang_release_file = c->fault_file = NULL;
 }
 
-enum { K_TEXT, K_INT, K_BOOL, K_WAITING, K_PATH, K_THREAD, K_REPLY_MODE };
+/* K_STR: a char * member taken as given (no escapes), e.g. a path */
+enum { K_TEXT, K_STR, K_INT, K_BOOL, K_WAITING, K_PATH, K_THREAD, K_REPLY_MODE };
 
 typedef struct {
     const char *name;
@@ -575,6 +586,10 @@ static const keydef conf_keys[] = {
     LONG_KEY(kv_keeps_end_of_turn, K_BOOL, 0, 0),
     {"record", K_PATH, 0, 0, 1},
     {"callback_thread", K_THREAD, offsetof(sconf, caller_thread), 0, 1},
+    LONG_KEY(crash_after, K_INT, LONG_MIN, 0),
+    LONG_KEY(hang_after, K_INT, LONG_MIN, 0),
+    {"hang_release_file", K_STR, offsetof(sconf, hang_release_file), 0, 0},
+    {"fault_file", K_STR, offsetof(sconf, fault_file), 0, 1},
 };
 
 /* Decode the reply escapes: \n newline, \t tab, \r CR, \\ backslash. */
@@ -662,6 +677,12 @@ static int conf_set(sconf *c, const char *key, size_t klen, const char *value, i
         char **text = (char **)((char *)c + kd->off);
         free(*text);
         *text = unescape(value, strlen(value));
+        return SET_OK;
+    }
+    case K_STR: {
+        char **text = (char **)((char *)c + kd->off);
+        free(*text);
+        *text = xstrdup(value);
         return SET_OK;
     }
     case K_PATH:
@@ -1287,6 +1308,8 @@ typedef struct standin_handle {
     pthread_cond_t abort_cv;
     atomic_int abort_flag;
     atomic_int active; /* number of runs in progress */
+    atomic_int hanging;    /* runs inside an injected hang (abort is ignored) */
+    atomic_int destroying; /* rkllm_destroy is waiting: injected hangs end */
     kvbuf kv;          /* what the KV cache holds (guarded by mu) */
     size_t kv_sys;     /* leading bytes of kv that are the template's system prompt */
     kvbuf pc;          /* the loaded prompt cache (guarded by mu) */
@@ -1295,6 +1318,7 @@ typedef struct standin_handle {
     char *tpl_system, *tpl_prefix, *tpl_postfix;
     sconf base;
     char *record;      /* resolved record path, NULL = none */
+    char *fault_file;  /* resolved fault control file, NULL = none */
     LLMResultCallback cb;
     void *cb_userdata; /* 1.3: RKLLMCallback.result_userdata */
     int32_t max_new_tokens;
@@ -1334,6 +1358,11 @@ typedef struct {
     int is_async;
     LLMResultCallback cb;
     void *userdata;
+    /* injected fault, armed when the run starts */
+    int fault;          /* FAULT_NONE, FAULT_CRASH or FAULT_HANG */
+    long fault_after;   /* tokens before it fires */
+    int fault_from_file;/* armed by the fault control file */
+    int fault_fired;
     /* outcome */
     int ret;
     const char *finish;
@@ -1411,6 +1440,177 @@ static unsigned long long sat_add_mul(unsigned long long a, unsigned long long b
     return v > cap ? cap : v;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Injected faults: crash_after, hang_after, the fault control file         */
+/* ------------------------------------------------------------------------ */
+
+enum { FAULT_NONE = 0, FAULT_CRASH = 1, FAULT_HANG = 2 };
+
+static const char *fault_name(int fault)
+{
+    return fault == FAULT_CRASH ? "crash" : fault == FAULT_HANG ? "hang" : NULL;
+}
+
+/*
+ * Read the fault control file: "crash N", "hang N" (or "crash:N", "hang:N"),
+ * "none" or nothing, blanks around the words ignored.  A missing file means
+ * no fault.  Anything else means no fault and, with `warn`, a warning.
+ * Returns FAULT_* and sets *after.
+ */
+static int read_fault_file(const char *path, long *after, int warn)
+{
+    *after = -1;
+    if (!path || !*path)
+        return FAULT_NONE;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (warn && errno != ENOENT)
+            fprintf(stderr, "W rkllm: stand-in: cannot read fault file %s: %s\n", path,
+                    strerror(errno));
+        return FAULT_NONE;
+    }
+    char text[128];
+    size_t got = 0;
+    while (got < sizeof text - 1) {
+        ssize_t r = read(fd, text + got, sizeof text - 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    char extra;
+    int too_long = got == sizeof text - 1 && read(fd, &extra, 1) > 0;
+    close(fd);
+    text[got] = '\0';
+
+    char *s = text;
+    while (is_ws((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && is_ws((unsigned char)e[-1]))
+        *--e = '\0';
+    if (!too_long && (!*s || !strcmp(s, "none")))
+        return FAULT_NONE;
+
+    int fault = FAULT_NONE;
+    const char *rest = NULL;
+    if (!too_long && !strncmp(s, "crash", 5)) {
+        fault = FAULT_CRASH;
+        rest = s + 5;
+    } else if (!too_long && !strncmp(s, "hang", 4)) {
+        fault = FAULT_HANG;
+        rest = s + 4;
+    }
+    long n = -1;
+    if (rest) {
+        const char *r = rest;
+        int sep = 0;
+        while (is_ws((unsigned char)*r)) {
+            r++;
+            sep = 1;
+        }
+        if (*r == ':') {
+            r++;
+            sep = 1;
+        }
+        if (!sep || parse_long(r, &n) || n < 0)
+            fault = FAULT_NONE;
+    }
+    if (fault == FAULT_NONE) {
+        if (warn)
+            fprintf(stderr,
+                    "W rkllm: stand-in: fault file %s: expected 'crash N', 'hang N' or "
+                    "nothing, got '%.40s'; no fault\n",
+                    path, s);
+        return FAULT_NONE;
+    }
+    *after = n;
+    return fault;
+}
+
+/* A "fault" record: the injected fault fires now. */
+static void rec_fault(const run_job *j)
+{
+    sbuf rec = {0};
+    rec_begin(&rec, "fault", j->h);
+    jk_str(&rec, "kind", fault_name(j->fault));
+    jk_int(&rec, "after", j->fault_after);
+    jk_str(&rec, "source", j->fault_from_file ? "fault_file" : "settings");
+    rec_commit(&rec, j->h->record);
+    sb_free(&rec);
+}
+
+/*
+ * crash_after: a genuine invalid memory access on the thread that makes the
+ * callbacks.  The pointer is read through a volatile object, so the compiler
+ * cannot prove it NULL and must emit the store (no UB-based elision, no trap
+ * instruction instead of the access).  Should the store not fault (page 0
+ * mapped) or a handler return, raise(SIGSEGV) follows, then SIGSEGV with the
+ * default action and unblocked; abort() is the very last resort.
+ */
+__attribute__((noreturn, noinline)) static void fault_crash(const run_job *j)
+{
+    rec_fault(j);
+    fflush(stdout);
+    fprintf(stderr, "E rkllm: stand-in: injected crash after %ld tokens\n", j->fault_after);
+    fflush(stderr);
+
+    static int *volatile null_target; /* always NULL, but the compiler cannot know */
+    volatile int *p = null_target;
+    *p = 0x5e6f;
+
+    raise(SIGSEGV);
+    signal(SIGSEGV, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGSEGV);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    raise(SIGSEGV);
+    abort();
+}
+
+/*
+ * hang_after: no callbacks, rkllm_abort ignored, the thread sleeps in 2 ms
+ * steps without looking at the abort flag.  It ends only when released:
+ * hang_release_file exists, the fault control file that armed the hang no
+ * longer says "hang", or rkllm_destroy is waiting for the run.  Then the run
+ * goes on where it stopped (an abort that came meanwhile takes effect).
+ */
+static void fault_hang(run_job *j)
+{
+    standin_handle *h = j->h;
+    rec_fault(j);
+    fprintf(stderr, "W rkllm: stand-in: injected hang after %ld tokens\n", j->fault_after);
+    fflush(stderr);
+    atomic_fetch_add(&h->hanging, 1);
+    uint64_t t0 = now_ns();
+    const char *release_file = j->cf.hang_release_file;
+    const char *by = NULL;
+    while (!by) {
+        long n;
+        if (atomic_load(&h->destroying))
+            by = "destroy";
+        else if (release_file && *release_file && access(release_file, F_OK) == 0)
+            by = "release_file";
+        else if (j->fault_from_file && read_fault_file(h->fault_file, &n, 0) != FAULT_HANG)
+            by = "fault_file";
+        else {
+            struct timespec ts = {0, 2000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    atomic_fetch_sub(&h->hanging, 1);
+
+    sbuf rec = {0};
+    rec_begin(&rec, "hang_end", h);
+    jk_str(&rec, "released_by", by);
+    jk_f(&rec, "hung_ms", (double)(now_ns() - t0) / 1e6);
+    jk_bool(&rec, "abort_pending", atomic_load(&h->abort_flag));
+    rec_commit(&rec, h->record);
+    sb_free(&rec);
+}
+
 /* The generation itself: callbacks, timing, FINISH/ERROR. */
 static void job_generate(run_job *j)
 {
@@ -1452,6 +1652,18 @@ static void job_generate(run_job *j)
         planned = 0;
 
     for (long i = 0; !aborted; i++) {
+        /* an injected fault fires once N token steps are out, before whatever
+         * would come next (a token, the end of the run, the abort check) */
+        if (j->fault != FAULT_NONE && !j->fault_fired && j->generated >= j->fault_after) {
+            j->fault_fired = 1;
+            if (j->fault == FAULT_CRASH)
+                fault_crash(j);
+            fault_hang(j);
+            if (atomic_load(&h->abort_flag)) { /* aborted before or during the hang */
+                aborted = 1;
+                break;
+            }
+        }
         if (i >= planned) {
             j->finish = "eos";
             break;
@@ -1724,7 +1936,9 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
     j->cf = h->base;
     j->cf.reply = xstrdup(h->base.reply);
     j->cf.end_of_turn = xstrdup(h->base.end_of_turn);
+    j->cf.hang_release_file = xstrdup(h->base.hang_release_file);
     j->cf.record = NULL;
+    j->cf.fault_file = NULL; /* the handle's resolved h->fault_file is used */
     j->cb = h->cb;
     j->userdata = userdata;
 #if RKLLM_LINE >= 13
@@ -1922,6 +2136,29 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
     jk_int(&rec, "max_new_tokens_effective", j->limit);
     jk_bool(&rec, "concurrent", prev > 0);
     jk_bool(&rec, "async", is_async);
+
+    /* the injected fault: the control file, read now, wins over the settings */
+    long file_after = -1;
+    int file_fault = read_fault_file(h->fault_file, &file_after, 1);
+    if (file_fault != FAULT_NONE) {
+        j->fault = file_fault;
+        j->fault_after = file_after;
+        j->fault_from_file = 1;
+    } else if (j->cf.crash_after >= 0 &&
+               (j->cf.hang_after < 0 || j->cf.crash_after <= j->cf.hang_after)) {
+        j->fault = FAULT_CRASH;
+        j->fault_after = j->cf.crash_after;
+    } else if (j->cf.hang_after >= 0) {
+        j->fault = FAULT_HANG;
+        j->fault_after = j->cf.hang_after;
+    }
+    jk(&rec, "fault");
+    if (j->fault == FAULT_NONE)
+        sb_puts(&rec, "null");
+    else
+        sb_printf(&rec, "\"%s:%ld\"", fault_name(j->fault), j->fault_after);
+    jk_str(&rec, "fault_source",
+           j->fault == FAULT_NONE ? NULL : j->fault_from_file ? "fault_file" : "settings");
     rec_commit(&rec, h->record);
     sb_free(&rec);
     return j;
@@ -2027,6 +2264,7 @@ RKLLM_API int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback
         return -1;
     }
     const char *env = getenv("RKLLM_STANDIN_RECORD");
+    const char *fault_env = getenv("RKLLM_STANDIN_FAULT_FILE");
     sconf cf;
     conf_defaults(&cf);
     int rc = load_model_file(param->model_path, &cf);
@@ -2056,6 +2294,10 @@ RKLLM_API int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback
     atomic_init(&h->active, 0);
     h->base = cf;
     h->record = (rec_path && *rec_path) ? xstrdup(rec_path) : NULL;
+    const char *fault_path = (fault_env && *fault_env) ? fault_env : cf.fault_file;
+    h->fault_file = (fault_path && *fault_path) ? xstrdup(fault_path) : NULL;
+    atomic_init(&h->hanging, 0);
+    atomic_init(&h->destroying, 0);
 #if RKLLM_LINE >= 13
     h->cb = callback ? callback->result_callback : NULL;
     h->cb_userdata = callback ? callback->result_userdata : NULL;
@@ -2133,9 +2375,11 @@ RKLLM_API int rkllm_abort(LLMHandle handle)
     /* Record first, then stop the run: once woken it may end (and write its
      * run_end) at once, and readers expect the abort before that. */
     int running = atomic_load(&h->active) > 0;
+    int ignored = atomic_load(&h->hanging) > 0; /* an injected hang does not look */
     sbuf rec = {0};
     rec_begin(&rec, "abort", h);
     jk_bool(&rec, "running", running);
+    jk_bool(&rec, "ignored", ignored);
     rec_commit(&rec, h->record);
     sb_free(&rec);
     atomic_store(&h->abort_flag, 1);
@@ -2163,6 +2407,7 @@ RKLLM_API int rkllm_destroy(LLMHandle handle)
     pthread_mutex_lock(&h->mu);
     int was_running = atomic_load(&h->active) > 0;
     if (was_running) {
+        atomic_store(&h->destroying, 1); /* releases an injected hang */
         atomic_store(&h->abort_flag, 1);
         wake_sleepers(h);
     }
@@ -2188,6 +2433,7 @@ RKLLM_API int rkllm_destroy(LLMHandle handle)
     free(h->tpl_prefix);
     free(h->tpl_postfix);
     free(h->record);
+    free(h->fault_file);
     free(h->img_start);
     free(h->img_end);
     free(h->img_content);

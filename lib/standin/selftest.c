@@ -10,12 +10,15 @@
 #include "rkllm_standin.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,6 +110,7 @@ typedef struct {
     int pause_after;  /* return 1 after this many NORMAL steps */
     pid_t tid;
     int tids_mixed;
+    int notify_fd;    /* > 0: one byte per callback (N, W, F, E) goes here */
     RKLLMPerfStat perf;
 } collector;
 
@@ -145,6 +149,12 @@ static int on_result(RKLLMResult *r, void *userdata, LLMCallState st)
     c->tid = me;
     if (c->n_finish || c->n_error)
         c->after_end++;
+    if (c->notify_fd > 0) {
+        char tag = st == RKLLM_RUN_NORMAL ? 'N' : st == RKLLM_RUN_WAITING ? 'W'
+                 : st == RKLLM_RUN_FINISH ? 'F' : 'E';
+        if (write(c->notify_fd, &tag, 1) != 1)
+            c->notify_fd = 0;
+    }
     switch (st) {
     case RKLLM_RUN_NORMAL:
     case RKLLM_RUN_WAITING:
@@ -1260,6 +1270,391 @@ static void test_userdata_fallback(const char *model)
 }
 #endif
 
+
+/* ---- injected faults --------------------------------------------------- */
+
+static int count_calls(const char *call)
+{
+    char *text = slurp(record_path);
+    char want[64];
+    snprintf(want, sizeof want, "{\"call\":\"%s\",", call);
+    int n = 0;
+    for (const char *p = text; p && (p = strstr(p, want)) != NULL; p++)
+        n++;
+    free(text);
+    return n;
+}
+
+/* Wait for a child up to `ms`; kill it with SIGKILL after that. Returns the
+ * wait status, and sets *killed when the parent had to kill it. */
+static int wait_child(pid_t pid, int ms, int *killed)
+{
+    int status = 0;
+    uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
+    *killed = 0;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        if (r < 0)
+            return -1;
+        if (now_ns() >= deadline) {
+            kill(pid, SIGKILL);
+            *killed = 1;
+            waitpid(pid, &status, 0);
+            return status;
+        }
+        sleep_ms(1);
+    }
+}
+
+/* Read what a child wrote to a pipe until EOF (its death), `stop_at` bytes
+ * (0: no limit) or `ms`. */
+static void read_pipe(int fd, char *out, size_t cap, int ms, size_t stop_at)
+{
+    size_t n = 0;
+    uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    while (n + 1 < cap && (!stop_at || n < stop_at)) { /* at least one read */
+        ssize_t r = read(fd, out + n, cap - 1 - n);
+        if (r > 0)
+            n += (size_t)r;
+        else if (r == 0 || now_ns() >= deadline)
+            break;
+        else
+            sleep_ms(1);
+    }
+    out[n] = '\0';
+}
+
+/* In a crashing child: report how the SIGSEGV came ('K': the kernel, from a
+ * real invalid access; 'R': raise/kill), then die of it with the default
+ * action (returning re-runs the faulting store, or reaches the fallback). */
+static int segv_report_fd = -1;
+
+static void on_segv(int sig, siginfo_t *info, void *ctx)
+{
+    (void)ctx;
+    char tag = info->si_code > 0 ? 'K' : 'R';
+    if (write(segv_report_fd, &tag, 1) != 1) {
+        /* nothing to do: the parent then sees no tag */
+    }
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, NULL);
+}
+
+/*
+ * A run that crashes in a forked child: the child runs `prompt` on `model`,
+ * one byte per callback goes to a pipe, its stderr to a file.  The parent
+ * sees the child die of SIGSEGV after exactly `expect` callbacks.
+ */
+static void crash_case(const char *model, const char *prompt, const char *expect,
+                       const char *expect_fault, const char *label)
+{
+    char err_path[320];
+    snprintf(err_path, sizeof err_path, "%s/crash-stderr.txt", tmpdir);
+    int runs_before = count_calls("run"), ends_before = count_calls("run_end");
+    int fds[2];
+    if (pipe(fds) != 0) {
+        CHECK(0, "%s: pipe", label);
+        return;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        int fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0)
+            dup2(fd, 2);
+        LLMHandle h = NULL;
+        if (init_with(&h, model, 0) != 0)
+            _exit(3);
+        collector c;
+        col_init(&c);
+        c.notify_fd = fds[1];
+        segv_report_fd = fds[1];
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_segv;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, NULL);
+        run_text(h, prompt, &c, 0, 0);
+        _exit(4); /* not reached: the run crashes */
+    }
+    close(fds[1]);
+    char seen[64];
+    read_pipe(fds[0], seen, sizeof seen, 5000, 0);
+    close(fds[0]);
+    int killed;
+    int status = wait_child(pid, 5000, &killed);
+    CHECK(!killed && WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV,
+          "%s: child status %#x (killed %d)", label, status, killed);
+    char want[64];
+    snprintf(want, sizeof want, "%sK", expect); /* the callbacks, then a kernel SIGSEGV */
+    CHECK(strcmp(seen, want) == 0, "%s: pipe '%s', want '%s'", label, seen, want);
+    char *err = slurp(err_path);
+    char line[128];
+    snprintf(line, sizeof line, "E rkllm: stand-in: injected crash after %d tokens\n",
+             (int)strlen(expect));
+    CHECK(err && strstr(err, line), "%s: stderr '%s'", label, err ? err : "(none)");
+    free(err);
+    char *run = last_record("run");
+    char *fault = last_record("fault");
+    CHECK(count_calls("run") == runs_before + 1 && count_calls("run_end") == ends_before,
+          "%s: a run record and no run_end", label);
+    CHECK(rec_str_is(run, "fault", expect_fault), "%s: run record %s", label,
+          run ? run : "(none)");
+    CHECK(rec_str_is(fault, "kind", "crash") && rec_int(fault, "after") == (long long)strlen(expect),
+          "%s: fault record %s", label, fault ? fault : "(none)");
+    free(run);
+    free(fault);
+}
+
+static void test_fault_crash(void)
+{
+    char *fault_file = write_model("fault-crash.txt", "");
+    char extra[512];
+    crash_case(standin_model("crash-key.rkllm", "reply = a b c d\ncrash_after = 2"), "go",
+               "NN", "crash:2", "crash_after key");
+    crash_case(standin_model("crash-none.rkllm", "reply = a b c d"),
+               "go [[crash_after=0]]", "", "crash:0", "crash_after=0 directive");
+    /* the control file; callbacks on the caller's thread; beats hang_after */
+    snprintf(extra, sizeof extra,
+             "reply = a b c d\nfault_file = %s\ncallback_thread = caller\nhang_after = 1",
+             fault_file);
+    write_model("fault-crash.txt", "  crash 3\n");
+    crash_case(standin_model("crash-file.rkllm", extra), "go", "NNN", "crash:3",
+               "fault file crash 3");
+    /* a crash due after the reply's last token comes before its FINISH */
+    crash_case(standin_model("crash-end.rkllm", "reply = a b"), "go [[crash_after=2]]", "NN",
+               "crash:2", "crash instead of FINISH");
+}
+
+typedef struct {
+    LLMHandle h;
+    const char *prompt;
+    collector *c;
+    int rc;
+    int done;
+} hang_arg;
+
+static void *hang_thread(void *p)
+{
+    hang_arg *a = p;
+    a->rc = run_text(a->h, a->prompt, a->c, 0, 0);
+    __atomic_store_n(&a->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static int wait_normal(collector *c, int n, int ms)
+{
+    uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
+    while (col_count(c, 0) < n && now_ns() < deadline)
+        sleep_ms(1);
+    return col_count(c, 0);
+}
+
+static int wait_done(hang_arg *a, int ms)
+{
+    uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
+    while (!__atomic_load_n(&a->done, __ATOMIC_SEQ_CST) && now_ns() < deadline)
+        sleep_ms(1);
+    return __atomic_load_n(&a->done, __ATOMIC_SEQ_CST);
+}
+
+static void test_fault_hang(void)
+{
+    char *fault_file = write_model("fault-hang.txt", "");
+    char release[320];
+    snprintf(release, sizeof release, "%s/release-me", tmpdir);
+    unlink(release);
+    char extra[512];
+    snprintf(extra, sizeof extra, "reply = a b c d\nfault_file = %s", fault_file);
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, standin_model("hang.rkllm", extra), 0) == 0, "init hang model");
+    if (!h)
+        return;
+    collector c;
+
+    /* 1. the control file is empty: a normal run */
+    col_init(&c);
+    CHECK(run_text(h, "go", &c, 0, 0) == 0 && c.n_normal == 4 && c.n_finish == 1,
+          "no fault: normal %d finish %d", c.n_normal, c.n_finish);
+    char *run = last_record("run");
+    CHECK(run && strstr(run, "\"fault\":null,\"fault_source\":null"), "no fault: %s",
+          run ? run : "(none)");
+    free(run);
+    col_free(&c);
+
+    /* 2. "hang 1": no more callbacks, abort ignored, released by the file */
+    write_model("fault-hang.txt", "hang 1\n");
+    col_init(&c);
+    hang_arg a = {h, "go", &c, 99, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, hang_thread, &a);
+    CHECK(wait_normal(&c, 1, 3000) == 1, "hang: first token");
+    sleep_ms(40);
+    CHECK(col_count(&c, 0) == 1 && col_count(&c, 2) == 0 && !a.done && rkllm_is_running(h),
+          "hang: callbacks stopped, run still going");
+    CHECK(rkllm_abort(h) == 0, "hang: abort returns 0");
+    char *ab = last_record("abort");
+    CHECK(ab && strstr(ab, "\"running\":true,\"ignored\":true"), "hang: abort record %s",
+          ab ? ab : "(none)");
+    free(ab);
+    sleep_ms(40);
+    CHECK(col_count(&c, 0) == 1 && col_count(&c, 2) == 0 && !a.done && rkllm_is_running(h),
+          "hang: abort ignored");
+    write_model("fault-hang.txt", "");
+    CHECK(wait_done(&a, 3000), "hang: released by emptying the control file");
+    pthread_join(t, NULL);
+    CHECK(a.rc == 0 && c.n_normal == 1 && c.n_finish == 1 && c.n_error == 0,
+          "hang: ends as aborted: rc %d normal %d finish %d", a.rc, c.n_normal, c.n_finish);
+    char *end = last_record("run_end");
+    char *he = last_record("hang_end");
+    run = last_record("run");
+    CHECK(rec_str_is(end, "finish", "abort") && rec_int(end, "generated") == 1,
+          "hang: run_end %s", end ? end : "(none)");
+    CHECK(rec_str_is(he, "released_by", "fault_file") && he &&
+              strstr(he, "\"abort_pending\":true"),
+          "hang: hang_end %s", he ? he : "(none)");
+    CHECK(rec_str_is(run, "fault", "hang:1") && rec_str_is(run, "fault_source", "fault_file"),
+          "hang: run record %s", run ? run : "(none)");
+    free(end);
+    free(he);
+    free(run);
+    col_free(&c);
+    ab = NULL;
+    rkllm_abort(h);
+    ab = last_record("abort");
+    CHECK(ab && strstr(ab, "\"running\":false,\"ignored\":false"), "idle abort record %s",
+          ab ? ab : "(none)");
+    free(ab);
+
+    /* 3. a directive hang, released by hang_release_file: the run resumes */
+    char prompt[512];
+    snprintf(prompt, sizeof prompt, "go [[hang_after=2]] [[crash_after=3]] "
+                                    "[[hang_release_file=%s]]", release);
+    col_init(&c);
+    hang_arg b = {h, prompt, &c, 99, 0};
+    pthread_create(&t, NULL, hang_thread, &b);
+    CHECK(wait_normal(&c, 2, 3000) == 2, "release file: two tokens");
+    sleep_ms(30);
+    CHECK(col_count(&c, 0) == 2 && !b.done, "release file: hanging");
+    write_model("release-me", "");
+    CHECK(wait_done(&b, 3000), "release file: released");
+    pthread_join(t, NULL);
+    CHECK(b.rc == 0 && c.n_normal == 4 && c.n_finish == 1 && !strcmp(buf_str(&c.normal), "a b c d"),
+          "release file: resumed to the end: rc %d normal %d '%s'", b.rc, c.n_normal,
+          buf_str(&c.normal));
+    he = last_record("hang_end");
+    run = last_record("run");
+    CHECK(rec_str_is(he, "released_by", "release_file") && strstr(he, "\"abort_pending\":false"),
+          "release file: %s", he ? he : "(none)");
+    CHECK(rec_str_is(run, "fault", "hang:2") && rec_str_is(run, "fault_source", "settings"),
+          "release file: run record %s", run ? run : "(none)");
+    free(he);
+    free(run);
+    col_free(&c);
+    unlink(release);
+
+    /* 3b. a hang after the last token, aborted meanwhile: ends as aborted, not eos */
+    snprintf(prompt, sizeof prompt, "go [[hang_after=4]] [[hang_release_file=%s]]", release);
+    col_init(&c);
+    hang_arg d = {h, prompt, &c, 99, 0};
+    pthread_create(&t, NULL, hang_thread, &d);
+    CHECK(wait_normal(&c, 4, 3000) == 4, "hang at the end: four tokens");
+    sleep_ms(20);
+    CHECK(rkllm_abort(h) == 0 && col_count(&c, 2) == 0 && !d.done, "hang at the end: hung");
+    write_model("release-me", "");
+    CHECK(wait_done(&d, 3000), "hang at the end: released");
+    pthread_join(t, NULL);
+    end = last_record("run_end");
+    CHECK(d.rc == 0 && c.n_finish == 1 && rec_str_is(end, "finish", "abort") &&
+              rec_int(end, "generated") == 4,
+          "hang at the end: %s", end ? end : "(none)");
+    free(end);
+    col_free(&c);
+    unlink(release);
+
+    /* 4. bad control file content: a warning, no fault */
+    write_model("fault-hang.txt", "hang soon\n");
+    col_init(&c);
+    CHECK(run_text(h, "go", &c, 0, 0) == 0 && c.n_normal == 4 && c.n_finish == 1,
+          "bad control file: normal run");
+    run = last_record("run");
+    CHECK(run && strstr(run, "\"fault\":null"), "bad control file: %s", run ? run : "(none)");
+    free(run);
+    col_free(&c);
+
+    /* 5. rkllm_destroy ends a hang (async run, "hang:0" from the file) */
+    write_model("fault-hang.txt", "hang:0");
+    col_init(&c);
+    RKLLMInput in;
+    memset(&in, 0, sizeof in);
+    in.input_type = RKLLM_INPUT_PROMPT;
+    in.prompt_input = "go";
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    CHECK(rkllm_run_async(h, &in, &ip, &c) == 0, "destroy: run_async");
+    sleep_ms(30);
+    CHECK(col_count(&c, 0) == 0 && rkllm_is_running(h), "destroy: hung before any token");
+    uint64_t t0 = now_ns();
+    CHECK(rkllm_destroy(h) == 0, "destroy during a hang");
+    double ms = (double)(now_ns() - t0) / 1e6;
+    he = last_record("hang_end");
+    CHECK(ms < 100.0 && c.n_normal == 0 && c.n_finish == 1, "destroy: %.3f ms, finish %d", ms,
+          c.n_finish);
+    CHECK(rec_str_is(he, "released_by", "destroy"), "destroy: %s", he ? he : "(none)");
+    free(he);
+    col_free(&c);
+    write_model("fault-hang.txt", "");
+}
+
+/* A hang nothing releases: a forked child is killed after a timeout. */
+static void test_fault_hang_killed(void)
+{
+    int fds[2];
+    if (pipe(fds) != 0) {
+        CHECK(0, "hang kill: pipe");
+        return;
+    }
+    char *model = standin_model("hang-kill.rkllm", "reply = a b c d\nhang_after = 1");
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0)
+            dup2(fd, 2);
+        LLMHandle h = NULL;
+        if (init_with(&h, model, 0) != 0)
+            _exit(3);
+        collector c;
+        col_init(&c);
+        c.notify_fd = fds[1];
+        run_text(h, "go", &c, 0, 0);
+        _exit(4); /* not reached: nothing releases the hang */
+    }
+    close(fds[1]);
+    char seen[64];
+    read_pipe(fds[0], seen, sizeof seen, 3000, 1); /* the first token */
+    sleep_ms(50);
+    char more[8];
+    read_pipe(fds[0], more, sizeof more, 0, 0); /* nothing after it */
+    int killed;
+    int status = wait_child(pid, 50, &killed);
+    close(fds[0]);
+    CHECK(strcmp(seen, "N") == 0 && !more[0], "hang kill: callbacks '%s' then '%s'", seen,
+          more);
+    CHECK(killed && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+          "hang kill: status %#x killed %d", status, killed);
+}
+
 static void test_records(void)
 {
     char *text = slurp(record_path);
@@ -1387,6 +1782,9 @@ int main(void)
     test_prompt_cache();
     test_threads();
     test_concurrent_and_destroy(plain);
+    test_fault_crash();
+    test_fault_hang();
+    test_fault_hang_killed();
 #if RKLLM_LINE >= 13
     test_userdata_fallback(plain);
 #endif

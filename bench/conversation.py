@@ -5,25 +5,29 @@ chat frontends do: a ~1,000-token system prompt, then ten short user turns,
 through /v1/chat/completions, streamed. TTFT is the time from sending the
 request to the first chunk that carries content.
 
-* ``standin``: the stand-in runtime at a board-like speed (prefill ~340
-  tokens/s as a 1.5B w8a8 model on RK3588, ~4 bytes a token; decode 16.7
-  tokens/s), rendered as ChatML (``chat.family = qwen2``) with
-  ``rkllm.kv_reuse`` = history, runtime and off; then Qwen3, whose format drops
-  the reasoning of earlier answers, with ``chat.history_rewrite`` = keep and
-  reprefill (the stand-in's reply holds a ``<think>`` block).
-* ``cpu``: the CPU engine with the bundled SmolLM2-135M through rkstream, and
-  llama-cpp-python's own OpenAI server on the same GGUF, greedy, one after the
-  other on the same machine.
+* Stand-in runtime at a board-like speed (prefill ~340 tokens/s as a 1.5B
+  w8a8 model on RK3588, at ~4 bytes a token; decode 16.7 tokens/s), rendered
+  as ChatML (``chat.family = qwen2``) with ``rkllm.kv_reuse`` = history,
+  runtime and off; then Qwen3, whose format drops the reasoning of earlier
+  answers, with ``chat.history_rewrite`` = keep and reprefill (the stand-in's
+  reply holds a ``<think>`` block).
+* CPU engine with the bundled SmolLM2-135M: rkstream, and llama-cpp-python's
+  own OpenAI server on the same GGUF (``pip install fastapi uvicorn
+  sse-starlette starlette-context pydantic-settings``), greedy, interleaved
+  runs; each run waits for other processes to leave the CPUs alone first.
 
-    python bench/conversation.py                  # both parts (about 4 minutes)
-    python bench/conversation.py --quick          # 4 turns, fewer modes
+    python bench/conversation.py                  # both parts, about 6 minutes
+    python bench/conversation.py --quick          # 4 turns, fewer runs (~1 minute)
     python bench/conversation.py --part standin   # or --part cpu; --ws adds /ws
+    python bench/conversation.py --url http://127.0.0.1:8080   # a running server
+                                                  # (on a board: compare kv_reuse modes)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import random
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +50,11 @@ from rkstream.engines.llamacpp.model import resolve_model
 from common import free_port, wait_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TURN_TIMEOUT_S = 120.0  # one turn; turn 1 on the CPU engine takes ~10 s
-DEADLINE_S = 540.0  # the whole benchmark stops here, done or not
-QUIET = 0.15  # CPU share used by others below which a CPU-engine run starts
+TURN_TIMEOUT_S = 120.0  # one turn; turn 1 on the CPU engine takes ~5 s
+BUDGET_S = 570.0  # no run starts after this; what was measured is printed
+RUN_RESERVE_S = 60.0  # the longest one run takes (a stand-in run with reuse off)
+QUIET = 0.15  # share of the CPUs others may use when a CPU-engine run starts
+QUIET_WAIT_S = 20.0
 
 # Board-like stand-in speed: 340 tokens/s at ~4 bytes a token is 1e6 / 1360
 # = 735 us a byte; 16.7 tokens/s decode is 60 ms a token (rkllm_perf.md,
@@ -57,7 +64,7 @@ TOKEN_DELAY_US = 60_000
 STANDIN_REPLY = "Noted. I will keep that in mind and plan the next step with you."
 THINK_REPLY = ("<think>\nThe traveller added a wish; check it against the rules and "
                "the plan so far.\n</think>\n\n" + STANDIN_REPLY)
-# Greedy on both servers, so they generate the same text from the same history.
+# Greedy on both servers, so they write the same answers from the same history.
 GREEDY = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "repeat_penalty": 1.0}
 
 USER_TURNS = (
@@ -75,7 +82,7 @@ USER_TURNS = (
 
 
 def system_prompt(words: int = 760) -> str:
-    """A deterministic system prompt of about 1,000 SmolLM2 tokens (~4.3 bytes each)."""
+    """A deterministic system prompt: 4,517 bytes, 1,012 SmolLM2 tokens."""
     rng = random.Random(10)
     topics = ("train tickets", "museum hours", "local food", "old town walks", "budgets",
               "hotel choice", "day trips", "weather", "safety", "opening times",
@@ -104,7 +111,7 @@ class Turn:
     ttft_ms: float
     total_ms: float
     text: str
-    prompt_n: int | None  # prompt tokens processed (prefilled) by this turn
+    prompt_n: int | None  # prompt tokens this turn processed (prefilled)
     cache_n: int | None  # prompt tokens taken from the KV cache
 
 
@@ -114,18 +121,28 @@ class Series:
 
     name: str
     turns: list[Turn]
-    busy: float = 0.0  # CPU share others used just before the run
+    busy: float = 0.0  # share of the CPUs others used just before the run
 
 
-def _deadline_left(started: float) -> float:
-    left = DEADLINE_S - (time.monotonic() - started)
-    if left <= 0:
-        raise SystemExit("conversation.py: past its time budget; stopping")
-    return left
+class Budget:
+    """The benchmark's time limit: a run starts only if it can end within it."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.skipped: list[str] = []
+
+    def allows(self, name: str) -> bool:
+        if time.monotonic() - self.started + RUN_RESERVE_S <= BUDGET_S:
+            return True
+        self.skipped.append(f"{name} (out of time)")
+        return False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
 
 def cpu_busy(seconds: float = 1.0) -> float:
-    """The share of all CPUs busy over ``seconds`` (from /proc/stat), 0 to 1."""
+    """The share of all CPUs busy over ``seconds``, from /proc/stat (0 to 1)."""
     def sample() -> tuple[int, int]:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
         return sum(fields), fields[3] + fields[4]  # total, idle + iowait
@@ -136,10 +153,10 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def wait_quiet(limit_s: float = 60.0) -> float:
-    """Wait, at most ``limit_s``, until other processes leave the CPUs alone (on two
-    cores one busy process halves llama.cpp's prefill); return the last busy share."""
-    deadline = time.monotonic() + limit_s
+def wait_quiet() -> float:
+    """Wait a little for other processes to leave the CPUs alone, and return the busy
+    share: one busy process on a 2-core machine can make a prefill seconds slower."""
+    deadline = time.monotonic() + QUIET_WAIT_S
     busy = cpu_busy()
     while busy > QUIET and time.monotonic() < deadline:
         busy = cpu_busy(2.0)
@@ -147,8 +164,8 @@ def wait_quiet(limit_s: float = 60.0) -> float:
 
 
 # -- clients -------------------------------------------------------------------------
-async def openai_turn(session: aiohttp.ClientSession, base: str, messages: list[dict[str, str]],
-                      max_tokens: int) -> Turn:
+async def openai_turn(session: aiohttp.ClientSession, base: str,
+                      messages: list[dict[str, str]], max_tokens: int) -> Turn:
     """One streamed /v1/chat/completions request."""
     body = {"model": "bench", "messages": messages, "stream": True, "max_tokens": max_tokens,
             "stream_options": {"include_usage": True}, **GREEDY}
@@ -306,6 +323,13 @@ def rkstream_command(port: int, *settings: str, standin_model: Path | None = Non
     return command
 
 
+def llama_server_command(port: int, *options: str) -> list[str]:
+    """llama-cpp-python's own OpenAI server on the bundled GGUF, rkstream's context size."""
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model("")),
+            "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port),
+            "--verbose", "false", *options]
+
+
 # -- part 1: the stand-in --------------------------------------------------------------
 def write_standin_model(path: Path, reply: str) -> None:
     """A stand-in model file: board-like prefill and decode, a fixed reply."""
@@ -316,7 +340,7 @@ def write_standin_model(path: Path, reply: str) -> None:
                     f"reply = \"{escaped}\"\n")
 
 
-# (column name, chat family, extra settings)
+# (column, chat family, settings)
 STANDIN_MODES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("history", "qwen2", ("rkllm.kv_reuse=history",)),
     ("runtime", "qwen2", ("rkllm.kv_reuse=runtime",)),
@@ -327,55 +351,60 @@ STANDIN_MODES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
-async def standin_part(args: argparse.Namespace, tmp: Path, started: float) -> list[Series]:
-    plain, thinking = tmp / "chatml.rkllm", tmp / "thinking.rkllm"
-    write_standin_model(plain, STANDIN_REPLY)
-    write_standin_model(thinking, THINK_REPLY)
+async def standin_part(args: argparse.Namespace, tmp: Path, budget: Budget) -> list[Series]:
+    models = {"qwen2": tmp / "chatml.rkllm", "qwen3": tmp / "thinking.rkllm"}
+    write_standin_model(models["qwen2"], STANDIN_REPLY)
+    write_standin_model(models["qwen3"], THINK_REPLY)
     system = system_prompt()
-    modes = [m for m in STANDIN_MODES if not args.quick or m[0] in ("history", "off")]
+    runs = [(name, family, settings, False) for name, family, settings in STANDIN_MODES
+            if not args.quick or name in ("history", "off")]
+    if args.ws:  # the history run again over /ws, on a fresh server
+        runs.insert(1, ("history /ws", "qwen2", STANDIN_MODES[0][2], True))
     out: list[Series] = []
-    for name, family, settings in modes:
-        _deadline_left(started)
+    for name, family, settings, ws in runs:
+        if not budget.allows(f"stand-in {name}"):
+            continue
         port = free_port()
-        model = thinking if family == "qwen3" else plain
-        command = rkstream_command(port, f"chat.family={family}", "rkllm.max_context_len=8192",
-                                   *settings, standin_model=model)
+        command = rkstream_command(port, f"chat.family={family}", *settings,
+                                   standin_model=models[family])
         async with Server(command, port, rkstream=True, log=tmp / "servers.log") as server:
-            turns = await converse(server.base, system, args.user_turns, args.max_tokens)
-            out.append(Series(name, turns))
-            if args.ws and name == "history":  # the same chat over /ws, a fresh cache
-                async with Server(rkstream_command(
-                        (p := free_port()), f"chat.family={family}",
-                        "rkllm.max_context_len=8192", *settings, standin_model=model),
-                        p, rkstream=True, log=tmp / "servers.log") as ws_server:
-                    turns = await converse(ws_server.base, system, args.user_turns,
-                                           args.max_tokens, ws=True)
-                out.append(Series("history /ws", turns))
-        print(f"  stand-in {name}: done", file=sys.stderr)
+            turns = await converse(server.base, system, args.user_turns, args.max_tokens,
+                                   ws=ws)
+        out.append(Series(name, turns))
+        print(f"  stand-in {name}: done ({budget.elapsed():.0f} s)", file=sys.stderr)
     return out
 
 
 # -- part 2: the CPU engine ------------------------------------------------------------
-def llama_server_command(port: int, *options: str) -> list[str]:
-    """llama-cpp-python's own OpenAI server on the bundled GGUF, rkstream's context size."""
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model("")),
-            "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port),
-            "--verbose", "false", *options]
+# What llama-cpp-python's [server] extra adds; the benchmark installs nothing.
+SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "starlette_context",
+                  "pydantic_settings")
 
 
-async def cpu_part(args: argparse.Namespace, tmp: Path, started: float) -> list[Series]:
+async def cpu_part(args: argparse.Namespace, tmp: Path, budget: Budget) -> list[Series]:
     system = system_prompt()
     warm = [{"role": "user", "content": "Hello"}]
+    cores = len(os.sched_getaffinity(0))
     # llama-cpp-python's server with its own defaults (logits_all = true: logits
     # for every prompt token), then like for like with rkstream's Llama() (the
-    # last token's only).
-    configs = (("rkstream", True, ("engine=llamacpp", "llamacpp.n_ctx=4096")),
-               ("llama-cpp-python server", False, ()),
-               ("llama-cpp-python server, logits_all off", False, ("--logits_all", "false")))
+    # last token's only). Last, rkstream decoding on every core: llama-cpp-python
+    # decodes on cpu_count // 2 threads unless told, a default made for two
+    # hardware threads a core.
+    configs: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+        ("rkstream", True, ("engine=llamacpp", "llamacpp.n_ctx=4096")),
+        ("llama-cpp-python server", False, ()),
+        ("llama-cpp-python server, logits_all off", False, ("--logits_all", "false")),
+        (f"rkstream, n_threads={cores}", True,
+         ("engine=llamacpp", "llamacpp.n_ctx=4096", f"llamacpp.n_threads={cores}")))
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        budget.skipped.append(f"llama-cpp-python server (missing {', '.join(missing)})")
+        configs = tuple(c for c in configs if c[1])
     runs: dict[str, list[Series]] = {name: [] for name, _, _ in configs}
     for repeat in range(args.repeats):  # interleaved, so a slow spell hits all alike
         for name, ours, options in configs:
-            _deadline_left(started)
+            if not budget.allows(f"CPU {name} ({repeat + 1})"):
+                continue
             port = free_port()
             command = rkstream_command(port, *options) if ours \
                 else llama_server_command(port, *options)
@@ -385,9 +414,10 @@ async def cpu_part(args: argparse.Namespace, tmp: Path, started: float) -> list[
                     await openai_turn(session, server.base, warm, 4)  # first-call allocations
                 busy = wait_quiet()
                 turns = await converse(server.base, system, args.user_turns, args.max_tokens)
-                runs[name].append(Series(name, turns, busy))
-            print(f"  CPU {name} ({repeat + 1}/{args.repeats}): done", file=sys.stderr)
-    return [median_series(series) for series in runs.values()]
+            runs[name].append(Series(name, turns, busy))
+            print(f"  CPU {name} ({repeat + 1}/{args.repeats}): done "
+                  f"({budget.elapsed():.0f} s)", file=sys.stderr)
+    return [median_series(series) for series in runs.values() if series]
 
 
 def median_series(runs: list[Series]) -> Series:
@@ -406,60 +436,86 @@ def _tokens(turn: Turn) -> str:
     return f"{turn.prompt_n}/{turn.cache_n if turn.cache_n is not None else '-'}"
 
 
-def standin_table(series: list[Series]) -> str:
-    head = "| turn | " + " | ".join(f"{s.name} TTFT ms" for s in series) + " | " + \
-        " | ".join(f"{s.name} prompt_n/cache_n" for s in series) + " |"
-    rows = [head, "|---" * (1 + 2 * len(series)) + "|"]
-    for i in range(len(series[0].turns)):
-        cells = [f"{s.turns[i].ttft_ms:,.0f}" for s in series]
-        cells += [_tokens(s.turns[i]) for s in series]
-        rows.append(f"| {i + 1} | " + " | ".join(cells) + " |")
-    if len(series[0].turns) >= 2:
-        ratio = [f"{s.turns[-1].ttft_ms / s.turns[1].ttft_ms:.2f}x" for s in series]
-        rows.append("| last / 2nd | " + " | ".join(ratio) + " |" + " |" * len(series))
-    return "\n".join(rows)
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def cpu_table(series: list[Series]) -> str:
-    head = "| turn | " + " | ".join(f"{s.name} TTFT ms | {s.name} total ms" for s in series) \
-        + " | rkstream prompt_n/cache_n |"
-    rows = [head, "|---" * (2 + 2 * len(series)) + "|"]
-    for i in range(len(series[0].turns)):
-        cells = [f"{s.turns[i].ttft_ms:,.0f} | {s.turns[i].total_ms:,.0f}" for s in series]
-        rows.append(f"| {i + 1} | " + " | ".join(cells) + f" | {_tokens(series[0].turns[i])} |")
-    follow = [statistics.median(t.ttft_ms for t in s.turns[1:]) for s in series]
-    rows.append("| median of turns 2+ | " + " | ".join(
-        f"{f:,.0f} | {statistics.median(t.total_ms for t in s.turns[1:]):,.0f}"
-        for f, s in zip(follow, series, strict=True)) + " | |")
-    rows.append("| sum of all turns | " + " | ".join(
-        f"{sum(t.ttft_ms for t in s.turns):,.0f} | {sum(t.total_ms for t in s.turns):,.0f}"
-        for s in series) + " | |")
+def ttft_table(series: list[Series]) -> str:
+    """TTFT per turn, one column per run, and turn 10 against turn 2."""
+    n = len(series[0].turns)
+    rows = [[str(i + 1)] + [f"{s.turns[i].ttft_ms:,.0f}" for s in series] for i in range(n)]
+    if n >= 2:
+        rows.append([f"turn {n} / turn 2"]
+                    + [f"{s.turns[-1].ttft_ms / s.turns[1].ttft_ms:.2f}x" for s in series])
+    return _table(["turn"] + [f"{s.name} TTFT ms" for s in series], rows)
+
+
+def tokens_table(series: list[Series]) -> str:
+    """prompt_n/cache_n per turn, one column per run."""
+    rows = [[str(i + 1)] + [_tokens(s.turns[i]) for s in series]
+            for i in range(len(series[0].turns))]
+    return _table(["turn"] + [s.name for s in series], rows)
+
+
+def cpu_summary(series: list[Series]) -> str:
+    """Per server: turn 1, follow-up medians, sums, and whether the answers match."""
     texts = [t.text for t in series[0].turns]
-    same = ", ".join(f"{s.name}: {'yes' if [t.text for t in s.turns] == texts else 'no'}"
-                     for s in series[1:])
-    rows.append(f"\nSame answers as {series[0].name}: {same}")
-    return "\n".join(rows)
+    rows = []
+    for s in series:
+        follow = s.turns[1:] or s.turns
+        rows.append([s.name, f"{s.turns[0].ttft_ms:,.0f}",
+                     f"{statistics.median(t.ttft_ms for t in follow):,.0f}",
+                     f"{statistics.median(t.total_ms for t in follow):,.0f}",
+                     f"{sum(t.total_ms for t in s.turns):,.0f}",
+                     "yes" if [t.text for t in s.turns] == texts else "no",
+                     f"{s.busy:.0%}"])
+    return _table(["server", "turn 1 TTFT ms", "median TTFT ms, turns 2+",
+                   "median turn ms, turns 2+", "all turns ms", f"same answers as {series[0].name}",
+                   "CPU used by others at start"], rows)
+
+
+async def against_url(args: argparse.Namespace) -> None:
+    """One chat against a server that is already running, e.g. on a board."""
+    base = args.url.rstrip("/")
+    host = urllib.parse.urlsplit(base).hostname or ""
+    if host != "localhost" and not host.startswith("127.") and host != "::1":
+        raise SystemExit("--url: this benchmark only talks to a server on this machine "
+                         "(127.0.0.1, localhost or ::1)")
+    turns = await converse(base, system_prompt(), args.user_turns, args.max_tokens, ws=args.ws)
+    series = [Series("/ws" if args.ws else "OpenAI", turns)]
+    print(ttft_table(series))
+    print("\nprompt_n/cache_n:\n")
+    print(tokens_table(series))
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="4 turns; stand-in modes history and off only")
+                        help="4 turns; stand-in modes history and off; one run per server")
     parser.add_argument("--part", choices=("all", "standin", "cpu"), default="all")
     parser.add_argument("--ws", action="store_true", help="also run the stand-in chat over /ws")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--url", help="run the chat once against this running server "
+                                      "(loopback only) instead of starting servers")
     parser.add_argument("--repeats", type=int, default=0,
-                        help="CPU-engine conversations per server (default 2, --quick 1)")
+                        help="CPU-engine runs per server, interleaved (default 3, --quick 1)")
     args = parser.parse_args()
     args.user_turns = USER_TURNS[:4] if args.quick else USER_TURNS
-    args.repeats = args.repeats or (1 if args.quick else 2)
-    started = time.monotonic()
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    budget = Budget()
+    if args.url:
+        await against_url(args)
+        return
+    standin: list[Series] = []
+    cpu: list[Series] = []
     with tempfile.TemporaryDirectory(prefix="rkstream-conversation-") as folder:
         tmp = Path(folder)
         try:
-            standin = await standin_part(args, tmp, started) \
-                if args.part in ("all", "standin") else []
-            cpu = await cpu_part(args, tmp, started) if args.part in ("all", "cpu") else []
+            if args.part in ("all", "standin"):
+                standin = await standin_part(args, tmp, budget)
+            if args.part in ("all", "cpu"):
+                cpu = await cpu_part(args, tmp, budget)
         except BaseException:
             log = tmp / "servers.log"
             if log.is_file():  # the servers' last words say why
@@ -467,16 +523,28 @@ async def main() -> None:
             raise
     system = system_prompt()
     print(f"{len(args.user_turns)} turns, system prompt {len(system.encode()):,} bytes, "
-          f"max_tokens {args.max_tokens}, greedy; {os.cpu_count()} CPUs; "
-          f"{time.monotonic() - started:.0f} s")
+          f"max_tokens {args.max_tokens}, greedy, {os.cpu_count()} CPUs, "
+          f"{budget.elapsed():.0f} s")
+    if budget.skipped:
+        print(f"Not run: {', '.join(budget.skipped)}")
     if standin:
-        print(f"\nStand-in, prefill {PREFILL_US_PER_BYTE} us/byte (~340 tokens/s), "
-              f"{TOKEN_DELAY_US // 1000} ms/token; prompt_n/cache_n count the stand-in's "
-              "word tokens\n")
-        print(standin_table(standin))
+        print(f"\nStand-in runtime, prefill {PREFILL_US_PER_BYTE} us a byte (~340 tokens/s), "
+              f"{TOKEN_DELAY_US // 1000} ms a token. TTFT:\n")
+        print(ttft_table(standin))
+        print("\nprompt_n/cache_n (the stand-in counts a word as a token; template text "
+              "counts none):\n")
+        print(tokens_table(standin))
     if cpu:
-        print(f"\nCPU engine, {resolve_model('').name}\n")
-        print(cpu_table(cpu))
+        print(f"\nCPU engine, {resolve_model('').name}, median of {args.repeats} run(s) "
+              "per turn. TTFT:\n")
+        print(ttft_table(cpu))
+        print("\nrkstream's prompt_n/cache_n (SmolLM2 tokens):\n")
+        print(tokens_table(cpu[:1]))
+        print()
+        print(cpu_summary(cpu))
+        if any(s.busy > QUIET for s in cpu):
+            print(f"\nOther processes used more than {QUIET:.0%} of the CPUs when a run "
+                  "started: its numbers are noisy.")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ class LlamaCppSettings:
     n_ctx: int = opt(4096, "context window in tokens (0 = the model's own)", minimum=0,
                       maximum=1 << 18)
     n_batch: int = opt(512, "prompt tokens evaluated per batch", minimum=1, maximum=1 << 16)
-    n_threads: int = opt(0, "CPU threads (0 = llama.cpp's choice)", minimum=0, maximum=256)
+    n_threads: int = opt(0, "CPU threads per instance (0 = the physical cores of the fastest "
+                            "kind, shared between instances)", minimum=0, maximum=256)
     seed: int = opt(0xFFFFFFFF, "sampling seed (4294967295 = random)", minimum=0,
                      maximum=0xFFFFFFFF)
 

@@ -133,7 +133,9 @@ class KVText:
         if prompt.rewrites_history and self.keep_rewritten:
             tail = self._after_rewritten_answer(held, full, prompt.end_of_turn)
             if tail is not None:
-                return self._extend(held, tail, len(full))
+                # The cache keeps the answer as generated, but later turns render it
+                # rewritten: remember the rendering, so they extend it.
+                return replace(self._extend(held, tail, len(full)), held_after_prompt=full)
         return self._whole(full, clear=bool(held), keep_history=True)
 
     def settle(self, plan: KVPlan, generated: str, *, natural_end: bool, failed: bool,

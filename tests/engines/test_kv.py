@@ -98,7 +98,10 @@ def test_rewritten_answer_keeps_the_cache_or_reprefills() -> None:
                 failed=False, end_of_turn=EOT)
     plan = keep.plan(follow)
     assert not plan.clear and plan.send.startswith(EOT + "\n<|im_start|>user\nnext")
-    assert keep.held is not None and generated in plan.held_after_prompt
+    # Turn after turn: the rewritten rendering is what later prompts extend.
+    keep.settle(plan, generated, natural_end=True, failed=False, end_of_turn=EOT)
+    third = keep.plan(prompt(chatml("hi", "Hello!", "next", "Hello!", "last"), rewrites=True))
+    assert not third.clear and third.send.startswith(EOT + "\n<|im_start|>user\nlast")
     again = KVText("history", keep_rewritten=False)
     again.settle(again.plan(prompt(chatml("hi"), rewrites=True)), generated,
                  natural_end=True, failed=False, end_of_turn=EOT)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+from dataclasses import replace
 
 from rkstream.chat.format import ChatFormat, resolve_chat_format
 from rkstream.config import Settings
 from rkstream.engines.base import InstanceEngine, ModelInfo
 from rkstream.engines.llamacpp.instance import LlamaInstance
 from rkstream.engines.llamacpp.model import resolve_model
+from rkstream.engines.llamacpp.threads import default_threads
 from rkstream.log import engine_log
 
 
@@ -40,8 +42,12 @@ class LlamaCppEngine(InstanceEngine):
         if chat.template:
             self._format, reason = resolve_chat_format(chat.template, chat.family, str(model))
             engine_log.info("chat format: %s", reason)
+        llama = self._settings.llamacpp
+        if llama.n_threads == 0:
+            llama = replace(llama, n_threads=default_threads(self._settings.instances))
+            engine_log.info("llama.cpp decodes on %d threads per instance", llama.n_threads)
         for index in range(self._settings.instances):
-            instance = LlamaInstance(self._settings.llamacpp, model, index)
+            instance = LlamaInstance(llama, model, index)
             self._instances.append(instance)
             await instance.load()
         try:

@@ -17,7 +17,7 @@ Workers are started with multiprocessing's "spawn" (see START_METHOD_WHY).
 Self-contained: no rkstream server and no stand-in library.
 
     python bench/worker_transport.py            # about 2 minutes
-    python bench/worker_transport.py --quick    # about 20 s
+    python bench/worker_transport.py --quick    # about 25 s
 """
 
 from __future__ import annotations
@@ -727,10 +727,11 @@ def conclusion(slow: list[Result], fast: list[Result]) -> str:
             "here a wake-up that crosses processes costs more than one inside a process (a "
             "switch of address space on a 2-core guest). Re-measure on the board, where "
             "wake-ups are far cheaper.")
+    adds = f"adds {added:.0f} µs to" if added >= 0 else f"is {-added:.0f} µs under"
     return (
-        f"At 20 tokens/s the best worker transport, {WORKER_KINDS[best_kind]}, adds "
-        f"{added:+.0f} µs to the in-process p50 (95 % bootstrap interval {low:+.0f} to "
-        f"{high:+.0f} µs; {base:.0f} → {best.p50():.0f} µs, p99 {slow[0].p99():.0f} → "
+        f"At 20 tokens/s the best worker transport, {WORKER_KINDS[best_kind]}, {adds} the "
+        f"in-process p50 (95 % bootstrap interval {low:+.0f} to {high:+.0f} µs, sampling "
+        f"noise only; {base:.0f} → {best.p50():.0f} µs, p99 {slow[0].p99():.0f} → "
         f"{best.p99():.0f} µs), and the four worker transports are within {spread:.0f} µs p50 "
         f"of each other. {verdict} Use {WORKER_KINDS[pick]}: added p50 "
         f"{chosen.p50() - base:+.0f} µs, and at full speed {chosen_fast.rate():,.0f} tokens/s "
@@ -823,7 +824,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (about 20 s)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about 25 s)")
     parser.add_argument("--start-method", choices=("spawn", "forkserver"), default="spawn",
                         help="how workers start for the transport runs")
     sys.exit(asyncio.run(main_async(parser.parse_args())))

@@ -24,6 +24,7 @@ import aiohttp
 import msgpack
 
 from rkstream.engines.llamacpp.model import resolve_model
+from rkstream.engines.llamacpp.threads import default_threads
 
 from common import free_port, wait_ready  # noqa: E402
 
@@ -36,7 +37,9 @@ def direct(model: Path, runs: int, tokens: int) -> list[tuple[float, float]]:
     import llama_cpp
     from llama_cpp import llama_chat_format
 
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=4096, verbose=False)
+    # The threads rkstream decodes with (llamacpp.n_threads = 0), so both paths match.
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=4096, verbose=False,
+                          n_threads=default_threads(1))
     template = llm.metadata["tokenizer.chat_template"]
     fmt = llama_chat_format.Jinja2ChatFormatter(
         template, eos_token=llm.detokenize([llm.token_eos()], special=True).decode(),

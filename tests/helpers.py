@@ -1,4 +1,5 @@
-"""Shared test helpers: the timing unit, a protocol-v1 WebSocket client and a text sink."""
+"""Shared test helpers: the timing unit, a protocol-v1 WebSocket client, a text sink
+and the stand-in's context reply."""
 
 from __future__ import annotations
 
@@ -107,3 +108,17 @@ def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "JPEG", quality=90)
     return out.getvalue()
+
+
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a 64, the digest the stand-in's ``reply_mode = context`` answers with."""
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def context_reply(text: str) -> str:
+    """What ``reply_mode = context`` answers when the stand-in's cache holds ``text``."""
+    data = text.encode()
+    return f"ctx:{fnv1a64(data):016x} len:{len(data)}"

@@ -22,25 +22,12 @@ from rkstream.core.messages import Message, TextPart
 from rkstream.server.app import make_app
 
 from conftest import ModelFactory, Records
-from helpers import WSClient, jpeg
+from helpers import WSClient, context_reply, jpeg
 from tiny_encoder import build_tiny_encoder
 
 Client = TestClient[Any, Any]
 QWEN = ChatFormat.preset("qwen2")
 EOT = "<|im_end|>"
-
-
-def fnv1a64(data: bytes) -> int:
-    value = 0xCBF29CE484222325
-    for byte in data:
-        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return value
-
-
-def digest(text: str) -> str:
-    """The stand-in's context reply for a cache holding exactly ``text``."""
-    data = text.encode()
-    return f"ctx:{fnv1a64(data):016x} len:{len(data)}"
 
 
 def rendered(history: list[dict[str, Any]]) -> str:
@@ -93,7 +80,7 @@ async def test_ten_turns_send_only_what_is_new(server: Any, records: Records) ->
         history.append({"role": "user", "content": f"question {turn}"})
         done = await ws_turn(conn, f"t{turn}", history)
         answer = conn.text(f"t{turn}")
-        assert answer == digest(rendered(history))  # the model saw the whole chat
+        assert answer == context_reply(rendered(history))  # the model saw the whole chat
         run = records.all("run")[-1]
         if turn == 0:
             assert run["kv_reused"] == 0 and done["timings"]["cache_n"] == 0
@@ -120,7 +107,7 @@ async def test_edited_history_falls_back_to_the_whole_prompt(server: Any,
     history += [{"role": "assistant", "content": "an answer the client rewrote"},
                 {"role": "user", "content": "second"}]
     await ws_turn(conn, "b", history)
-    assert conn.text("b") == digest(rendered(history))
+    assert conn.text("b") == context_reply(rendered(history))
     assert records.all("clear_kv_cache")  # the stale cache went first
     assert records.all("run")[-1]["kv_reused"] == 0
 
@@ -134,7 +121,7 @@ async def test_interleaved_conversations_on_one_instance(server: Any, records: R
             history.append({"role": "user", "content": f"{name} says {turn}"})
             rid = f"{name}{turn}"
             await ws_turn(conn, rid, history)
-            assert conn.text(rid) == digest(rendered(history))
+            assert conn.text(rid) == context_reply(rendered(history))
             history.append({"role": "assistant", "content": conn.text(rid)})
 
 
@@ -151,7 +138,7 @@ async def test_two_instances_keep_their_conversations(server: Any, records: Reco
             await conn.send({"type": "response.create", "request_id": rid, "input": history})
         await conn.until_done(set(ids))
         for rid, history in ids.items():
-            assert conn.text(rid) == digest(rendered(history))
+            assert conn.text(rid) == context_reply(rendered(history))
             history.append({"role": "assistant", "content": conn.text(rid)})
     assert not records.all("clear_kv_cache")  # no instance had to drop the other's chat
 
@@ -163,7 +150,7 @@ async def test_openai_follow_up_reports_cached_tokens(server: Any, records: Reco
         response = await client.post("/v1/chat/completions", json={"messages": history})
         body = await response.json()
         answer = body["choices"][0]["message"]["content"]
-        assert answer == digest(rendered(history))
+        assert answer == context_reply(rendered(history))
         usage = body["usage"]
         if turn:
             assert usage["prompt_tokens_details"]["cached_tokens"] > 30
@@ -183,7 +170,7 @@ async def test_runtime_mode_sends_everything_and_off_mode_clears(server: Any,
                 {"role": "user", "content": "four"}]
     second = await (await client.post("/v1/chat/completions",
                                       json={"messages": history})).json()
-    assert second["choices"][0]["message"]["content"] == digest(rendered(history))
+    assert second["choices"][0]["message"]["content"] == context_reply(rendered(history))
     run = records.all("run")[-1]
     assert run["infer"]["keep_history"] == 0 and run["prompt"] == rendered(history)
     assert run["kv_reused"] > 0  # the runtime's own prefix reuse
@@ -282,7 +269,8 @@ async def test_system_prompt_cache_skips_the_system_block(server: Any, records: 
         history.append({"role": "user", "content": f"question {rid}"})
         done = await ws_turn(conn, rid, history)
         full = rendered([{"role": "system", "content": system}, *history])
-        assert conn.text(rid) == digest(full)  # the whole conversation, system block included
+        # the whole conversation, system block included
+        assert conn.text(rid) == context_reply(full)
         history.append({"role": "assistant", "content": conn.text(rid)})
         run = records.all("run")[-1]
         if rid == "a1":  # a follow-up extends the cache; the prompt cache has no part
@@ -315,7 +303,7 @@ async def test_a_length_cut_answer_continues_from_the_cache(server: Any,
     cut = conn.text("a")  # the first word of the digest: all that reached the cache
     history += [{"role": "assistant", "content": cut}, {"role": "user", "content": "go on"}]
     await ws_turn(conn, "b", history)
-    assert conn.text("b") == digest(rendered(history))
+    assert conn.text("b") == context_reply(rendered(history))
     assert not records.all("clear_kv_cache") and records.all("run")[-1]["kv_reused"] > 0
 
 

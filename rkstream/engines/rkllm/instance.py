@@ -32,13 +32,18 @@ from rkstream.engines.rkllm.prompt_cache import (
     cached_tokens,
     save_and_load,
 )
-from rkstream.engines.rkllm.structs import RunStructs, make_param, make_run_structs
+from rkstream.engines.rkllm.structs import (
+    CONTINUE,
+    PAUSE,
+    RunStructs,
+    make_param,
+    make_run_structs,
+)
 from rkstream.engines.run import BridgedRun, RunFacts
 from rkstream.engines.text import Utf8Stitcher
 from rkstream.errors import EngineInitError
 from rkstream.log import engine_log, native_log
 
-CONTINUE, PAUSE = 0, 1
 ABORT_GRACE_S = 0.25  # after a cancel, pause generation if abort has not taken effect
 
 

@@ -31,12 +31,10 @@ from rkstream.core.messages import Message, TextPart
 from rkstream.core.params import SamplingSettings
 from rkstream.engines.kv import IMAGE_PLACEHOLDER, KVPlan, common_prefix
 from rkstream.engines.rkllm.loader import RuntimeLibrary
-from rkstream.engines.rkllm.structs import make_run_structs
+from rkstream.engines.rkllm.structs import CONTINUE, PAUSE, make_run_structs
 from rkstream.errors import ChatTemplateError
 from rkstream.log import engine_log
 from rkstream.resources import cache_dir
-
-CONTINUE, PAUSE = 0, 1
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ from rkstream.core.embeddings import ImageEmbedding, ImageTags
 from rkstream.core.params import SamplingSettings
 from rkstream.engines.rkllm.loader import RuntimeLibrary
 
+# What a result callback returns: go on, or pause (stop) generation.
+CONTINUE, PAUSE = 0, 1
+
 
 def make_param(runtime: RuntimeLibrary, settings: RKLLMSettings, defaults: SamplingDefaults,
                model_path: bytes, tags: ImageTags | None = None) -> Any:

@@ -10,10 +10,9 @@ both ABI lines.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,21 @@ import pytest
 
 from rkstream.chat.format import ChatFormat
 from rkstream.config import ChatSettings, RKLLMSettings, Settings
-from rkstream.config import SamplingSettings as SamplingDefaults
-from rkstream.core.params import SamplingSettings
 from rkstream.engines.base import Prompt
 from rkstream.engines.kv import KVText
 from rkstream.engines.rkllm.engine import RKLLMEngine
-from rkstream.engines.rkllm.loader import RuntimeLibrary, load_runtime
 from rkstream.engines.rkllm.prompt_cache import (
     LoadedCache,
     cache_file,
     cached_tokens,
     system_block,
 )
-from rkstream.engines.rkllm.structs import make_param, make_run_structs
 
 from conftest import ModelFactory, Records
+from helpers import context_reply
+from native import Natives
 
 LINES = ("1.3", "1.2")
-SAMPLING = SamplingSettings(max_tokens=100, temperature=0.8, top_p=0.9, top_k=1,
-                            repeat_penalty=1.1, frequency_penalty=0.0, presence_penalty=0.0)
 SYSTEM = "<|im_start|>system\nYou are terse. Answer in few words.<|im_end|>\n"
 TURN = "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n"
 
@@ -49,83 +44,18 @@ def line(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@dataclass
-class Native:
-    """One stand-in handle with the pass-through template, made through ctypes."""
-
-    runtime: RuntimeLibrary
-    handle: Any
-    kept: list[Any] = field(default_factory=list)
-    pieces: list[bytes] = field(default_factory=list)
-    prefill: list[int] = field(default_factory=list)
-
-    def run(self, prompt: str, *, keep_history: bool = True, save: Path | None = None
-            ) -> str:
-        self.pieces.clear()
-        self.prefill.clear()
-        structs = make_run_structs(self.runtime, prompt, "user", SAMPLING, RKLLMSettings(),
-                                   keep_history=keep_history,
-                                   save_prompt_cache=str(save) if save else None)
-        assert self.runtime.functions.rkllm_run(self.handle, ctypes.byref(structs.input),
-                                                ctypes.byref(structs.infer), None) == 0
-        return b"".join(self.pieces).decode()
-
-    def clear(self) -> None:
-        assert self.runtime.functions.rkllm_clear_kv_cache(self.handle, 0, None, None) == 0
-
-    def load(self, path: Path) -> int:
-        return self.runtime.functions.rkllm_load_prompt_cache(self.handle, str(path).encode())
-
-
 @pytest.fixture
 def native(standin_libs: dict[str, Path], standin_model: ModelFactory, records: Records,
-           line: str) -> Iterator[Any]:
-    made: list[Native] = []
-
-    def make(**keys: Any) -> Native:
-        runtime = load_runtime(standin_libs[line], "auto")
-        abi = runtime.abi
-        model = standin_model(record=records.path, **keys)
-        param = make_param(runtime, RKLLMSettings(), SamplingDefaults(), str(model).encode())
-        nat = Native(runtime, abi.LLMHandle())
-
-        def on_result(result: Any, userdata: Any, state: int) -> int:
-            if state == abi.RKLLM_RUN_NORMAL and result.contents.text is not None:
-                nat.pieces.append(result.contents.text)
-            elif state == abi.RKLLM_RUN_FINISH:
-                nat.prefill.append(result.contents.perf.prefill_tokens)
-            return 0
-
-        callback = abi.LLMResultCallback(on_result)
-        nat.kept += [param, callback]
-        if runtime.caps.callbacks_in_struct:
-            callbacks = abi.RKLLMCallback()
-            callbacks.result_callback = callback
-            nat.kept.append(callbacks)
-            target: Any = ctypes.byref(callbacks)
-        else:
-            target = callback
-        assert runtime.functions.rkllm_init(ctypes.byref(nat.handle), ctypes.byref(param),
-                                            target) == 0
-        assert runtime.functions.rkllm_set_chat_template(nat.handle, b"", b"", b"") == 0
-        made.append(nat)
-        return nat
-
-    yield make
-    for nat in made:
-        assert nat.runtime.functions.rkllm_destroy(nat.handle) == 0
-
-
-def context_reply(kv: str) -> str:
-    value = 0xCBF29CE484222325
-    for byte in kv.encode():
-        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"ctx:{value:016x} len:{len(kv.encode())}"
+           line: str) -> Iterator[Natives]:
+    """Handles with the pass-through template."""
+    with Natives(standin_libs[line], line, standin_model, records.path,
+                 pass_through=True) as natives:
+        yield natives
 
 
 # -- the stand-in ----------------------------------------------------------------------
 
-def test_save_load_skip_release(native: Any, records: Records, tmp_path: Path) -> None:
+def test_save_load_skip_release(native: Natives, records: Records, tmp_path: Path) -> None:
     nat = native(reply_mode="context")
     path = tmp_path / "system.bin"
     nat.run(SYSTEM, save=path)
@@ -144,7 +74,7 @@ def test_save_load_skip_release(native: Any, records: Records, tmp_path: Path) -
     assert (load["ret"], load["bytes"], load["tokens"]) == (0, len(SYSTEM.encode()),
                                                             len(SYSTEM.split()))
     # a first turn: only its own part is prefilled, the cache holds all of it
-    reply = nat.run(SYSTEM + TURN)
+    reply = nat.run(SYSTEM + TURN).text
     run, end = records.all("run")[-1], records.all("run_end")[-1]
     assert run["kv_before"] == 0 and run["kv_text_new"] == TURN
     assert run["prompt_cache_reused"] == run["kv_reused"] == len(SYSTEM.encode())
@@ -168,7 +98,7 @@ def test_save_load_skip_release(native: Any, records: Records, tmp_path: Path) -
     assert run["prompt_cache_reused"] == 0 and run["kv_text_new"] == SYSTEM + TURN
 
 
-def test_runtime_mode_uses_the_cache_past_a_short_prefix(native: Any, records: Records,
+def test_runtime_mode_uses_the_cache_past_a_short_prefix(native: Natives, records: Records,
                                                         tmp_path: Path) -> None:
     nat = native(reply="ok")
     path = tmp_path / "system.bin"
@@ -184,7 +114,7 @@ def test_runtime_mode_uses_the_cache_past_a_short_prefix(native: Any, records: R
     assert run["kv_text_new"] == TURN
 
 
-def test_missing_or_bad_file_is_refused(native: Any, records: Records, tmp_path: Path,
+def test_missing_or_bad_file_is_refused(native: Natives, records: Records, tmp_path: Path,
                                         capfd: pytest.CaptureFixture[str]) -> None:
     nat = native()
     assert nat.load(tmp_path / "missing.bin") == -1

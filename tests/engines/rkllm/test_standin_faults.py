@@ -28,6 +28,7 @@ import pytest
 from conftest import ModelFactory, Records
 from helpers import MS
 
+HERE = Path(__file__).resolve().parent  # where the driver finds native.py
 LINES = ("1.3", "1.2")
 REPLY = "a b c d"
 TOKENS = ["a ", "b ", "c ", "d"]
@@ -37,16 +38,14 @@ CRASH_LINE = "E rkllm: stand-in: injected crash after {n} tokens"
 # thread (then {"ev": "done", "ret": R}), "abort", "running", "destroy",
 # "quit". Each callback prints {"ev": "cb", "state": ..., "text": ...}.
 DRIVER = r'''
-import ctypes
 import json
 import sys
 import threading
 
-from rkstream.config import RKLLMSettings
-from rkstream.config import SamplingSettings as SamplingDefaults
-from rkstream.core.params import SamplingSettings
+sys.path.insert(0, sys.argv[3])  # the folder of native.py
+
+from native import init_handle, run_prompt
 from rkstream.engines.rkllm.loader import load_runtime
-from rkstream.engines.rkllm.structs import make_param, make_run_structs
 
 lock = threading.Lock()
 
@@ -70,27 +69,16 @@ def on_result(result, userdata, state):
     return 0
 
 
-callback = abi.LLMResultCallback(on_result)
-param = make_param(runtime, RKLLMSettings(), SamplingDefaults(), sys.argv[2].encode())
-handle = abi.LLMHandle()
-if runtime.caps.callbacks_in_struct:
-    callbacks = abi.RKLLMCallback()
-    callbacks.result_callback = callback
-    target = ctypes.byref(callbacks)
-else:
-    target = callback
-if fn.rkllm_init(ctypes.byref(handle), ctypes.byref(param), target) != 0:
+opened = init_handle(runtime, sys.argv[2], on_result)
+if opened.ret != 0:
     say(ev="init_failed")
     sys.exit(3)
+handle = opened.handle
 say(ev="ready", line=runtime.line)
-sampling = SamplingSettings(max_tokens=100, temperature=0.8, top_p=0.9, top_k=1,
-                            repeat_penalty=1.1, frequency_penalty=0.0, presence_penalty=0.0)
 
 
 def run(prompt):
-    structs = make_run_structs(runtime, prompt, "user", sampling, RKLLMSettings())
-    ret = fn.rkllm_run(handle, ctypes.byref(structs.input), ctypes.byref(structs.infer), None)
-    say(ev="done", ret=ret)
+    say(ev="done", ret=run_prompt(runtime, handle, prompt))
 
 
 def destroy():
@@ -124,7 +112,8 @@ class Driver:
                             "PYTHONFAULTHANDLER")}
         self._stderr: IO[bytes] = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(lib), str(model)], cwd=tmp_path, env=env,
+            [sys.executable, str(script), str(lib), str(model), str(HERE)], cwd=tmp_path,
+            env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.callbacks: list[dict[str, Any]] = []

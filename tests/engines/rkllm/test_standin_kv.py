@@ -10,43 +10,22 @@ cache must hold and check it. Every test runs on both ABI lines.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from rkstream.config import RKLLMSettings
-from rkstream.config import SamplingSettings as SamplingDefaults
 from rkstream.core.embeddings import ImageEmbedding, ImageTags
-from rkstream.core.params import SamplingSettings
-from rkstream.engines.rkllm.loader import RuntimeLibrary, load_runtime
-from rkstream.engines.rkllm.structs import make_param, make_run_structs
 
 from conftest import ModelFactory, Records
+from helpers import context_reply
+from native import Natives
 
 LINES = ("1.3", "1.2")
 TAGS = ImageTags("<img>", "</img>", "<pad>")
-SAMPLING = SamplingSettings(max_tokens=100, temperature=0.8, top_p=0.9, top_k=1,
-                            repeat_penalty=1.1, frequency_penalty=0.0, presence_penalty=0.0)
 DEFAULT_PREFIX = "<|im_start|>user\n"
 DEFAULT_POSTFIX = "<|im_end|>\n<|im_start|>assistant\n"
-
-
-def fnv1a64(data: bytes) -> int:
-    value = 0xCBF29CE484222325
-    for byte in data:
-        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return value
-
-
-def context_reply(kv: str) -> str:
-    """What ``reply_mode = context`` answers when the cache holds ``kv``."""
-    data = kv.encode()
-    return f"ctx:{fnv1a64(data):016x} len:{len(data)}"
 
 
 def tokens(text: str) -> int:
@@ -63,90 +42,12 @@ def common_prefix(a: str, b: str) -> int:
     return n
 
 
-@dataclass
-class Result:
-    text: str
-    prefill_tokens: int
-    finish: bool
-
-
-@dataclass
-class Native:
-    """One stand-in handle made through the ctypes binding."""
-
-    runtime: RuntimeLibrary
-    handle: Any
-    kept: list[Any] = field(default_factory=list)
-    pieces: list[bytes] = field(default_factory=list)
-    perf: list[int] = field(default_factory=list)
-
-    def run(self, prompt: str, keep_history: bool,
-            images: tuple[ImageEmbedding, ...] = ()) -> Result:
-        self.pieces.clear()
-        self.perf.clear()
-        structs = make_run_structs(self.runtime, prompt, "user", SAMPLING, RKLLMSettings(),
-                                   images, TAGS if images else None)
-        structs.infer.keep_history = 1 if keep_history else 0
-        ret = self.runtime.functions.rkllm_run(self.handle, ctypes.byref(structs.input),
-                                               ctypes.byref(structs.infer), None)
-        assert ret == 0
-        return Result(b"".join(self.pieces).decode(), self.perf[0] if self.perf else -1,
-                      bool(self.perf))
-
-    def kv_size(self) -> int:
-        size = ctypes.c_int(-1)
-        assert self.runtime.functions.rkllm_get_kv_cache_size(self.handle,
-                                                              ctypes.byref(size)) == 0
-        return size.value
-
-    def pass_through(self) -> None:
-        assert self.runtime.functions.rkllm_set_chat_template(self.handle, b"", b"", b"") == 0
-
-
 @pytest.fixture(params=LINES)
-def line(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def native(standin_libs: dict[str, Path], standin_model: ModelFactory, records: Records,
-           line: str) -> Iterator[Any]:
-    made: list[Native] = []
-
-    def make(**keys: Any) -> Native:
-        runtime = load_runtime(standin_libs[line], "auto")
-        assert runtime.line == line
-        abi = runtime.abi
-        model = standin_model(record=records.path, **keys)
-        param = make_param(runtime, RKLLMSettings(), SamplingDefaults(), str(model).encode(),
-                           TAGS)
-        handle = abi.LLMHandle()
-        nat = Native(runtime, handle)
-
-        def on_result(result: Any, userdata: Any, state: int) -> int:
-            if state == abi.RKLLM_RUN_NORMAL and result.contents.text is not None:
-                nat.pieces.append(result.contents.text)
-            elif state == abi.RKLLM_RUN_FINISH:
-                nat.perf.append(result.contents.perf.prefill_tokens)
-            return 0
-
-        callback = abi.LLMResultCallback(on_result)
-        nat.kept += [param, callback]
-        if runtime.caps.callbacks_in_struct:
-            callbacks = abi.RKLLMCallback()
-            callbacks.result_callback = callback
-            nat.kept.append(callbacks)
-            target: Any = ctypes.byref(callbacks)
-        else:
-            target = callback
-        assert runtime.functions.rkllm_init(ctypes.byref(handle), ctypes.byref(param),
-                                            target) == 0
-        made.append(nat)
-        return nat
-
-    yield make
-    for nat in made:
-        assert nat.runtime.functions.rkllm_destroy(nat.handle) == 0
+def native(request: pytest.FixtureRequest, standin_libs: dict[str, Path],
+           standin_model: ModelFactory, records: Records) -> Iterator[Natives]:
+    line = str(request.param)
+    with Natives(standin_libs[line], line, standin_model, records.path, tags=TAGS) as natives:
+        yield natives
 
 
 def chatml(*turns: tuple[str, str]) -> str:
@@ -157,7 +58,7 @@ SYSTEM = ("system", "You are a terse assistant. Answer in few words, always.")
 OPEN = "<|im_start|>assistant\n"
 
 
-def test_keep_history_prefills_only_the_new_turn(native: Any, records: Records) -> None:
+def test_keep_history_prefills_only_the_new_turn(native: Natives, records: Records) -> None:
     nat = native(reply="x y")
     nat.pass_through()
     turn1 = chatml(SYSTEM, ("user", "hello there")) + OPEN
@@ -184,7 +85,7 @@ def test_keep_history_prefills_only_the_new_turn(native: Any, records: Records) 
     assert nat.kv_size() == 0 and records.all("clear_kv_cache")[-1]["kv_after"] == 0
 
 
-def test_default_template_wraps_each_run(native: Any, records: Records) -> None:
+def test_default_template_wraps_each_run(native: Natives, records: Records) -> None:
     nat = native()
     result = nat.run("hello there", keep_history=True)
     assert result.text == "Echo: hello there" and result.prefill_tokens == 2
@@ -203,7 +104,7 @@ def test_default_template_wraps_each_run(native: Any, records: Records) -> None:
     assert records.all("run")[-1]["kv_text_new"] == "hello there"
 
 
-def test_runtime_reuses_a_shared_prefix(native: Any, records: Records) -> None:
+def test_runtime_reuses_a_shared_prefix(native: Natives, records: Records) -> None:
     nat = native(reply="sure thing")
     nat.pass_through()
     conv1 = chatml(SYSTEM, ("user", "first question")) + OPEN
@@ -232,7 +133,7 @@ def test_runtime_reuses_a_shared_prefix(native: Any, records: Records) -> None:
     assert run["kv_text_new"] == OPEN and run["kv_reused"] == len(conv3.encode()) - len(OPEN)
 
 
-def test_reuse_can_be_turned_off(native: Any, records: Records) -> None:
+def test_reuse_can_be_turned_off(native: Natives, records: Records) -> None:
     nat = native(reply="ok", auto_prefix_reuse=0)
     nat.pass_through()
     conv = chatml(SYSTEM, ("user", "question")) + OPEN
@@ -248,7 +149,7 @@ def test_reuse_can_be_turned_off(native: Any, records: Records) -> None:
 
 
 @pytest.mark.parametrize("kept", [False, True])
-def test_context_reply_proves_what_the_cache_holds(native: Any, records: Records,
+def test_context_reply_proves_what_the_cache_holds(native: Natives, records: Records,
                                                   kept: bool) -> None:
     nat = native(reply_mode="context", end_of_turn="<|im_end|>",
                  kv_keeps_end_of_turn=int(kept))
@@ -271,7 +172,7 @@ def test_context_reply_proves_what_the_cache_holds(native: Any, records: Records
     assert records.all("run")[-1]["kv_reused"] == len(kv.encode())
 
 
-def test_images_in_the_history(native: Any, records: Records) -> None:
+def test_images_in_the_history(native: Natives, records: Records) -> None:
     nat = native(reply="a cat")
     nat.pass_through()
     image = ImageEmbedding(np.full((4, 16), 0.5, dtype=np.float32), (32, 32))

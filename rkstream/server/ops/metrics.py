@@ -75,8 +75,12 @@ class Metrics:
                                 ["status"], registry=self.registry)
         for status in STATUS_OF.values():
             self.requests.labels(status)  # so every status shows, at 0, from the start
-        self.prompt_tokens = Counter("rkstream_prompt_tokens_total", "Prompt tokens read.",
+        self.prompt_tokens = Counter("rkstream_prompt_tokens_total", "Prompt tokens prefilled.",
                                      registry=self.registry)
+        self.cached_prompt_tokens = Counter(
+            "rkstream_cached_prompt_tokens_total",
+            "Prompt tokens found in the KV cache, not processed again.",
+            registry=self.registry)
         self.generated_tokens = Counter("rkstream_generated_tokens_total",
                                         "Tokens generated.", registry=self.registry)
         self.frames_received = Counter("rkstream_frames_received_total",
@@ -120,6 +124,7 @@ class Metrics:
         if ttft_s is not None:
             self.ttft.observe(ttft_s)
         self.prompt_tokens.inc(outcome.prompt_tokens)
+        self.cached_prompt_tokens.inc(outcome.cached_tokens)
         self.generated_tokens.inc(outcome.output_tokens)
         self.busy_s += busy_s
 

@@ -71,7 +71,8 @@ def test_counters_follow_the_observer_calls() -> None:
     types, before = scrape(metrics)
     for status in ("completed", "incomplete", "cancelled", "failed"):
         assert value(before, "rkstream_requests_total", status=status) == 0
-    metrics.request_done(Outcome("stop", prompt_tokens=5, output_tokens=7), 20.0, 0.3, 1.0)
+    metrics.request_done(Outcome("stop", prompt_tokens=5, output_tokens=7, cached_tokens=40),
+                         20.0, 0.3, 1.0)
     metrics.request_done(Outcome("cancelled", prompt_tokens=2), 10.0, None, 0.0)
     metrics.request_done(Outcome("error"), 0.0, None, 0.0)
     metrics.frame(superseded=False)
@@ -85,6 +86,7 @@ def test_counters_follow_the_observer_calls() -> None:
     assert value(after, "rkstream_requests_total", status="failed") == 1
     assert value(after, "rkstream_requests_total", status="incomplete") == 0
     assert value(after, "rkstream_prompt_tokens_total") == 7
+    assert value(after, "rkstream_cached_prompt_tokens_total") == 40
     assert value(after, "rkstream_generated_tokens_total") == 7
     assert value(after, "rkstream_frames_received_total") == 2
     assert value(after, "rkstream_frames_superseded_total") == 1

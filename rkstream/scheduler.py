@@ -229,9 +229,8 @@ class Scheduler:
         Only free instances are considered, so a job never waits longer than
         first come, first served would make it; ties go to the one free longest.
         """
-        best = max(self._free, key=lambda instance: instance.affinity(job))
-        if best.affinity(job) <= 0:
-            best = self._free[0]
+        scores = [instance.affinity(job) for instance in self._free]
+        best = self._free[scores.index(max(scores))]  # the first of equals: free longest
         self._free.remove(best)
         return best
 

@@ -15,11 +15,9 @@ from typing import Any
 
 from rkstream.chat.presets import FAMILIES, Family, recognise
 from rkstream.chat.template import ChatTemplate, load_template
-from rkstream.core.messages import Message
+from rkstream.core.messages import IMAGE_PLACEHOLDER, Message
 from rkstream.core.request import Tool
 from rkstream.errors import ConfigError
-
-IMAGE_PLACEHOLDER = "<image>"
 
 _FALLBACK = "today's labelled transcript is used; set [chat] template or family"
 

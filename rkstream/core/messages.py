@@ -11,6 +11,8 @@ from typing import Literal
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 IMAGE_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp", "rgb", "bgr")
+# What an image or frame part becomes in prompt text (RKLLM expands it to the image).
+IMAGE_PLACEHOLDER = "<image>"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ PARAM_RULES: dict[str, ParamRule] = {
 }
 
 
+# The sampling fields HTTP dialects name as Params does; each reads max_tokens its own way.
+SAMPLING_FIELDS = {name: name for name in PARAM_RULES if name != "max_tokens"}
+
+
 @dataclass(frozen=True)
 class Params:
     """Generation parameters; None means "use the session or server default"."""

@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from rkstream.core.messages import IMAGE_PLACEHOLDER
 from rkstream.engines.base import Prompt
 
 KVMode = Literal["history", "runtime", "off"]
-IMAGE_PLACEHOLDER = "<image>"
 _MARK = "\x00"  # never in rendered text or generated text (removed from both)
 
 

@@ -3,12 +3,10 @@ template takes (RKLLM applies the model's template around the input)."""
 
 from __future__ import annotations
 
-from rkstream.core.messages import Message
+from rkstream.core.messages import IMAGE_PLACEHOLDER, Message
 
 _LABELS = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
-
-IMAGE_PLACEHOLDER = "<image>"
 
 
 def render_prompt(messages: tuple[Message, ...], instructions: str | None) -> tuple[str, str]:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,6 +23,7 @@ from rkstream.engines.base import Job
 from rkstream.errors import RequestError, VisionError
 from rkstream.log import ws_log
 from rkstream.protocol.events import FrameAppend, ImageUpload
+from rkstream.server.jobs import estimate_tokens
 from rkstream.vision.frames import FrameStore, new_frame
 from rkstream.vision.service import VisionService
 
@@ -51,9 +51,11 @@ def _unavailable() -> VisionError:
 
 
 def estimate_text_tokens(job: Job) -> int:
-    """A rough count (4 bytes a token): RKLLM has no tokenizer call to ask."""
+    """The job's text in tokens, counted as every context check counts it."""
+    if job.prompt is not None:
+        return estimate_tokens(job.prompt.text)
     text = (job.instructions or "") + "".join(m.text for m in job.messages)
-    return math.ceil(len(text.encode()) / 4) + 8 * len(job.messages)
+    return estimate_tokens(text)
 
 
 class Media:

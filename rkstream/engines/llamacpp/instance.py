@@ -20,9 +20,10 @@ from typing import Any, cast
 import numpy as np
 
 from rkstream.config import LlamaCppSettings
+from rkstream.core.messages import IMAGE_PLACEHOLDER
 from rkstream.core.owner import OwnerThread
 from rkstream.engines.base import EngineInstance, Job, TextSink
-from rkstream.engines.prompt import IMAGE_PLACEHOLDER, render_prompt
+from rkstream.engines.prompt import render_prompt
 from rkstream.engines.run import BridgedRun, RunFacts
 from rkstream.errors import EngineInitError
 from rkstream.log import engine_log

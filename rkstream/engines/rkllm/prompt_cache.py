@@ -27,9 +27,9 @@ from typing import Any
 from rkstream.chat.format import ChatFormat
 from rkstream.config import RKLLMSettings
 from rkstream.config import SamplingSettings as SamplingDefaults
-from rkstream.core.messages import Message, TextPart
+from rkstream.core.messages import IMAGE_PLACEHOLDER, Message, TextPart
 from rkstream.core.params import SamplingSettings
-from rkstream.engines.kv import IMAGE_PLACEHOLDER, KVPlan, common_prefix
+from rkstream.engines.kv import KVPlan, common_prefix
 from rkstream.engines.rkllm.loader import RuntimeLibrary
 from rkstream.engines.rkllm.structs import CONTINUE, PAUSE, make_run_structs
 from rkstream.errors import ChatTemplateError

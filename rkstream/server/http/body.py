@@ -1,4 +1,4 @@
-"""What the Ollama and /rkllm_chat dialects read alike: token budgets and roles.
+"""What the HTTP dialects read alike: token budgets, roles and images.
 
 (The body itself is read by :func:`rkstream.server.http.runner.read_body`;
 every field check is :class:`rkstream.core.fields.Fields`.)
@@ -10,10 +10,6 @@ from typing import Any, cast
 
 from rkstream.core.fields import Fields
 from rkstream.core.messages import ROLES, Role
-from rkstream.core.params import PARAM_RULES
-
-# The sampling fields these dialects name as Params does (max_tokens is read apart).
-SAMPLING = {name: name for name in PARAM_RULES if name != "max_tokens"}
 
 
 def token_budget(f: Fields, key: str, cap: int) -> int | None:
@@ -37,6 +33,27 @@ def token_budget(f: Fields, key: str, cap: int) -> int | None:
 def message_role(m: Fields) -> Role:
     """The role of one message object."""
     return cast(Role, m.choice("role", ROLES, required=True))
+
+
+def data_url(f: Fields, url: str, param: str) -> bytes:
+    """The bytes of a ``data:image/...;base64,`` URL; http(s) URLs are refused."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("http", "https"):
+        raise f.error("remote_image_url", "remote image URLs are not fetched; send the image "
+                      "as a base64 data URL (data:image/jpeg;base64,...)", param)
+    head, sep, data = url.partition(",")
+    if scheme != "data" or not sep:
+        raise f.error("invalid_image",
+                      f"{param} must be a data: URL (data:image/jpeg;base64,...)", param)
+    media_type, *options = head[5:].split(";")
+    if "base64" not in options:
+        raise f.error("invalid_image",
+                      f"{param} must be base64 data (data:image/...;base64,...)", param)
+    if media_type and not media_type.lower().startswith("image/"):
+        raise f.error("unsupported_image_format", f"{param} holds {media_type}, not an image",
+                      param)
+    # The vision step reads the format from the bytes; clients mislabel it.
+    return f.base64(data, param)
 
 
 def image_base64(f: Fields, value: Any, path: str) -> bytes:

@@ -31,10 +31,10 @@ from aiohttp import web
 
 from rkstream.core.fields import Fields
 from rkstream.core.messages import ImagePart, Message, Part, TextPart
-from rkstream.core.params import Params
+from rkstream.core.params import SAMPLING_FIELDS, Params
 from rkstream.core.request import GenerationRequest
 from rkstream.errors import RequestError
-from rkstream.server.http.body import SAMPLING, image_base64, message_role, token_budget
+from rkstream.server.http.body import data_url, message_role, token_budget
 from rkstream.server.http.runner import Dialect, Result, serve, usage
 from rkstream.server.state import AppState
 
@@ -71,10 +71,9 @@ def _content(m: Fields) -> tuple[Part, ...]:
             url = p.get("image_url")
             url = url.get("url") if isinstance(url, dict) else url
             path = p.path("image_url")
-            if not isinstance(url, str) or not url.startswith("data:"):
-                raise p.error("invalid_image", f"{path} must be a base64 data URL "
-                              "(data:image/...;base64,...)", path)
-            parts.append(ImagePart(data=image_base64(p, url, path)))
+            if not isinstance(url, str):
+                raise p.wrong(path, "a string (a data: URL)", url)
+            parts.append(ImagePart(data=data_url(p, url, path)))
     return tuple(parts) or (TextPart(""),)
 
 
@@ -114,7 +113,7 @@ class DemoDialect(Dialect):
         # model, enable_thinking and tools are accepted and ignored, as in the demo.
         model = body.string("model")
         messages = demo_messages(body)
-        values = body.params(SAMPLING)
+        values = body.params(SAMPLING_FIELDS)
         values["max_tokens"] = token_budget(body, "max_tokens",
                                             state.settings.limits.max_tokens)
         return GenerationRequest(messages, Params(**values),

@@ -23,10 +23,10 @@ from aiohttp import web
 
 from rkstream.core.fields import Fields
 from rkstream.core.messages import ImagePart, Message, Part, TextPart
-from rkstream.core.params import Params
+from rkstream.core.params import SAMPLING_FIELDS, Params
 from rkstream.core.request import GenerationRequest
 from rkstream.errors import RequestError
-from rkstream.server.http.body import SAMPLING, image_base64, message_role, token_budget
+from rkstream.server.http.body import image_base64, message_role, token_budget
 from rkstream.server.http.ollama.models import add_model_routes, model_name, rfc3339
 from rkstream.server.http.runner import Dialect, Result, serve
 from rkstream.server.state import AppState
@@ -68,7 +68,7 @@ def parse_options(f: Fields, cap: int) -> Params:
     """
     options = f.mapping("options")
     o = f.child(options or {}, "options")
-    values = o.params(SAMPLING)
+    values = o.params(SAMPLING_FIELDS)
     for name in IGNORED_INTEGERS:
         o.integer(name)
     values["max_tokens"] = token_budget(o, "num_predict", cap)

@@ -14,13 +14,12 @@ from typing import Any
 
 from rkstream.core.fields import Fields
 from rkstream.core.messages import ImagePart, Message, Part, Role, TextPart
-from rkstream.core.params import PARAM_RULES, Params
+from rkstream.core.params import SAMPLING_FIELDS, Params
 from rkstream.core.request import GenerationRequest
+from rkstream.server.http.body import data_url
 
 _ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user",
                            "assistant": "assistant", "tool": "tool"}
-# OpenAI names its sampling fields as Params does; max_tokens is read apart.
-PARAMS = {name: name for name in PARAM_RULES if name != "max_tokens"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class OpenAIRequest:
 
 
 def _params(f: Fields) -> Params:
-    values = f.params(PARAMS)
+    values = f.params(SAMPLING_FIELDS)
     # max_completion_tokens is the newer name; it wins when both are sent.
     newer = f.param("max_completion_tokens", "max_tokens")
     values["max_tokens"] = newer if newer is not None else f.param("max_tokens")
@@ -61,27 +60,6 @@ def _image(f: Fields, raw: Any, where: str) -> ImagePart:
     if not isinstance(url, str):
         raise f.wrong(param, "a string (a data: URL)", url)
     return ImagePart(data=data_url(f, url, param))
-
-
-def data_url(f: Fields, url: str, param: str) -> bytes:
-    """The bytes of a ``data:image/...;base64,`` URL; http(s) URLs are refused."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme in ("http", "https"):
-        raise f.error("remote_image_url", "remote image URLs are not fetched; send the image "
-                      "as a data: URL (data:image/jpeg;base64,...)", param)
-    head, sep, data = url.partition(",")
-    if scheme != "data" or not sep:
-        raise f.error("invalid_image",
-                      f"{param} must be a data: URL (data:image/jpeg;base64,...)", param)
-    media_type, *options = head[5:].split(";")
-    if "base64" not in options:
-        raise f.error("invalid_image",
-                      f"{param} must be base64 data (data:image/...;base64,...)", param)
-    if media_type and not media_type.lower().startswith("image/"):
-        raise f.error("unsupported_image_format", f"{param} holds {media_type}, not an image",
-                      param)
-    # The vision step reads the format from the bytes; clients mislabel it.
-    return f.base64(data, param)
 
 
 def _part(f: Fields, raw: Any, where: str) -> Part:

@@ -102,6 +102,11 @@ class ChatFormat:
             return self.family.thinking
         return "enable_thinking" in self.template.source
 
+    @property
+    def has_fim(self) -> bool:
+        """The family defines fill-in-the-middle markers."""
+        return self.family is not None and self.family.fim is not None
+
     def fim(self, prefix: str, suffix: str) -> str | None:
         """A fill-in-the-middle prompt (prefix, suffix, middle order), or None
         when the family has no FIM markers."""

@@ -59,7 +59,7 @@ class LlamaCppEngine(InstanceEngine):
                                vision=False, per_request_sampling=True,
                                fim=first.fim_tokens is not None or (
                                    self._format is not None
-                                   and self._format.fim("", "") is not None),
+                                   and self._format.has_fim),
                                runtime=f"llama-cpp-python {version}",
                                chat_format=self._format.name if self._format else None)
         engine_log.info("CPU engine ready: %s", model)

@@ -80,7 +80,7 @@ class RKLLMEngine(InstanceEngine):
         self._info = ModelInfo(
             id=model.stem, engine="rkllm", context_length=rk.max_context_len,
             vision=False, per_request_sampling=runtime.caps.per_run_sampling,
-            fim=fmt is not None and fmt.fim("", "") is not None,
+            fim=fmt is not None and fmt.has_fim,
             runtime=runtime.version or runtime.line, notes=runtime.caps.notes,
             chat_format=fmt.name if fmt is not None else None)
 

@@ -113,6 +113,13 @@ ERRORS: dict[str, ErrorSpec] = {
     "encoder_error": ErrorSpec(500, "the vision encoder failed", server_side=True),
     "runtime_error": ErrorSpec(500, "the runtime reported an error during generation "
                                "(RKLLM_RUN_ERROR, or rkllm_run failed)", server_side=True),
+    "runtime_crashed": ErrorSpec(502, "the runtime's worker process died during the request "
+                                 "(a crash in librkllmrt.so); the model is reloading and "
+                                 "waiting requests are served after it", RETRY_AFTER_S, True),
+    "runtime_hung": ErrorSpec(504, "the runtime made no progress within the watchdog's limits "
+                              "(rkllm.watchdog_*) and the run was stopped; if it ignored the "
+                              "stop, its worker was killed and the model is reloading",
+                              RETRY_AFTER_S, True),
     "internal_error": ErrorSpec(500, "a bug in rkstream; the message says what failed",
                                 server_side=True),
 }

@@ -6,6 +6,9 @@ entries; a full queue refuses it with QueueFullError.
 Cancelling a queued request removes it without touching the runtime;
 cancelling a running one asks the engine to abort.
 
+An instance that cannot serve (its worker restarts after a fault) is
+skipped; waiting requests stay queued, and go to it once it is back.
+
 A request may carry a ``prepare`` step (the vision step: decode and encode
 its images). It runs once the request holds an instance, so a camera frame
 is taken as late as possible; a failure there fails the request and frees
@@ -101,6 +104,8 @@ class Scheduler:
         self._max_queue = max_queue
         self._closed = False
         self.instance_count = len(instances)
+        for instance in instances:
+            instance.watch_health(self._dispatch)
 
     @property
     def queue_depth(self) -> int:
@@ -125,7 +130,7 @@ class Scheduler:
         if self._closed:
             ticket._finish(Outcome("error", error_code="shutting_down",
                                    error_message=SHUTTING_DOWN))
-        elif self._free and not self._queue:
+        elif not self._queue and self._serving_free():
             self._start(ticket, self._take_instance(job))
         elif len(self._queue) >= self._max_queue:
             raise QueueFullError(self._max_queue)
@@ -223,19 +228,23 @@ class Scheduler:
                                      "(limits.request_timeout_s) and was stopped")
             return outcome
 
+    def _serving_free(self) -> list[EngineInstance]:
+        return [instance for instance in self._free if instance.health().status == "ok"]
+
     def _take_instance(self, job: Job) -> EngineInstance:
-        """The free instance whose KV cache holds most of ``job``'s prompt.
+        """The free, serving instance whose KV cache holds most of ``job``'s prompt.
 
         Only free instances are considered, so a job never waits longer than
         first come, first served would make it; ties go to the one free longest.
         """
-        scores = [instance.affinity(job) for instance in self._free]
-        best = self._free[scores.index(max(scores))]  # the first of equals: free longest
+        free = self._serving_free()
+        scores = [instance.affinity(job) for instance in free]
+        best = free[scores.index(max(scores))]  # the first of equals: free longest
         self._free.remove(best)
         return best
 
     def _dispatch(self) -> None:
-        while self._free and self._queue and not self._closed:
+        while self._queue and not self._closed and self._serving_free():
             ticket = self._queue.popleft()
             self._start(ticket, self._take_instance(ticket.job))
         for position, waiting in enumerate(self._queue):

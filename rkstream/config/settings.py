@@ -81,6 +81,27 @@ class RKLLMSettings:
                                         "no (rkstream sends it with the next turn; safe), kept "
                                         "= yes (check on a board, see README)",
                               choices=("resend", "kept"))
+    isolation: str = opt("process", "where the runtime runs: process = one worker process per "
+                                    "instance, so a crash or hang costs one request and a "
+                                    "reload; thread = in the server process (a crash ends the "
+                                    "server)", choices=("process", "thread"))
+    watchdog_prefill_s: float = opt(30.0, "seconds a run may take to its first token, plus "
+                                          "watchdog_prefill_per_1k_tokens_s", minimum=0.1)
+    watchdog_prefill_per_1k_tokens_s: float = opt(30.0, "more seconds to the first token per "
+                                                        "1000 prompt tokens (images included)",
+                                                  minimum=0)
+    watchdog_token_s: float = opt(30.0, "seconds without a token before a run counts as hung "
+                                        "and is aborted (0 = no watchdog)", minimum=0)
+    watchdog_grace_s: float = opt(5.0, "seconds the runtime has to stop after an abort (a "
+                                       "cancel or the watchdog) before its worker is killed",
+                                  minimum=0.05)
+    restart_backoff_s: float = opt(1.0, "wait before restarting a worker after a second "
+                                        "fault in a row; doubles with each further one",
+                                   minimum=0)
+    restart_backoff_max_s: float = opt(60.0, "longest wait between worker restarts",
+                                       minimum=0)
+    fault_log: str = opt("", "file keeping the last runtime crashes and hangs for rkstream "
+                             "doctor (empty = runtime_faults.jsonl in ~/.cache/rkstream)")
 
 
 @dataclass(frozen=True)

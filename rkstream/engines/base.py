@@ -10,6 +10,7 @@ job's :class:`TextSink` on the event loop, in order, and the run's
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -109,6 +110,40 @@ class ModelInfo:
         return out
 
 
+InstanceStatus = Literal["ok", "restarting", "failed"]
+
+
+@dataclass
+class InstanceHealth:
+    """Whether an instance can take work, and the faults it has survived.
+
+    Attributes:
+        status: ``ok``; ``restarting`` (its worker is being started again);
+            ``failed`` (it cannot serve until something changes, see reason).
+        reason: why it is not ``ok``, for people.
+        crashes, hangs, restarts: counts since the server started.
+        last_fault: the latest fault in one line (when, what, the exit signal).
+        last_output: the runtime's last output lines before that fault.
+    """
+
+    status: InstanceStatus = "ok"
+    reason: str = ""
+    crashes: int = 0
+    hangs: int = 0
+    restarts: int = 0
+    last_fault: str | None = None
+    last_output: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"status": self.status, "crashes": self.crashes,
+                                  "hangs": self.hangs, "restarts": self.restarts}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.last_fault is not None:
+            out["last_fault"] = self.last_fault
+        return out
+
+
 class TextSink(Protocol):
     """Receives a run's text on the event loop thread."""
 
@@ -148,6 +183,15 @@ class EngineInstance(abc.ABC):
         """How much of ``job``'s prompt this instance's KV cache holds (0 = nothing
         known); the scheduler gives a job the free instance that holds most."""
         return 0
+
+    def health(self) -> InstanceHealth:
+        """Whether the instance can take a job now; always ``ok`` unless overridden."""
+        return InstanceHealth()
+
+    def watch_health(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on the loop whenever :meth:`health` changes status
+        (the scheduler, to hand waiting jobs to an instance that is back)."""
+        return None  # the health of an instance without faults never changes
 
     @abc.abstractmethod
     async def close(self) -> None:

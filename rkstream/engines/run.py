@@ -57,6 +57,9 @@ class BridgedRun(Run):
         self.stop_requested = False  # a stop sequence matched
         self.first_text_s: float | None = None
         self.start_s = 0.0
+        self.generated: list[str] = []  # every piece as generated, stop sequences included
+        self.last_text_s: float | None = None  # loop clock of the latest text (the watchdog)
+        self.ended = False  # the outcome is set; later items are dropped
 
     # -- engine thread -----------------------------------------------------------
     def emit(self, text: str) -> None:
@@ -75,9 +78,22 @@ class BridgedRun(Run):
         return self.cancelled or self.stop_requested
 
     # -- event loop --------------------------------------------------------------
+    def deliver(self, items: list[str | RunFacts]) -> None:
+        """Take text and the end from a producer that runs on the loop itself."""
+        self._on_items(items)
+
+    def end_now(self, facts: RunFacts) -> None:
+        """End the run with ``facts`` although the native side has not returned (its
+        worker died, or it hangs); anything it sends later is dropped."""
+        self._on_items([facts])
+
     def _on_items(self, items: list[str | RunFacts]) -> None:
+        if self.ended:
+            return
+        self.last_text_s = self._done.get_loop().time()
         for item in items:
             if isinstance(item, str):
+                self.generated.append(item)
                 text = self._stops.feed(item)
                 if text:
                     self._sink.on_text(text)
@@ -85,11 +101,15 @@ class BridgedRun(Run):
                     self.stop_requested = True
                     self._abort()
             else:
+                self.ended = True
                 tail = self._stops.flush()
                 if tail:
                     self._sink.on_text(tail)
+                outcome = self._outcome(item)
+                self._settle(item, outcome)
                 if not self._done.done():
-                    self._done.set_result(self._outcome(item))
+                    self._done.set_result(outcome)
+                return
 
     def _outcome(self, facts: RunFacts) -> Outcome:
         first = facts.first_text_s or facts.end_s
@@ -114,6 +134,10 @@ class BridgedRun(Run):
         elif facts.context_full or facts.tokens >= self.max_tokens:
             outcome.finish_reason = "length"
         return outcome
+
+    def _settle(self, facts: RunFacts, outcome: Outcome) -> None:
+        """Book-keep the finished run before its outcome is known to anyone (the
+        KV cache's contents); nothing by default."""
 
     @abc.abstractmethod
     def _abort(self) -> None:

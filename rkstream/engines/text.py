@@ -1,8 +1,18 @@
-"""Text plumbing shared by engines: UTF-8 stitching and stop sequences."""
+"""Text plumbing shared by engines: UTF-8 stitching, stop sequences, a token estimate."""
 
 from __future__ import annotations
 
 import codecs
+import math
+
+# Without a tokenizer call on RKLLM, text is counted at 3 bytes a token: most
+# text runs near 4 (English) and code near 3, so this leaves a margin.
+BYTES_PER_TOKEN = 3
+
+
+def estimate_tokens(text: str) -> int:
+    """A generous token count for ``text`` (see BYTES_PER_TOKEN)."""
+    return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN)
 
 
 class Utf8Stitcher:

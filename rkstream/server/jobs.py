@@ -9,24 +9,14 @@ sends only what its cache lacks. ``[chat] overflow`` is applied here too.
 
 from __future__ import annotations
 
-import math
-
 from rkstream.chat.format import ChatFormat
 from rkstream.config import Settings
 from rkstream.core.messages import Message
 from rkstream.core.params import SamplingSettings
 from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Engine, Job, Prompt
+from rkstream.engines.text import estimate_tokens
 from rkstream.errors import ChatTemplateError, RequestError
-
-# Without a tokenizer call on RKLLM, text is counted at 3 bytes a token: most
-# text runs near 4 (English) and code near 3, so this leaves a margin.
-BYTES_PER_TOKEN = 3
-
-
-def estimate_tokens(text: str) -> int:
-    """A generous token count for ``text`` (see BYTES_PER_TOKEN)."""
-    return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN)
 
 
 def make_job(engine: Engine, settings: Settings, request_id: str, request: GenerationRequest,

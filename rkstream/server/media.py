@@ -20,10 +20,10 @@ from rkstream.core.embeddings import ImageEmbedding
 from rkstream.core.messages import FramePart, ImagePart
 from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Job
+from rkstream.engines.text import estimate_tokens
 from rkstream.errors import RequestError, VisionError
 from rkstream.log import ws_log
 from rkstream.protocol.events import FrameAppend, ImageUpload
-from rkstream.server.jobs import estimate_tokens
 from rkstream.vision.frames import FrameStore, new_frame
 from rkstream.vision.service import VisionService
 

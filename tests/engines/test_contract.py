@@ -27,7 +27,7 @@ from rkstream.core.params import SamplingSettings
 from rkstream.engines.base import Engine, EngineInstance, Job, ModelInfo, Outcome
 from rkstream.engines.llamacpp.engine import LlamaCppEngine
 from rkstream.engines.rkllm.engine import RKLLMEngine
-from rkstream.server.app import make_app
+from rkstream.server.app import default_engine, make_app
 
 from conftest import ModelFactory
 from helpers import MS, Sink, WSClient, create
@@ -202,12 +202,19 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 # pytest-aiohttp's client lives on the function's loop, so this test does too. The
-# engine still works here: a run binds to the loop that starts it, and loading
-# left nothing tied to the module's loop (owner threads and concurrent futures).
+# shared SmolLM2 still works here: a run binds to the loop that starts it, and
+# loading left nothing tied to the module's loop (owner threads and concurrent
+# futures). An RKLLM worker process belongs to the loop that started it, so the
+# app loads its own.
 @pytest.mark.asyncio(loop_scope="function")
 async def test_disconnect_frees_the_model(aiohttp_client: ClientFactory, flavour: Flavour,
-                                          settings: Settings, engine: Engine) -> None:
-    client = await aiohttp_client(make_app(settings, lambda s: Lent(engine)))
+                                          settings: Settings,
+                                          request: pytest.FixtureRequest) -> None:
+    factory: Callable[[Settings], Engine] = default_engine
+    if flavour.name == "llamacpp":
+        shared = cast(Engine, request.getfixturevalue("smollm2"))
+        factory = lambda s: Lent(shared)  # noqa: E731
+    client = await aiohttp_client(make_app(settings, factory))
     leaver = WSClient(await client.ws_connect("/ws"))
     await leaver.recv()
     await leaver.send(create("long", flavour.long_prompt, params={"max_tokens": 400}))

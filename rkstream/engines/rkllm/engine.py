@@ -10,9 +10,11 @@ from rkstream.chat.format import ChatFormat, resolve_chat_format
 from rkstream.config import Settings
 from rkstream.core.embeddings import ImageTags
 from rkstream.engines.base import InstanceEngine, ModelInfo
+from rkstream.engines.rkllm.in_thread import ThreadInstance
 from rkstream.engines.rkllm.instance import RKLLMInstance
 from rkstream.engines.rkllm.loader import RuntimeLibrary, check_model_file, load_runtime
 from rkstream.engines.rkllm.prompt_cache import plan_system_cache
+from rkstream.engines.rkllm.worker.instance import WorkerInstance
 from rkstream.log import engine_log
 
 
@@ -70,11 +72,17 @@ class RKLLMEngine(InstanceEngine):
                                     enable_thinking=chat.thinking)
                   if chat.cache_system_prompt else None)
         for index in range(self._settings.instances):
-            instance = RKLLMInstance(
-                runtime, rk, self._settings.sampling, str(model), index, self._control,
-                self._image_tags, raw_prompts=fmt is not None,
-                keep_rewritten=self._settings.chat.history_rewrite == "keep",
-                system_cache=system)
+            keep = self._settings.chat.history_rewrite == "keep"
+            instance: RKLLMInstance
+            if rk.isolation == "process":
+                instance = WorkerInstance(
+                    runtime, rk, self._settings.sampling, str(model), index, self._image_tags,
+                    raw_prompts=fmt is not None, keep_rewritten=keep, system_cache=system)
+            else:
+                instance = ThreadInstance(
+                    runtime, rk, self._settings.sampling, str(model), index, self._control,
+                    self._image_tags, raw_prompts=fmt is not None, keep_rewritten=keep,
+                    system_cache=system)
             self._instances.append(instance)
             await instance.load()  # one at a time: NPU memory is allocated in init
         self._info = ModelInfo(

@@ -1,155 +1,116 @@
-"""One RKLLM handle and the one thread that owns it.
+"""One RKLLM instance as the scheduler sees it, wherever its handle lives.
 
-The owner thread runs rkllm_init, every rkllm_run and rkllm_destroy. The
-result callback (which the runtime may call from a thread of its own) copies
-the step's bytes, stitches split UTF-8 characters, and hands text to the
-loop through a :class:`LoopChannel`; the end of the run goes through the same
-channel after rkllm_run returns, so it is always ordered after the last token.
+This is the loop side, shared by both isolation modes: it plans each run
+against what the instance's KV cache holds (:mod:`~rkstream.engines.kv`),
+turns a job into an :class:`~rkstream.engines.rkllm.native.Order`, watches
+the run (:mod:`~rkstream.engines.watchdog`) and keeps the instance's
+health. Where the handle lives is the subclass's business:
+:class:`~rkstream.engines.rkllm.in_thread.ThreadInstance` (an owner thread
+in this process) or :class:`~rkstream.engines.rkllm.worker.instance.WorkerInstance`
+(a worker process).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import concurrent.futures
-import ctypes
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from rkstream.config import RKLLMSettings
 from rkstream.config import SamplingSettings as SamplingDefaults
 from rkstream.core.embeddings import ImageTags
-from rkstream.core.owner import OwnerThread
-from rkstream.engines.base import EngineInstance, Job, TextSink
+from rkstream.engines.base import (
+    EngineInstance,
+    InstanceHealth,
+    InstanceStatus,
+    Job,
+    Outcome,
+    TextSink,
+)
 from rkstream.engines.kv import KVPlan, KVText, kv_mode
 from rkstream.engines.prompt import render_prompt
 from rkstream.engines.rkllm.loader import RuntimeLibrary
-from rkstream.engines.rkllm.prompt_cache import (
-    LoadedCache,
-    PrefillOnly,
-    SystemBlock,
-    cached_tokens,
-    save_and_load,
-)
-from rkstream.engines.rkllm.structs import (
-    CONTINUE,
-    PAUSE,
-    RunStructs,
-    make_param,
-    make_run_structs,
-)
+from rkstream.engines.rkllm.native import NativeEnd, Order
+from rkstream.engines.rkllm.prompt_cache import LoadedCache, SystemBlock, cached_tokens
 from rkstream.engines.run import BridgedRun, RunFacts
-from rkstream.engines.text import Utf8Stitcher
-from rkstream.errors import EngineInitError
-from rkstream.log import engine_log, native_log
-
-ABORT_GRACE_S = 0.25  # after a cancel, pause generation if abort has not taken effect
+from rkstream.engines.text import estimate_tokens
+from rkstream.engines.watchdog import Watchdog, WatchdogLimits
+from rkstream.log import engine_log
 
 
 class RKLLMRun(BridgedRun):
-    """A run on one RKLLM handle; :meth:`on_step` runs on the callback thread."""
+    """A run on one RKLLM instance.
+
+    Attributes:
+        order: what the native side runs.
+        plan: the KV plan, when rkstream renders the prompt itself.
+        fault: (code, message) once the watchdog or a dead worker decided how
+            the run fails, whatever the native side reports later.
+    """
 
     def __init__(self, instance: RKLLMInstance, job: Job, sink: TextSink,
-                 loop: asyncio.AbstractEventLoop, structs: RunStructs,
-                 plan: KVPlan | None = None) -> None:
-        max_tokens = job.sampling.max_tokens
-        if not instance.runtime.caps.per_run_max_new_tokens:  # the init value is a hard cap
-            max_tokens = min(max_tokens, instance.settings.max_new_tokens)
-        super().__init__(job, sink, loop, max_tokens)
+                 loop: asyncio.AbstractEventLoop, order: Order,
+                 plan: KVPlan | None) -> None:
+        super().__init__(job, sink, loop, order.max_tokens)
         self._instance = instance
-        self.structs = structs
+        self.order = order
         self.plan = plan
-        self._abi = instance.runtime.abi
-        # Callback-thread state.
-        self.stitcher = Utf8Stitcher()
-        self.tokens = 0
-        self.error_state = False
-        self.perf: tuple[float, int, float, int] | None = None
-        self.generated: list[str] = []  # all text, stop sequences included: it is in the cache
-        self.cached_tokens = 0
+        self.prompt_cached = 0  # tokens the system prompt cache covers
+        self.fault: tuple[str, str] | None = None
+        self.watchdog: Watchdog | None = None
 
-    def on_step(self, result: Any, state: int) -> int:
-        """Handle one callback; returns what the runtime should do next."""
-        abi = self._abi
-        if state == abi.RKLLM_RUN_NORMAL or state == abi.RKLLM_RUN_WAITING:
-            data: bytes = result.contents.text or b""
-            self.tokens += 1
-            if state == abi.RKLLM_RUN_WAITING:
-                self.stitcher.waiting(data)
-            else:
-                text = self.stitcher.normal(data)
-                if text:
-                    self.generated.append(text)
-                    self.emit(text)
-            if self.stop_requested or self.tokens >= self.max_tokens:
-                return PAUSE  # stops at once, also where abort is slow
-            if self.cancel_s is not None and time.perf_counter() - self.cancel_s > ABORT_GRACE_S:
-                return PAUSE  # the abort was lost (it raced the start of rkllm_run)
-        elif state == abi.RKLLM_RUN_FINISH:
-            perf = result.contents.perf
-            self.perf = (perf.prefill_time_ms, perf.prefill_tokens,
-                         perf.generate_time_ms, perf.generate_tokens)
-        elif state == abi.RKLLM_RUN_ERROR:
-            self.error_state = True
-        return CONTINUE
-
-    def finish_native(self, ret: int, exception: str | None) -> None:
-        """Called by the owner thread once rkllm_run has returned."""
-        tail = self.stitcher.flush()
-        if tail:
-            self.generated.append(tail)
-            self.emit(tail)
-        failed = ret != 0 or self.error_state or exception is not None
-        if self.plan is not None:
-            # Cut short by us (stop, max_tokens, cancel) or by the runtime's own limit?
-            cut = self.stop_requested or self.cancelled or self.tokens >= self.max_tokens
-            self._instance.kv.settle(self.plan, "".join(self.generated),
-                                     natural_end=not cut, failed=failed,
-                                     end_of_turn=self.job.prompt.end_of_turn
-                                     if self.job.prompt is not None else "")
-        facts = RunFacts(tokens=self.tokens, prompt_tokens=0, prompt_ms=None,
+    def facts(self, end: NativeEnd) -> RunFacts:
+        """The run's facts from what the native side reported."""
+        facts = RunFacts(tokens=end.tokens, prompt_tokens=0, prompt_ms=None,
                          predicted_ms=None, first_text_s=self.first_text_s,
-                         start_s=self.start_s, end_s=time.perf_counter())
-        facts.cached_tokens = self.cached_tokens
-        if self.perf is not None:
-            facts.prompt_ms, facts.prompt_tokens, facts.predicted_ms, _ = self.perf
-        if failed:
+                         start_s=self.start_s, end_s=time.perf_counter(),
+                         cached_tokens=max(end.cached_tokens, self.prompt_cached))
+        if end.perf is not None:
+            facts.prompt_ms, facts.prompt_tokens, facts.predicted_ms, _ = end.perf
+        if end.failed:
             facts.error_code = "runtime_error"
-            facts.error_message = exception or (
+            facts.error_message = end.exception or (
                 f"the RKLLM runtime reported an error during generation (rkllm_run "
-                f"returned {ret}); see the server log")
-        self.finish(facts)
+                f"returned {end.ret}); see the server log")
+        return facts
+
+    def fail_now(self, code: str, message: str) -> None:
+        """End the run at once with ``code``: its runtime died or cannot be stopped."""
+        self.fault = (code, message)
+        self.end_now(self.facts(NativeEnd(ret=0, tokens=len(self.generated))))
+
+    def _outcome(self, facts: RunFacts) -> Outcome:
+        if self.fault is not None:
+            facts.error_code, facts.error_message = self.fault
+        return super()._outcome(facts)
+
+    def _settle(self, facts: RunFacts, outcome: Outcome) -> None:
+        self._instance.run_ended(self, facts)
 
     def _abort(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stopping("the run was told to stop (a cancel or a stop sequence)")
         self._instance.abort(self)
 
 
-Callback = Callable[[Any, Any, int], int]
-
-
-class RKLLMInstance(EngineInstance):
-    """Owns one RKLLM handle through one thread: init, runs, destroy.
+class RKLLMInstance(EngineInstance, abc.ABC):
+    """The loop side of one RKLLM handle.
 
     Args:
         runtime: the loaded library and its ABI module.
         settings: the [rkllm] settings.
         defaults: sampling defaults for the init-time RKLLMParam.
         model_path: a checked model path.
-        index: which instance this is (for logs and thread names).
-        control: a small executor for rkllm_abort, so it never runs on the loop.
-        image_tags: the vision encoder's image tags, or None without one; used
-            at init (see :func:`make_param`).
-        raw_prompts: rkstream renders prompts itself (a chat format), so the
-            runtime's own template is turned off once, after init.
+        index: which instance this is (for logs, thread and worker names).
+        image_tags: the vision encoder's image tags, or None without one.
+        raw_prompts: rkstream renders prompts itself (a chat format).
         keep_rewritten: see :class:`~rkstream.engines.kv.KVText`.
-        system_cache: the system block to prefill once at load and keep as a
-            prompt cache (:mod:`~rkstream.engines.rkllm.prompt_cache`), or None.
+        system_cache: the system block to keep as a prompt cache, or None.
     """
 
     def __init__(self, runtime: RuntimeLibrary, settings: RKLLMSettings,
                  defaults: SamplingDefaults, model_path: str, index: int,
-                 control: concurrent.futures.Executor,
                  image_tags: ImageTags | None = None, *, raw_prompts: bool = False,
                  keep_rewritten: bool = True, system_cache: SystemBlock | None = None) -> None:
         self.runtime = runtime
@@ -158,158 +119,44 @@ class RKLLMInstance(EngineInstance):
         self.model_path = model_path
         self.image_tags = image_tags
         self.index = index
-        self._control = control
-        self._owner = OwnerThread(f"rkllm-owner-{index}")
-        self._handle = runtime.abi.LLMHandle()
-        self._lock = threading.Lock()  # guards _active against a late abort
-        self._active: RKLLMRun | None = None
-        # Kept for as long as the handle lives: C holds pointers to them.
-        self._callback: Any = runtime.abi.LLMResultCallback(self._on_result)
-        self._callbacks_struct: Any = None
-        self._param: Any = None
-        self._closed = False
+        self.raw_prompts = raw_prompts
+        self.system_block = system_cache if raw_prompts else None
         self.kv = KVText(kv_mode(settings.kv_reuse),
                          end_of_turn_kept=settings.kv_end_of_turn == "kept",
                          keep_rewritten=keep_rewritten)
-        self.raw_prompts = raw_prompts
-        self._system_block = system_cache if raw_prompts else None
         self.prompt_cache: LoadedCache | None = None  # loaded into the handle
-        self._prefill_only: PrefillOnly | None = None  # gets the callbacks of the save run
+        self.limits = WatchdogLimits(settings.watchdog_prefill_s,
+                                     settings.watchdog_prefill_per_1k_tokens_s,
+                                     settings.watchdog_token_s, settings.watchdog_grace_s)
+        self.active: RKLLMRun | None = None
+        self._health = InstanceHealth()
+        self._listeners: list[Callable[[], None]] = []
+        self.closed = False
 
-    # -- owner thread --------------------------------------------------------
-    def _on_result(self, result: Any, userdata: Any, state: int) -> int:
-        # Never let an exception reach C: its return value would be undefined.
-        try:
-            run = self._active
-            if run is not None:
-                return run.on_step(result, state)
-            steps = self._prefill_only
-            return CONTINUE if steps is None else steps.on_step(result, state)
-        except BaseException:
-            native_log.exception("result callback failed; generation continues")
-            return CONTINUE
+    # -- health --------------------------------------------------------------------
+    def health(self) -> InstanceHealth:
+        return self._health
 
-    def _init_sync(self) -> None:
-        abi, fns = self.runtime.abi, self.runtime.functions
-        self._param = make_param(self.runtime, self.settings, self.defaults,
-                                 self.model_path.encode(), self.image_tags)
-        if self.runtime.caps.callbacks_in_struct:
-            self._callbacks_struct = abi.RKLLMCallback()
-            self._callbacks_struct.result_callback = self._callback
-            target: Any = ctypes.byref(self._callbacks_struct)
-        else:
-            target = self._callback
-        started = time.perf_counter()
-        ret = fns.rkllm_init(ctypes.byref(self._handle), ctypes.byref(self._param), target)
-        if ret != 0 or not self._handle.value:
-            self._handle = abi.LLMHandle()
-            raise EngineInitError(
-                f"rkllm_init failed (returned {ret}) for {self.model_path}: check that the "
-                f"model was converted for runtime {self.runtime.version or self.runtime.line}"
-                " and this chip, and that NPU memory is free; the runtime's own message is"
-                " in the log above")
-        engine_log.info("instance %d loaded %s in %.0f ms", self.index, self.model_path,
-                        (time.perf_counter() - started) * 1000)
-        if self.raw_prompts:
-            # Empty parts: the text passes as it is. Once only: the call clears the
-            # KV cache (and the runtime's thinking switch) every time it is made.
-            ret = fns.rkllm_set_chat_template(self._handle, b"", b"", b"")
-            if ret != 0:
-                raise EngineInitError(f"rkllm_set_chat_template failed (returned {ret}), so "
-                                      "the runtime's own template cannot be turned off; set "
-                                      "[chat] family = \"none\" to use it instead")
-            self.kv.clear()
-            if self._system_block is not None:
-                self._load_prompt_cache(self._system_block)
+    def watch_health(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
 
-    def _load_prompt_cache(self, block: SystemBlock) -> None:
-        # Optional: a failure costs only the cache, never the instance.
-        steps = PrefillOnly(self.runtime.abi)
-        self._prefill_only = steps
-        try:
-            self.prompt_cache = save_and_load(self.runtime, self._handle, block, steps,
-                                              self.settings, self.defaults)
-        except Exception:
-            engine_log.exception("system prompt not cached: saving or loading %s failed",
-                                 block.path)
-            self.runtime.functions.rkllm_clear_kv_cache(self._handle, 0, None, None)
-        finally:
-            self._prefill_only = None
-        self.kv.clear()
-        if self.prompt_cache is not None:
-            engine_log.info("instance %d: system prompt cached (%d tokens) in %s", self.index,
-                            self.prompt_cache.tokens, block.path)
+    def set_status(self, status: InstanceStatus, reason: str = "") -> None:
+        changed = status != self._health.status
+        self._health.status, self._health.reason = status, reason
+        if changed:
+            for listener in list(self._listeners):
+                listener()
 
-    def _kv_tokens(self) -> int:
-        sizes = (ctypes.c_int * 1)()
-        if self.runtime.functions.rkllm_get_kv_cache_size(self._handle, sizes) != 0:
-            return 0
-        return max(0, int(sizes[0]))
-
-    def _prepare_cache(self, run: RKLLMRun) -> None:
-        """Clear the cache or count what it holds, as the run's plan says."""
-        plan = run.plan
-        if plan is None:
-            return
-        if plan.clear:
-            self.runtime.functions.rkllm_clear_kv_cache(self._handle, 0, None, None)
-        elif plan.reused:
-            held = self._kv_tokens()
-            # history: the whole cache is the prompt's prefix; runtime: the share
-            # of it that matches, an estimate (the runtime does not say).
-            share = 1.0 if plan.keep_history else plan.reused / max(1, plan.prompt_chars)
-            run.cached_tokens = round(held * min(1.0, share))
-        # a run that starts the cache afresh with the system block skips it
-        run.cached_tokens = max(run.cached_tokens, cached_tokens(self.prompt_cache, plan))
-
-    def _run_sync(self, run: RKLLMRun) -> None:
-        fns = self.runtime.functions
-        with self._lock:
-            self._active = run
-        run.start_s = time.perf_counter()
-        ret, exception = -1, None
-        if run.should_stop:  # cancelled before it reached the runtime
-            with self._lock:
-                self._active = None
-            run.finish_native(0, None)
-            return
-        try:
-            self._prepare_cache(run)
-            ret = fns.rkllm_run(self._handle, ctypes.byref(run.structs.input),
-                                ctypes.byref(run.structs.infer), None)
-        except BaseException as exc:  # reported as a failed request, not a crash
-            exception = f"rkllm_run raised {type(exc).__name__}: {exc}"
-            engine_log.exception("rkllm_run raised")
-        finally:
-            with self._lock:
-                self._active = None
-        run.finish_native(ret, exception)
-
-    def _abort_sync(self, run: RKLLMRun) -> None:
-        with self._lock:
-            if self._active is run:
-                self.runtime.functions.rkllm_abort(self._handle)
-
-    def _destroy_sync(self) -> None:
-        if self._handle.value:
-            if self.prompt_cache is not None:
-                self.runtime.functions.rkllm_release_prompt_cache(self._handle)
-                self.prompt_cache = None
-            self.runtime.functions.rkllm_destroy(self._handle)
-            self._handle = self.runtime.abi.LLMHandle()
-
-    # -- event loop ------------------------------------------------------------
-    async def load(self) -> None:
-        """Start the owner thread and run rkllm_init on it."""
-        self._owner.start()
-        await self._owner.call(self._init_sync)
-
+    # -- runs ------------------------------------------------------------------------
     def affinity(self, job: Job) -> int:
         if job.prompt is None or not self.raw_prompts:
             return 0
         return self.kv.match(job.prompt)
 
-    def start(self, job: Job, sink: TextSink) -> RKLLMRun:
+    def _order(self, job: Job) -> tuple[Order, KVPlan | None]:
+        max_tokens = job.sampling.max_tokens
+        if not self.runtime.caps.per_run_max_new_tokens:  # the init value is a hard cap
+            max_tokens = min(max_tokens, self.settings.max_new_tokens)
         plan = None
         images = job.images
         if job.prompt is not None and self.raw_prompts:
@@ -320,23 +167,71 @@ class RKLLMInstance(EngineInstance):
             prompt, role = job.prompt.text, "user"
         else:  # no chat format: one labelled transcript; the runtime's template wraps it
             prompt, role = render_prompt(job.messages, job.instructions)
-        structs = make_run_structs(self.runtime, prompt, role, job.sampling, self.settings,
-                                   images, job.image_tags,
-                                   keep_history=plan is not None and plan.keep_history)
-        run = RKLLMRun(self, job, sink, asyncio.get_running_loop(), structs, plan)
-        self._owner.submit(lambda: self._run_sync(run))
+        share = 0.0
+        if plan is not None and not plan.clear and plan.reused:
+            # history: the whole cache is the prompt's prefix; runtime: the share
+            # of it that matches, an estimate (the runtime does not say).
+            share = 1.0 if plan.keep_history else plan.reused / max(1, plan.prompt_chars)
+        order = Order(prompt=prompt, role=role, sampling=job.sampling, max_tokens=max_tokens,
+                      images=images, image_tags=job.image_tags,
+                      keep_history=plan is not None and plan.keep_history,
+                      clear=plan is not None and plan.clear, count_share=share)
+        return order, plan
+
+    def start(self, job: Job, sink: TextSink) -> RKLLMRun:
+        order, plan = self._order(job)
+        loop = asyncio.get_running_loop()
+        run = RKLLMRun(self, job, sink, loop, order, plan)
+        if plan is not None:
+            # a run that starts the cache afresh with the system block skips it
+            run.prompt_cached = cached_tokens(self.prompt_cache, plan)
+        prompt_tokens = estimate_tokens(order.prompt) + sum(
+            image.embedding.shape[0] for image in order.images)
+        run.watchdog = Watchdog(loop, self.limits, prompt_tokens, lambda: run.last_text_s,
+                                lambda why: self._stalled(run, why),
+                                lambda why: self.stuck(run, why))
+        self.active = run
+        run.start_s = time.perf_counter()
+        self.launch(run)
         return run
 
-    def abort(self, run: RKLLMRun) -> None:
-        """Ask the runtime to stop ``run`` if it is still the active one."""
-        self._control.submit(self._abort_sync, run)
+    def run_ended(self, run: RKLLMRun, facts: RunFacts) -> None:
+        """On the loop, once the run's end is known: the KV cache's contents."""
+        if run.watchdog is not None:
+            run.watchdog.done()
+        if self.active is run:
+            self.active = None
+        if run.plan is not None:
+            # Cut short by us (stop, max_tokens, cancel) or by the runtime's own limit?
+            cut = run.stop_requested or run.cancelled or facts.tokens >= run.max_tokens
+            end_of_turn = run.job.prompt.end_of_turn if run.job.prompt is not None else ""
+            self.kv.settle(run.plan, "".join(run.generated), natural_end=not cut,
+                           failed=facts.error_code is not None, end_of_turn=end_of_turn)
 
-    async def close(self) -> None:
-        """Abort any run, destroy the handle on its owner thread, end the thread."""
-        if self._closed:
-            return
-        self._closed = True
-        active = self._active
-        if active is not None:
-            active.cancel()
-        await self._owner.stop(self._destroy_sync)
+    def _stalled(self, run: RKLLMRun, why: str) -> None:
+        self._health.hangs += 1
+        self._health.last_fault = f"{_now()} hang: {why}"
+        engine_log.error("instance %d: %s; aborting the run", self.index, why)
+        run.fault = ("runtime_hung", f"{why}; the run was stopped")
+        self.abort(run)
+
+    # -- for the isolation modes ---------------------------------------------------
+    @abc.abstractmethod
+    def launch(self, run: RKLLMRun) -> None:
+        """Hand ``run.order`` to the native side; never raises (a failure ends the run)."""
+
+    @abc.abstractmethod
+    def abort(self, run: RKLLMRun) -> None:
+        """Tell the native side to stop ``run`` if it is still running (on the loop)."""
+
+    @abc.abstractmethod
+    def stuck(self, run: RKLLMRun, why: str) -> None:
+        """The runtime ignored an abort for the grace period: end ``run`` at once."""
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Load the model (rkllm_init); raises EngineInitError."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -47,9 +47,10 @@ def fields_of(struct: type[ctypes.Structure]) -> set[str]:
 
 
 def settings_for(lib: Path, model: Path, line: str, max_new_tokens: int = 8000) -> Settings:
+    # In-process: the tests patch the capabilities in this process.
     return replace(Settings(), rkllm=replace(
         RKLLMSettings(), library=str(lib), model=str(model), runtime=line,
-        max_new_tokens=max_new_tokens))
+        max_new_tokens=max_new_tokens, isolation="thread"))
 
 
 def job(prompt: str, max_tokens: int, images: tuple[ImageEmbedding, ...] = (),

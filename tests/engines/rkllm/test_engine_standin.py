@@ -29,10 +29,11 @@ LINES = ("1.3", "1.2")
 
 
 def settings_for(lib: Path, model: Path, line: str, instances: int = 1,
-                 max_new_tokens: int = 8000) -> Settings:
+                 max_new_tokens: int = 8000, isolation: str = "process") -> Settings:
     return replace(Settings(), instances=instances,
                    rkllm=replace(RKLLMSettings(), library=str(lib), model=str(model),
-                                 runtime=line, max_new_tokens=max_new_tokens))
+                                 runtime=line, max_new_tokens=max_new_tokens,
+                                 isolation=isolation))
 
 
 def job(prompt: str, max_tokens: int = 500, stop: tuple[str, ...] = (),
@@ -54,11 +55,11 @@ async def make_engine(standin_libs: dict[str, Path], standin_model: ModelFactory
                       records: Records, line: str) -> AsyncIterator[Any]:
     engines: list[RKLLMEngine] = []
 
-    async def make(instances: int = 1, max_new_tokens: int = 8000, **keys: Any
-                   ) -> RKLLMEngine:
+    async def make(instances: int = 1, max_new_tokens: int = 8000, isolation: str = "process",
+                   **keys: Any) -> RKLLMEngine:
         model = standin_model(record=records.path, **keys)
         engine = RKLLMEngine(settings_for(standin_libs[line], model, line, instances,
-                                          max_new_tokens))
+                                          max_new_tokens, isolation))
         engines.append(engine)
         await engine.load()
         return engine
@@ -166,7 +167,8 @@ async def test_cancel_reaches_abort_quickly(make_engine: Any, records: Records,
 
 
 async def test_cancel_before_start_never_runs(make_engine: Any, records: Records) -> None:
-    engine = await make_engine(prefill_delay_us=100000)
+    # Two runs queued on one instance at once: only the owner thread has a queue.
+    engine = await make_engine(prefill_delay_us=100000, isolation="thread")
     instance = engine.instances[0]
     first = instance.start(job("one"), Sink())
     second = instance.start(job("two"), Sink())  # waits on the owner thread

@@ -515,6 +515,7 @@ typedef struct {
     long prefill_us_per_byte;
     long stamp;
     long fail_init;
+    long init_delay_us;
     long fail_run;
     long error_after;
     long finish_on_abort;
@@ -576,6 +577,7 @@ static const keydef conf_keys[] = {
     LONG_KEY(prefill_us_per_byte, K_INT, 0, 0),
     LONG_KEY(stamp, K_BOOL, 0, 0),
     LONG_KEY(fail_init, K_BOOL, 0, 1),
+    LONG_KEY(init_delay_us, K_INT, 0, 1),
     LONG_KEY(fail_run, K_BOOL, 0, 0),
     LONG_KEY(error_after, K_INT, LONG_MIN, 0),
     LONG_KEY(finish_on_abort, K_BOOL, 0, 0),
@@ -2277,6 +2279,11 @@ RKLLM_API int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback
         rec_init(rec_path, NULL, param, -1);
         conf_free(&cf);
         return -1;
+    }
+    if (cf.init_delay_us > 0) { /* a model load that takes time (a restart) */
+        struct timespec ts = {cf.init_delay_us / 1000000L, (cf.init_delay_us % 1000000L) * 1000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
     }
 
     standin_handle *h = xrealloc(NULL, sizeof *h);

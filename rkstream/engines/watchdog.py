@@ -6,8 +6,9 @@ watchdog says the run *stalled* (the instance asks the runtime to abort);
 from then on, and from a cancel, the runtime has a grace period to return,
 past which the watchdog says it is *stuck* (the instance kills its worker).
 
-One timer at a time, re-armed only when it fires: a piece of text costs the
-run one clock read (``BridgedRun.last_text_s``), not a timer.
+One timer at a time, re-armed only when it fires (at least every
+``token_s``): a piece of text costs the run one clock read
+(``BridgedRun.last_text_s``), not a timer.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Watchdog:
         self._why_stopping = ""
         self._timer: asyncio.TimerHandle | None = None
         if limits.token_s > 0:
-            self._arm(self._prefill_due)
+            self._arm(min(self._prefill_due, self._started + limits.token_s))
 
     @property
     def phase(self) -> Phase:
@@ -81,7 +82,8 @@ class Watchdog:
         if self._phase == "running":
             due = self._due()
             if now < due:
-                self._arm(due)
+                # Look again by then, or sooner: the first text moves the due time closer.
+                self._arm(min(due, now + self._limits.token_s))
                 return
             if self._last_text() is None:
                 why = (f"the runtime produced no token within {now - self._started:.0f} s of "

@@ -24,10 +24,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rkstream.engines.base import STATUS_OF, Outcome
+from rkstream.engines.base import STATUS_OF, Engine, Outcome
 from rkstream.scheduler import Scheduler
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -40,6 +40,9 @@ class LiveSource(Protocol):
 
     @property
     def scheduler(self) -> Scheduler | None: ...
+
+    @property
+    def engine(self) -> Engine | None: ...
 
     @property
     def sockets(self) -> Sized: ...
@@ -137,6 +140,13 @@ class Metrics:
         return busy / (elapsed * max(scheduler.instance_count, 1))
 
 
+INSTANCE_COUNTERS = {
+    "rkstream_runtime_crashes": "Worker processes that died by themselves (a runtime crash).",
+    "rkstream_runtime_hangs": "Runs the watchdog found hung, or whose cancel the runtime ignored.",
+    "rkstream_worker_restarts": "Worker processes started again, the model reloaded, after a fault.",
+}
+
+
 class _LiveGauges(Collector):
     """Gauges computed at scrape time, so nothing has to poll them."""
 
@@ -144,15 +154,18 @@ class _LiveGauges(Collector):
         self._metrics = metrics
         self._live = live
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Metric]:
         # Names only, so the registry can refuse a second collector with the same ones.
         yield GaugeMetricFamily("rkstream_queue_depth", "")
         yield GaugeMetricFamily("rkstream_running_requests", "")
         yield GaugeMetricFamily("rkstream_model_busy_ratio", "")
         yield GaugeMetricFamily("rkstream_websocket_connections", "")
         yield GaugeMetricFamily("rkstream_npu_load_ratio", "")
+        yield GaugeMetricFamily("rkstream_instance_up", "")
+        for name in INSTANCE_COUNTERS:
+            yield CounterMetricFamily(name, "")
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         scheduler = self._live.scheduler
         yield GaugeMetricFamily("rkstream_queue_depth", "Requests waiting for a model.",
                                 value=scheduler.queue_depth if scheduler is not None else 0)
@@ -170,6 +183,25 @@ class _LiveGauges(Collector):
             for core, ratio in cores.items():
                 load.add_metric([core], ratio)
             yield load
+        yield from self._instances()
+
+    def _instances(self) -> Iterator[Metric]:
+        engine = self._live.engine
+        if engine is None:
+            return
+        up = GaugeMetricFamily("rkstream_instance_up", "1 while the model instance can serve; "
+                               "0 while its worker restarts, or after it failed.",
+                               labels=["instance"])
+        counters = {name: CounterMetricFamily(name, text, labels=["instance"])
+                    for name, text in INSTANCE_COUNTERS.items()}
+        for instance in engine.instances:
+            health, label = instance.health(), [str(instance.index)]
+            up.add_metric(label, 1.0 if health.status == "ok" else 0.0)
+            counters["rkstream_runtime_crashes"].add_metric(label, health.crashes)
+            counters["rkstream_runtime_hangs"].add_metric(label, health.hangs)
+            counters["rkstream_worker_restarts"].add_metric(label, health.restarts)
+        yield up
+        yield from counters.values()
 
 
 METRICS = web.AppKey("rkstream_metrics", Metrics)

@@ -101,6 +101,8 @@ class WorkerInstance(RKLLMInstance):
             self._health.hangs += 1
         message = f"{why}; the worker was killed and the model is reloading"
         engine_log.error("instance %d: %s", self.index, message)
+        # Out of service first, so the scheduler hands the next job to no dying worker.
+        self.set_status("restarting", f"its runtime hung and the worker is being killed: {why}")
         run.fail_now("runtime_hung", message)
         if self.process is not None:
             self.process.kill()
@@ -126,11 +128,12 @@ class WorkerInstance(RKLLMInstance):
                          "; its last output:\n  " + "\n  ".join(lines[-10:]) if lines else "")
         record_fault(fault_log_path(self.settings.fault_log), kind=kind, instance=self.index,
                      model=self.model_path, exit=how, pid=process.pid, output=lines)
+        self.faults_in_a_row += 1
+        self._announce_restart()  # before the run's end, so its client sees the state
         run = self.active
         if run is not None and not run.ended:
             run.fail_now("runtime_crashed", f"the RKLLM runtime crashed ({how}) during this "
                          "request; the model is reloading")
-        self.faults_in_a_row += 1
         self._restarting = asyncio.create_task(self._restart())
 
     def _backoff(self) -> float:
@@ -139,15 +142,20 @@ class WorkerInstance(RKLLMInstance):
         delay = self.settings.restart_backoff_s * 2 ** (self.faults_in_a_row - 2)
         return float(min(self.settings.restart_backoff_max_s, delay))
 
+    def _announce_restart(self) -> float:
+        delay = self._backoff()
+        reason = (f"the worker process ended ({self._health.last_fault}); fault "
+                  f"{self.faults_in_a_row} in a row, "
+                  + (f"restarting in {delay:g} s" if delay else "restarting now"))
+        self.set_status("restarting", reason)
+        if delay:
+            engine_log.warning("instance %d: %s", self.index, reason)
+        return delay
+
     async def _restart(self) -> None:
+        delay = self._backoff()
         while not self.closed:
-            delay = self._backoff()
-            reason = (f"the worker process ended ({self._health.last_fault}); fault "
-                      f"{self.faults_in_a_row} in a row, "
-                      + (f"restarting in {delay:g} s" if delay else "restarting now"))
-            self.set_status("restarting", reason)
             if delay:
-                engine_log.warning("instance %d: %s", self.index, reason)
                 await asyncio.sleep(delay)
             try:
                 await self._spawn()
@@ -157,6 +165,7 @@ class WorkerInstance(RKLLMInstance):
                                            f"failed: {exc}")
                 engine_log.error("instance %d: restarting the worker failed: %s", self.index,
                                  exc)
+                delay = self._announce_restart()
                 continue
             if self.closed:  # closed while it loaded
                 await self._stop_process()

@@ -7,10 +7,21 @@ records every job, cancel, outcome and overlap so tests can assert on them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rkstream.config import Settings
-from rkstream.engines.base import Engine, EngineInstance, Job, ModelInfo, Outcome, Run, TextSink
+from rkstream.engines.base import (
+    Engine,
+    EngineInstance,
+    InstanceHealth,
+    InstanceStatus,
+    Job,
+    ModelInfo,
+    Outcome,
+    Run,
+    TextSink,
+)
 
 
 @dataclass
@@ -78,6 +89,20 @@ class FakeInstance(EngineInstance):
         self.calls = calls
         self.delay_s = delay_s
         self.busy = False
+        self.state = InstanceHealth()
+        self.listeners: list[Callable[[], None]] = []
+
+    def health(self) -> InstanceHealth:
+        return self.state
+
+    def watch_health(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+    def set_status(self, status: InstanceStatus, reason: str = "") -> None:
+        """What a restarting worker would report; tells the listeners."""
+        self.state.status, self.state.reason = status, reason
+        for listener in self.listeners:
+            listener()
 
     def start(self, job: Job, sink: TextSink) -> Run:
         self.calls.jobs.append(job)

@@ -149,3 +149,27 @@ async def test_cancel_during_prepare() -> None:
     assert (await ticket.outcome).finish_reason == "cancelled"
     after = scheduler.submit(job("after"), Sink())
     assert (await after.outcome).finish_reason == "stop"  # the instance was freed
+
+
+async def test_an_instance_that_restarts_gets_no_job_until_it_is_back() -> None:
+    fake = engine()
+    instance = fake._instances[0]
+    scheduler = Scheduler(fake.instances, max_queue=10)
+    instance.set_status("restarting", "the worker process ended")
+    tickets = [scheduler.submit(job(f"r{i}"), Sink()) for i in range(2)]
+    await asyncio.sleep(20 * MS)
+    assert fake.calls.jobs == [] and scheduler.queue_depth == 2  # queued, not refused
+    instance.set_status("ok")
+    outcomes = await asyncio.gather(*(t.outcome for t in tickets))
+    assert [o.finish_reason for o in outcomes] == ["stop", "stop"]
+    assert fake.calls.finished == ["r0", "r1"]
+
+
+async def test_jobs_go_to_the_instances_that_serve() -> None:
+    fake = engine(instances=2)
+    scheduler = Scheduler(fake.instances, max_queue=10)
+    fake._instances[0].set_status("restarting")
+    tickets = [scheduler.submit(job(f"r{i}"), Sink()) for i in range(3)]
+    assert [t.queue_position for t in tickets] == [0, 0, 1]  # one instance takes jobs
+    await asyncio.gather(*(t.outcome for t in tickets))
+    assert fake.calls.overlaps == 0  # all three ran on the one instance left, in turn

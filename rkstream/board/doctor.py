@@ -2,8 +2,9 @@
 
 The checks cover the commonest field failures: not an RK3588, an old RKNPU
 driver, a missing or unsupported librkllmrt.so, an .rknn file given as the
-language model, models that do not fit in memory, and clocks left to an
-on-demand governor. Nothing is loaded: libraries and models are only read.
+language model, models that do not fit in memory, clocks left to an
+on-demand governor, and the runtime crashes and hangs the server recorded.
+Nothing is loaded: libraries, models and the fault log are only read.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rkstream.board.checks_board import (
     check_platform,
     is_rockchip,
 )
+from rkstream.board.checks_faults import check_runtime_faults
 from rkstream.board.checks_libs import (
     ModuleProbe,
     check_module,
@@ -92,6 +94,7 @@ def run_checks(
         ("rkllm.model", lambda: check_rkllm_model(
             settings, meminfo(root).get("MemAvailable"), rockchip, encoder)),
         ("chat format", lambda: check_chat_format(settings) or []),
+        ("runtime faults", lambda: check_runtime_faults(settings)),
         ("vision.encoder", lambda: encoder_check),
         ("librknnrt.so", lambda: check_rknn_library(root, dirs, needed=kind == "rknn")),
         ("rknn-toolkit-lite2", lambda: check_module(

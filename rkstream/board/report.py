@@ -22,12 +22,15 @@ class Check:
         status: ``"OK"``, ``"WARN"`` or ``"FAIL"``.
         detail: what was found, in one line.
         fix: what to do about a WARN or FAIL; empty for OK.
+        lines: text quoted under the detail as it was found, e.g. a runtime's
+            last output lines; empty for most checks.
     """
 
     name: str
     status: Status
     detail: str
     fix: str = ""
+    lines: tuple[str, ...] = ()
 
 
 def worst(statuses: Sequence[Status]) -> Status:
@@ -43,8 +46,9 @@ def summary(checks: Sequence[Check]) -> dict[Status, int]:
 def render_text(checks: Sequence[Check]) -> str:
     """Render checks as the text report ``rkstream doctor`` prints.
 
-    One line per check (``OK   name: detail``), an indented ``fix:`` line
-    under each WARN and FAIL, then a summary line.
+    One line per check (``OK   name: detail``), its quoted ``lines`` (each
+    indented after ``| ``), an indented ``fix:`` line under each WARN and
+    FAIL, then a summary line.
 
     Args:
         checks: the checks, in report order.
@@ -55,6 +59,7 @@ def render_text(checks: Sequence[Check]) -> str:
     lines: list[str] = []
     for check in checks:
         lines.append(f"{check.status:<4} {check.name}: {check.detail}")
+        lines += [f"     | {line}" for line in check.lines]
         if check.status != "OK" and check.fix:
             lines.append(f"     fix: {check.fix}")
     counts = summary(checks)
@@ -72,7 +77,8 @@ def render_json(checks: Sequence[Check]) -> str:
         checks: the checks, in report order.
 
     Returns:
-        Indented JSON text; each check has name, status, detail and fix.
+        Indented JSON text; each check has name, status, detail, fix and lines
+        (a list, empty for most checks).
     """
     return json.dumps({"checks": [asdict(c) for c in checks], "summary": summary(checks)},
                       indent=2, ensure_ascii=False)

@@ -61,8 +61,8 @@ class RKLLMSettings:
     n_keep: int = opt(-1, "KV entries kept when the window shifts (-1 = runtime default)",
                        minimum=-1)
     base_domain_id: int = opt(-1, "NPU memory domain; -1 = auto: 1 when a vision encoder "
-                                   "shares the process (as the official demo on RK3588), "
-                                   "else 0", minimum=-1, maximum=15)
+                                   "is configured (as the official demo on RK3588), else 0",
+                              minimum=-1, maximum=15)
     embed_flash: bool = opt(True, "keep the embedding table in the model file, not in RAM")
     enabled_cpus_num: int = opt(4, "CPU threads the runtime may use", minimum=1, maximum=8)
     enabled_cpus_mask: int = opt(0xF0, "CPU bitmask (0xF0 = the A76 cores of RK3588)",

@@ -86,8 +86,9 @@ class Watchdog:
                 self._arm(min(due, now + self._limits.token_s))
                 return
             if self._last_text() is None:
-                why = (f"the runtime produced no token within {now - self._started:.0f} s of "
-                       "starting the prompt (rkllm.watchdog_prefill_s and "
+                allowance = self._prefill_due - self._started
+                why = (f"the runtime produced no token within {allowance:.3g} s of starting "
+                       "the prompt (rkllm.watchdog_prefill_s and "
                        "watchdog_prefill_per_1k_tokens_s)")
             else:
                 why = (f"the runtime produced no token for {self._limits.token_s:g} s "

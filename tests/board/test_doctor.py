@@ -14,8 +14,15 @@ from rkstream.board import doctor
 from rkstream.board.doctor import Check, Root, render_json, render_text, run_checks
 from rkstream.cli import main
 from rkstream.config import Settings, load_settings
+from rkstream.engines.rkllm import faults
 
 GB = 1 << 30
+
+
+@pytest.fixture(autouse=True)
+def no_fault_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default fault log is in a fresh cache folder, not the user's."""
+    monkeypatch.setattr(faults, "cache_dir", lambda: tmp_path / "cache")
 
 
 def put(root: Path, rel: str, content: str | bytes) -> Path:
@@ -142,6 +149,8 @@ def test_official_image_is_all_ok(tmp_path: Path, model: Path) -> None:
     assert checks["DDR dmc"].detail == "governor performance, 2112 MHz now, max 2112 MHz"
     assert checks["CPU policy4 (cpus 4-5)"].detail.endswith("2352 MHz now, max 2352 MHz")
     assert not any("gpu" in name for name in checks)  # the GPU is not ours to report
+    assert checks["runtime faults"].detail == ("no runtime crash or hang recorded in "
+                                               f"{tmp_path / 'cache/runtime_faults.jsonl'}")
 
 
 def test_coolpi_image_warns_about_driver_and_clocks(tmp_path: Path, model: Path) -> None:
@@ -296,7 +305,8 @@ def test_render_text_and_json(tmp_path: Path) -> None:
     data = json.loads(render_json(checks))
     assert data["summary"] == {"OK": ok, "WARN": warn, "FAIL": 0}
     assert [c["name"] for c in data["checks"]] == [c.name for c in checks]
-    assert set(data["checks"][0]) == {"name", "status", "detail", "fix"}
+    assert set(data["checks"][0]) == {"name", "status", "detail", "fix", "lines"}
+    assert data["checks"][0]["lines"] == []
 
 
 def test_a_broken_check_does_not_end_the_report(tmp_path: Path,

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import time
 
 from rkstream.config import RKLLMSettings
 from rkstream.config import SamplingSettings as SamplingDefaults
 from rkstream.core.embeddings import ImageTags
 from rkstream.core.owner import OwnerThread
+from rkstream.engines.rkllm.faults import fault_log_path, record_fault
 from rkstream.engines.rkllm.instance import RKLLMInstance, RKLLMRun
 from rkstream.engines.rkllm.loader import RuntimeLibrary
 from rkstream.engines.rkllm.native import NativeModel, Steps
@@ -85,6 +87,10 @@ class ThreadInstance(RKLLMInstance):
                   "\"thread\"), so this instance serves nothing until it returns; restart "
                   "the server, or set isolation = \"process\" to have it restarted for you")
         engine_log.error("instance %d: %s; %s", self.index, why, reason)
+        self._health.last_fault = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} hang: {why}"
+        record_fault(fault_log_path(self.settings.fault_log), kind="hang", instance=self.index,
+                     model=self.model_path, exit="still hanging in the server process",
+                     pid=os.getpid(), output=())
         self._stuck_run = run
         run.fail_now("runtime_hung", f"{why}; {reason}")
         self.set_status("failed", reason)

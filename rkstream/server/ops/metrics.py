@@ -143,7 +143,7 @@ class Metrics:
 INSTANCE_COUNTERS = {
     "rkstream_runtime_crashes": "Worker processes that died by themselves (a runtime crash).",
     "rkstream_runtime_hangs": "Runs the watchdog found hung, or whose cancel the runtime ignored.",
-    "rkstream_worker_restarts": "Worker processes started again, the model reloaded, after a fault.",
+    "rkstream_worker_restarts": "Worker processes started again after a fault (model reloaded).",
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rkstream.config import Settings
 from rkstream.core.messages import Message, TextPart
 from rkstream.core.params import SamplingSettings
-from rkstream.engines.base import Job, Outcome
+from rkstream.engines.base import Engine, Job, Outcome
 from rkstream.scheduler import Scheduler
 from rkstream.server.app import make_app
 from rkstream.server.ops.metrics import (
@@ -55,6 +55,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 class Live:
     scheduler: Scheduler | None = None
     sockets: list[object] = field(default_factory=list)
+    engine: Engine | None = None
 
 
 def job(rid: str, text: str) -> Job:
@@ -234,3 +235,18 @@ async def test_two_apps_keep_separate_counts(aiohttp_client: Any) -> None:
     _, two = parse(await (await second.get("/metrics")).text())
     assert value(one, "rkstream_requests_total", status="completed") == 1
     assert value(two, "rkstream_requests_total", status="completed") == 0
+
+
+def test_instance_health_is_read_at_scrape_time() -> None:
+    engine = FakeEngine(replace(Settings(), instances=2))
+    metrics = Metrics()
+    metrics.watch(Live(engine=engine))
+    engine._instances[1].state.crashes = 3
+    engine._instances[1].state.restarts = 3
+    engine._instances[1].set_status("restarting")
+    text = generate_latest(metrics.registry).decode()
+    assert 'rkstream_instance_up{instance="0"} 1.0' in text
+    assert 'rkstream_instance_up{instance="1"} 0.0' in text
+    assert 'rkstream_runtime_crashes_total{instance="1"} 3.0' in text
+    assert 'rkstream_worker_restarts_total{instance="1"} 3.0' in text
+    assert 'rkstream_runtime_hangs_total{instance="0"} 0.0' in text

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
+from rkstream.chat.output import HERMES, NO_MARKUP, THINK, Markup
 from rkstream.chat.presets import FAMILIES, Family, recognise
 from rkstream.chat.template import ChatTemplate, load_template
 from rkstream.core.messages import IMAGE_PLACEHOLDER, Message
@@ -101,6 +102,28 @@ class ChatFormat:
         if self.family is not None:
             return self.family.thinking
         return "enable_thinking" in self.template.source
+
+    @property
+    def markup(self) -> Markup:
+        """How answers mark reasoning and tool calls: the family's; for a custom
+        template without one, the Hermes ``<tool_call>`` and ``<think>`` tags if
+        its text writes them."""
+        if self.family is not None:
+            return self.family.markup
+        source = self.template.source
+        if "<tool_call>" not in source and "<think>" not in source:
+            return NO_MARKUP
+        return Markup(think=THINK if "<think>" in source else None,
+                      call=HERMES if "<tool_call>" in source else None)
+
+    def opens_thinking(self, prompt: str) -> bool:
+        """The prompt ends inside a reasoning block (R1 distills' generation prompt),
+        so the answer starts as reasoning."""
+        think = self.markup.think
+        if think is None:
+            return False
+        tail = prompt[prompt.rfind(self.end_of_turn) + 1:] if self.end_of_turn else prompt
+        return tail.rfind(think[0]) > tail.rfind(think[1])
 
     @property
     def has_fim(self) -> bool:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import PurePath
 
+from rkstream.chat.output import HERMES, NO_MARKUP, THINK, Markup
+
 
 @dataclass(frozen=True)
 class Family:
@@ -34,6 +36,7 @@ class Family:
         tools: the template writes declared tools into the prompt.
         rewrites_history: re-rendering drops earlier reasoning, so a rendered
             history differs from what the KV cache holds of the same turns.
+        markup: how its answers mark reasoning and tool calls.
         patterns: regular expressions (case-insensitive) matching model file names.
     """
 
@@ -47,6 +50,7 @@ class Family:
     thinking: bool = False
     tools: bool = False
     rewrites_history: bool = False
+    markup: Markup = NO_MARKUP
     patterns: tuple[str, ...] = ()
 
     @property
@@ -64,6 +68,7 @@ def _source(name: str) -> str:
 
 
 _IM_END = ("<|im_end|>", "<|endoftext|>")
+_INTERNLM_CALL = ("<|action_start|><|plugin|>", "<|action_end|>")
 _QWEN_FIM = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 # Separators people put between a family's name and its version in file names.
 _S = r"[-_. ]?"
@@ -73,16 +78,18 @@ def _families() -> dict[str, Family]:
     found = (
         Family("qwen2", "Qwen2 / Qwen2.5 / Qwen2.5-Coder (ChatML)", _source("qwen2"),
                "", "<|im_end|>", _IM_END, fim=_QWEN_FIM, tools=True,
-               patterns=(rf"qwen{_S}2",)),
+               markup=Markup(call=HERMES), patterns=(rf"qwen{_S}2",)),
         Family("qwen2-vl", "Qwen2-VL / Qwen2.5-VL (ChatML, images)", _source("qwen2-vl"),
                "", "<|im_end|>", _IM_END,
                patterns=(rf"qwen{_S}2(?:[._]?5)?{_S}vl",)),
         Family("qwen3", "Qwen3 (ChatML, hybrid thinking)", _source("qwen3"),
                "", "<|im_end|>", _IM_END, thinking=True, tools=True,
-               rewrites_history=True, patterns=(rf"qwen{_S}3(?!{_S}vl)",)),
+               rewrites_history=True, markup=Markup(think=THINK, call=HERMES),
+               patterns=(rf"qwen{_S}3(?!{_S}vl)",)),
         Family("llama3", "Llama 3.1 / 3.2 / 3.3", _source("llama3"),
                "<|begin_of_text|>", "<|eot_id|>",
                ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"), tools=True,
+               markup=Markup(json_call=True, json_call_prefix="<|python_tag|>"),
                patterns=(rf"llama{_S}3",)),
         Family("gemma", "Gemma 2 / Gemma 3", _source("gemma"),
                "<bos>", "<eos>", ("<end_of_turn>", "<eos>"),
@@ -93,10 +100,10 @@ def _families() -> dict[str, Family]:
         Family("deepseek-r1", "DeepSeek-R1 distills", _source("deepseek-r1"),
                "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
                ("<｜end▁of▁sentence｜>",), thinking=True, rewrites_history=True,
-               patterns=(rf"deepseek{_S}r1",)),
+               markup=Markup(think=THINK), patterns=(rf"deepseek{_S}r1",)),
         Family("internlm2", "InternLM2 / InternLM2.5 (ChatML)", _source("internlm2"),
                "<s>", "</s>", ("<|im_end|>", "</s>"), tools=True,
-               patterns=(rf"internlm{_S}2",)),
+               markup=Markup(call=_INTERNLM_CALL), patterns=(rf"internlm{_S}2",)),
         Family("minicpm", "MiniCPM3 / MiniCPM-V / MiniCPM4 (ChatML)", _source("minicpm"),
                "<s>", "<|im_end|>", ("<|im_end|>", "</s>"),
                # MiniCPM 1 and 2 use another format (<用户>...<AI>), so only these.
@@ -105,7 +112,7 @@ def _families() -> dict[str, Family]:
                "", "<|im_end|>", _IM_END, patterns=(rf"smollm{_S}2",)),
         Family("smollm3", "SmolLM3 (ChatML, thinking)", _source("smollm3"),
                "", "<|im_end|>", _IM_END, thinking=True, tools=True,
-               patterns=(rf"smollm{_S}3",)),
+               markup=Markup(think=THINK, call=HERMES), patterns=(rf"smollm{_S}3",)),
     )
     return {f.name: f for f in found}
 

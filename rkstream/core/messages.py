@@ -5,8 +5,9 @@ Plain values, no socket and no engine.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -42,9 +43,41 @@ Part = TextPart | ImagePart | FramePart
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call: one the model made, or one a client sends back in the history.
+
+    ``arguments`` is JSON text, as OpenAI carries it; a model may write broken
+    JSON, which is kept as it is (see :meth:`arguments_value`).
+    """
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def arguments_value(self) -> Any:
+        """The arguments as a JSON value (an object, normally); the text itself
+        when it is not JSON."""
+        try:
+            return json.loads(self.arguments)
+        except ValueError:
+            return self.arguments
+
+
+@dataclass(frozen=True)
 class Message:
+    """One turn of a conversation.
+
+    Attributes:
+        tool_calls: an assistant turn's calls, in order.
+        tool_call_id: a ``tool`` turn's answer to which call (OpenAI).
+        tool_name: a ``tool`` turn's function name (Ollama's ``tool_name``).
+    """
+
     role: Role
     parts: tuple[Part, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
 
     @property
     def text(self) -> str:

@@ -9,6 +9,8 @@ sends only what its cache lacks. ``[chat] overflow`` is applied here too.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rkstream.chat.format import ChatFormat
 from rkstream.config import Settings
 from rkstream.core.messages import Message
@@ -17,6 +19,7 @@ from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Engine, Job, Prompt
 from rkstream.engines.text import estimate_tokens
 from rkstream.errors import ChatTemplateError, RequestError
+from rkstream.server.output import call_stop
 
 
 def make_job(engine: Engine, settings: Settings, request_id: str, request: GenerationRequest,
@@ -44,9 +47,13 @@ def make_job(engine: Engine, settings: Settings, request_id: str, request: Gener
     elif request.raw:
         prompt = Prompt("".join(m.text for m in request.messages))
     elif fmt is not None:
+        directive = tool_directive(request)
+        if directive:
+            instructions = f"{instructions}\n\n{directive}" if instructions else directive
+        sampling = replace(sampling, stop=sampling.stop + call_stop(engine, request))
         try:
-            prompt = _render(fmt, settings, request.messages, instructions,
-                             sampling.max_tokens, engine.info.context_length)
+            prompt = _render(fmt, settings, request, instructions, sampling.max_tokens,
+                             engine.info.context_length)
         except ChatTemplateError as exc:
             raise RequestError("chat_format_error",
                                f"the model's chat format ({fmt.name}) refused this "
@@ -55,11 +62,25 @@ def make_job(engine: Engine, settings: Settings, request_id: str, request: Gener
                sampling=sampling, fim=fim, prompt=prompt)
 
 
-def _render(fmt: ChatFormat, settings: Settings, messages: tuple[Message, ...],
+def tool_directive(request: GenerationRequest) -> str | None:
+    """What the prompt says when a tool call is required (no constrained decoding)."""
+    choice = request.tool_choice
+    if not request.offered_tools:
+        return None
+    if choice.mode == "required":
+        return "Answer by calling one or more of the tools."
+    if choice.mode == "function":
+        return f"Answer by calling the tool {choice.name}."
+    return None
+
+
+def _render(fmt: ChatFormat, settings: Settings, request: GenerationRequest,
             instructions: str | None, max_tokens: int, context: int) -> Prompt:
     budget = context - max_tokens
-    thinking = settings.chat.thinking
-    text = fmt.render(messages, instructions, enable_thinking=thinking)
+    messages, tools = request.messages, request.offered_tools
+    thinking = (request.enable_thinking if request.enable_thinking is not None
+                else settings.chat.thinking)
+    text = fmt.render(messages, instructions, enable_thinking=thinking, tools=tools)
     while estimate_tokens(text) > budget:
         if settings.chat.overflow != "drop_oldest" or (shorter := drop_oldest(messages)) is None:
             raise RequestError(
@@ -68,7 +89,7 @@ def _render(fmt: ChatFormat, settings: Settings, messages: tuple[Message, ...],
                 f"{max_tokens}, but the context holds {context}; lower max_tokens, shorten the "
                 "conversation, or set [chat] overflow = \"drop_oldest\"")
         messages = shorter
-        text = fmt.render(messages, instructions, enable_thinking=thinking)
+        text = fmt.render(messages, instructions, enable_thinking=thinking, tools=tools)
     return Prompt(text, fmt.end_of_turn, fmt.rewrites_history)
 
 

@@ -27,20 +27,30 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from rkstream.chat.output import (
+    CallArguments,
+    CallBegin,
+    CallDone,
+    Piece,
+    ReasoningPiece,
+    TextPiece,
+)
 from rkstream.core.fields import Fields, kind_of
+from rkstream.core.messages import ToolCall
 from rkstream.core.params import effective_sampling
 from rkstream.core.request import GenerationRequest
-from rkstream.engines.base import Job, Outcome
+from rkstream.engines.base import Job, Outcome, TextSink
 from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.log import server_log
 from rkstream.scheduler import Ticket
 from rkstream.server.jobs import make_job
 from rkstream.server.media import Media
+from rkstream.server.output import ParsingSink, answer_parser
 from rkstream.server.state import STATE, AppState, ready
 
 
@@ -55,6 +65,16 @@ class Result:
     vision_ms: float
     started_s: float
     first_text_s: float | None
+    reasoning: str = ""  # the reasoning, apart from the answer
+    calls: list[ToolCall] = field(default_factory=list)  # the tool calls, in order
+    reasoning_tokens: int = 0  # about: one per piece of reasoning
+
+    @property
+    def finish_reason(self) -> str:
+        """The outcome's, or ``tool_calls`` for an answer that ended in calls."""
+        if self.calls and self.outcome.finish_reason == "stop":
+            return "tool_calls"
+        return self.outcome.finish_reason
 
 
 class Dialect(abc.ABC):
@@ -85,6 +105,22 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def piece(self, text: str) -> bytes:
         """One streamed piece of text."""
+
+    def reasoning(self, text: str) -> bytes:
+        """One streamed piece of reasoning; nothing where the API has no field."""
+        return b""
+
+    def call_begin(self, index: int, call_id: str, name: str) -> bytes:
+        """A tool call starts: its name is known, its arguments follow."""
+        return b""
+
+    def call_arguments(self, index: int, text: str) -> bytes:
+        """A piece of a tool call's arguments (JSON text)."""
+        return b""
+
+    def call_done(self, index: int, call: ToolCall) -> bytes:
+        """A tool call is complete (an API that sends whole calls answers here)."""
+        return b""
 
     @abc.abstractmethod
     def end(self, result: Result) -> bytes:
@@ -153,25 +189,58 @@ async def read_body(request: web.Request) -> Fields:
 
 
 class _Pieces:
-    """The job's text sink: pieces wait here until the handler writes them."""
+    """The job's sink: pieces (text, reasoning, tool calls) wait here until the
+    handler writes them."""
 
     def __init__(self) -> None:
-        self.items: list[str] = []
+        self.items: list[Piece] = []
         self._waiter: asyncio.Future[None] | None = None
+        self.parsing: ParsingSink | None = None
 
     def on_text(self, text: str) -> None:
-        self.items.append(text)
+        self.items.append(TextPiece(text))
+        self.wake()
+
+    def on_reasoning(self, text: str) -> None:
+        self.items.append(ReasoningPiece(text))
+        self.wake()
+
+    def on_call_begin(self, index: int, call_id: str, name: str) -> None:
+        self.items.append(CallBegin(index, call_id, name))
+        self.wake()
+
+    def on_call_arguments(self, index: int, text: str) -> None:
+        self.items.append(CallArguments(index, text))
+        self.wake()
+
+    def on_call_done(self, index: int, call: ToolCall, problem: str | None) -> None:
+        self.items.append(CallDone(index, call, problem))
+        self.wake()
+
+    def ended(self, *_: object) -> None:
+        """The outcome is known: flush the parser, then wake the handler."""
+        if self.parsing is not None:
+            self.parsing.finish()
         self.wake()
 
     def wake(self, *_: object) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def take(self) -> str:
-        # Pieces that piled up during a write go out as one: fewer, larger writes.
-        text = "".join(self.items)
+    def take(self) -> list[Piece]:
+        """What came since the last take; runs of text joined into one piece, so
+        pieces that piled up during a write go out as one: fewer, larger writes."""
+        out: list[Piece] = []
+        for item in self.items:
+            if isinstance(item, TextPiece) and out and isinstance(out[-1], TextPiece):
+                out[-1] = TextPiece(out[-1].text + item.text)
+            elif isinstance(item, ReasoningPiece) and out and isinstance(out[-1],
+                                                                         ReasoningPiece):
+                out[-1] = ReasoningPiece(out[-1].text + item.text)
+            else:
+                out.append(item)
         self.items.clear()
-        return text
+        return out
 
     async def wait(self, timeout_s: float | None) -> bool:
         """Wait for text or the outcome; False when ``timeout_s`` passed first."""
@@ -206,8 +275,13 @@ def submit(state: AppState, req: GenerationRequest, prefix: str) -> tuple[Ticket
             return await media.prepare(job, req, lambda frame: None)
 
     sink = _Pieces()
-    ticket = state.scheduler.submit(job, sink, prepare)
-    ticket.outcome.add_done_callback(sink.wake)
+    parser = answer_parser(state.engine, req, job)
+    target: TextSink = sink
+    if parser is not None:
+        sink.parsing = ParsingSink(parser, sink, job.request_id)
+        target = sink.parsing
+    ticket = state.scheduler.submit(job, target, prepare)
+    ticket.outcome.add_done_callback(sink.ended)
     return ticket, sink
 
 
@@ -234,6 +308,8 @@ async def _answer(request: web.Request, dialect: Dialect, stream: bool, ticket: 
     started = time.perf_counter()
     first_text: float | None = None
     text: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCall] = []
     response: web.StreamResponse | None = None
 
     async def write(data: bytes) -> None:
@@ -252,17 +328,32 @@ async def _answer(request: web.Request, dialect: Dialect, stream: bool, ticket: 
             await write(b"")  # open now: the keepalive may have to flow before any text
         while True:
             if pieces.items:  # the text always comes before the outcome
-                piece = pieces.take()
                 first_text = first_text or time.perf_counter()
-                text.append(piece)
+                out = []
+                for item in pieces.take():
+                    if isinstance(item, TextPiece):
+                        text.append(item.text)
+                        out.append(dialect.piece(item.text))
+                    elif isinstance(item, ReasoningPiece):
+                        reasoning.append(item.text)
+                        out.append(dialect.reasoning(item.text))
+                    elif isinstance(item, CallBegin):
+                        out.append(dialect.call_begin(item.index, item.call_id, item.name))
+                    elif isinstance(item, CallArguments):
+                        out.append(dialect.call_arguments(item.index, item.text))
+                    else:
+                        calls.append(item.call)
+                        out.append(dialect.call_done(item.index, item.call))
                 if stream:
-                    await write(dialect.piece(piece))
+                    await write(b"".join(out))
             elif ticket.outcome.done():
                 break
             elif not await pieces.wait(dialect.keepalive_s) and stream:
                 await write(dialect.keepalive())
         result = Result(ticket.job.request_id, ticket.outcome.result(), "".join(text),
-                        ticket.queued_ms, ticket.vision_ms, started, first_text)
+                        ticket.queued_ms, ticket.vision_ms, started, first_text,
+                        "".join(reasoning), calls,
+                        pieces.parsing.reasoning_pieces if pieces.parsing else 0)
         error = outcome_error(result.outcome)
         if error is not None:
             server_log.warning("%s %s: %s", result.request_id, error.code, error.message)

@@ -69,9 +69,12 @@ class WSClient:
                 if e["type"] == "response.output_text.delta" and e["request_id"] == request_id]
 
     def text(self, request_id: str) -> str:
-        deltas = self.deltas(request_id)
-        assert [d["seq"] for d in deltas] == list(range(len(deltas))), "seq not 0,1,2,..."
-        return "".join(d["delta"] for d in deltas)
+        """The request's text; its numbered events (text, reasoning, tool calls)
+        must carry seq 0, 1, 2, ... in the order they came."""
+        numbered = [e["seq"] for e in self.events
+                    if e.get("request_id") == request_id and "seq" in e]
+        assert numbered == list(range(len(numbered))), "seq not 0,1,2,..."
+        return "".join(d["delta"] for d in self.deltas(request_id))
 
 
 class _null:

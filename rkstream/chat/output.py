@@ -190,8 +190,10 @@ class _Call:
         streamed, so a client that joins the pieces gets the same text.
         """
         pieces: list[Piece] = []
-        problem = None if closed else ("the answer ended inside the call (max_tokens or a "
-                                       "stop sequence)")
+        # Complete JSON is a usable call, closed or not (a stop at the close tag).
+        problem = None
+        cut_short = None if closed else ("the answer ended inside the call (max_tokens or "
+                                         "a stop sequence)")
         streamed = self.body[self._args_at:self._sent] if self.name is not None else ""
         try:
             value = json.loads(self.body)
@@ -207,8 +209,8 @@ class _Call:
             else:
                 arguments = json.dumps(args, ensure_ascii=False)
         else:
-            problem = problem or ("its JSON is broken" if value is None
-                                  else 'it is not a JSON object with a "name"')
+            problem = cut_short or ("its JSON is broken" if value is None
+                                    else 'it is not a JSON object with a "name"')
             name = self.name or ""
             arguments = streamed if self.args_done else (
                 self.body[self._args_at:] if self.name is not None else self.body).strip()

@@ -21,6 +21,7 @@ from rkstream.core.messages import (
 )
 from rkstream.core.params import PARAM_RULES, Params
 from rkstream.core.request import GenerationRequest
+from rkstream.core.tool_fields import read_tool_calls, read_tool_choice, read_tools
 from rkstream.errors import ProtocolError
 from rkstream.protocol.events import (
     ClientEvent,
@@ -77,7 +78,7 @@ def _parse_part(f: Fields, raw: Any, where: str) -> Part:
 def _parse_message(f: Fields, raw: Any, where: str) -> Message:
     m = f.child(raw, where)
     role = m.choice("role", ROLES, required=True)
-    content = m.get("content", True)
+    content = m.get("content", role != "assistant")
     parts: tuple[Part, ...]
     if isinstance(content, str):
         parts = (TextPart(content),)
@@ -85,10 +86,18 @@ def _parse_message(f: Fields, raw: Any, where: str) -> Message:
         parts = tuple(
             _parse_part(m, item, f"{m.path('content')}[{i}]") for i, item in enumerate(content)
         )
+    elif content is None and role == "assistant" and m.obj.get("tool_calls"):
+        parts = ()  # an answer that was only tool calls
     else:
         raise m.wrong(m.path("content"), "a string or a list of parts", content)
+    tool_calls = read_tool_calls(m) if role == "assistant" else ()
+    call_id = name = None
+    if role == "tool":
+        call_id = m.string("tool_call_id", max_chars=256)
+        name = m.string("name", max_chars=64)
     m.finish()
-    return Message(role=role, parts=parts)  # type: ignore[arg-type]
+    return Message(role=role, parts=parts, tool_calls=tool_calls,  # type: ignore[arg-type]
+                   tool_call_id=call_id, tool_name=name)
 
 
 def _session_update(f: Fields) -> SessionUpdate:
@@ -112,10 +121,15 @@ def _response_create(f: Fields) -> ResponseCreate:
     raw_params = f.mapping("params")
     params = parse_params(f.child(raw_params, "params")) if raw_params else Params()
     stream = f.flag("stream", True)
+    tools = read_tools(f)
+    choice = read_tool_choice(f, tools)
+    parallel = f.flag("parallel_tool_calls", True)
+    thinking = f.flag("enable_thinking")
     assert f.request_id is not None and stream is not None  # request_id: read before dispatch
-    return ResponseCreate(request_id=f.request_id,
-                          request=GenerationRequest(parsed, params, stream=stream),
-                          event_id=f.event_id)
+    request = GenerationRequest(parsed, params, stream=stream, tools=tools, tool_choice=choice,
+                                parallel_tool_calls=parallel is not False,
+                                enable_thinking=thinking)
+    return ResponseCreate(request_id=f.request_id, request=request, event_id=f.event_id)
 
 
 def _response_cancel(f: Fields) -> ResponseCancel:

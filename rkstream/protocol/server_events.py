@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from rkstream.errors import ProtocolError, RequestError, error_spec
 from rkstream.protocol.events import PROTOCOL
@@ -54,9 +54,29 @@ def response_created(request_id: str, queue_position: int) -> dict[str, Any]:
             "queue_position": queue_position}
 
 
+DeltaKind = Literal["text", "reasoning"]
+_DELTA_TYPES: dict[DeltaKind, str] = {"text": "response.output_text.delta",
+                                      "reasoning": "response.output_reasoning.delta"}
+
+
 def text_delta(request_id: str, seq: int, delta: str) -> dict[str, Any]:
-    return {"type": "response.output_text.delta", "request_id": request_id, "seq": seq,
-            "delta": delta}
+    return delta_event("text", request_id, seq, delta)
+
+
+def delta_event(kind: DeltaKind, request_id: str, seq: int, delta: str) -> dict[str, Any]:
+    """A piece of the answer's text, or of its reasoning."""
+    return {"type": _DELTA_TYPES[kind], "request_id": request_id, "seq": seq, "delta": delta}
+
+
+def tool_call(request_id: str, index: int, call_id: str, name: str, arguments: str,
+              problem: str | None) -> dict[str, Any]:
+    """``response.output_tool_call``: one whole call (its ``seq`` is added when sent)."""
+    event: dict[str, Any] = {"type": "response.output_tool_call", "request_id": request_id,
+                             "index": index, "call_id": call_id, "name": name,
+                             "arguments": arguments}
+    if problem is not None:
+        event["problem"] = problem
+    return event
 
 
 def pong() -> dict[str, Any]:

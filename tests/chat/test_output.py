@@ -177,10 +177,17 @@ def test_bad_calls_are_returned_with_the_problem(body: str, problem: str) -> Non
 
 
 def test_a_call_cut_off_says_so() -> None:
-    answer = parse(QWEN, ['<tool_call>\n{"name": "add", "arguments": {"a": 1}}'])
+    answer = parse(QWEN, ['<tool_call>\n{"name": "add", "arguments": {"a": 1'])
     (done,) = answer.done
-    assert done.call.arguments == '{"a": 1}'
+    assert done.call.arguments == '{"a": 1'
     assert done.problem is not None and "ended inside the call" in done.problem
+
+
+def test_a_complete_call_without_its_close_tag_is_fine() -> None:
+    # parallel_tool_calls false stops at the close tag, so it never arrives.
+    answer = parse(QWEN, ['<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n'])
+    (done,) = answer.done
+    assert (done.call.arguments, done.problem) == ('{"a": 1}', None)
 
 
 def test_arguments_given_as_a_string() -> None:

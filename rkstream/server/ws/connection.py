@@ -16,8 +16,9 @@ from typing import Any
 
 from rkstream import __version__
 from rkstream.config import Settings
+from rkstream.core.messages import ToolCall
 from rkstream.core.params import Params, SamplingSettings, effective_sampling
-from rkstream.engines.base import STATUS_OF, Engine, Job, Outcome
+from rkstream.engines.base import STATUS_OF, Engine, Job, Outcome, TextSink
 from rkstream.errors import SHUTTING_DOWN, InflightLimitError, ProtocolError, RequestError
 from rkstream.log import ws_log
 from rkstream.protocol import server_events as ev
@@ -35,6 +36,7 @@ from rkstream.protocol.parse import parse_event
 from rkstream.scheduler import Scheduler, Ticket
 from rkstream.server.jobs import make_job
 from rkstream.server.media import FrameUse, Media
+from rkstream.server.output import ParsingSink, answer_parser
 from rkstream.server.ws.outbox import Outbox
 from rkstream.vision.service import VisionService
 
@@ -64,6 +66,9 @@ class RequestStream:
         self.frame: FrameUse | None = None
         self._seq = 0
         self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._calls: list[dict[str, Any]] = []
+        self.parsing: ParsingSink | None = None  # reasoning and tool calls, when they can come
 
     def use_frame(self, frame: FrameUse) -> None:
         self.frame = frame
@@ -72,13 +77,36 @@ class RequestStream:
         seq, self._seq = self._seq, self._seq + 1
         return seq
 
-    def on_text(self, text: str) -> None:
+    def _first(self) -> None:
         if self.timing.first_text_s is None:
             self.timing.first_text_s = time.perf_counter()
+
+    def on_text(self, text: str) -> None:
+        self._first()
         if self.stream:
             self.conn.outbox.put_delta(self.request_id, text, self.next_seq)
         else:
             self._text.append(text)
+
+    def on_reasoning(self, text: str) -> None:
+        self._first()
+        if self.stream:
+            self.conn.outbox.put_delta(self.request_id, text, self.next_seq, "reasoning")
+        else:
+            self._reasoning.append(text)
+
+    def on_call_begin(self, index: int, call_id: str, name: str) -> None:
+        self._first()  # /ws sends each call whole, when it is complete
+
+    def on_call_arguments(self, index: int, text: str) -> None:
+        pass
+
+    def on_call_done(self, index: int, call: ToolCall, problem: str | None) -> None:
+        event = ev.tool_call(self.request_id, index, call.id, call.name, call.arguments,
+                             problem)
+        self._calls.append(event)
+        if self.stream:
+            self.conn.outbox.put_sequenced(event, self.next_seq)
 
     def done_event(self, outcome: Outcome) -> dict[str, Any]:
         now = time.perf_counter()
@@ -86,13 +114,19 @@ class RequestStream:
         queued_ms = ticket.queued_ms if ticket is not None else 0.0
         first = self.timing.first_text_s
         predicted_s = outcome.predicted_ms / 1000.0
+        finish: str = outcome.finish_reason
+        if self._calls and finish == "stop":
+            finish = "tool_calls"
+        usage = {"input_tokens": outcome.prompt_tokens + outcome.cached_tokens,
+                 "output_tokens": outcome.output_tokens}
+        if self.parsing is not None and self.parsing.reasoning_pieces:
+            usage["reasoning_tokens"] = self.parsing.reasoning_pieces
         event: dict[str, Any] = {
             "type": "response.done",
             "request_id": self.request_id,
             "status": STATUS_OF[outcome.finish_reason],
-            "finish_reason": outcome.finish_reason,
-            "usage": {"input_tokens": outcome.prompt_tokens + outcome.cached_tokens,
-                      "output_tokens": outcome.output_tokens},
+            "finish_reason": finish,
+            "usage": usage,
             "timings": {
                 "queued_ms": round(queued_ms, 3),
                 "vision_ms": round(ticket.vision_ms, 3) if ticket is not None else 0.0,
@@ -114,6 +148,12 @@ class RequestStream:
             event["frame"] = self.frame.as_dict()
         if not self.stream:
             event["text"] = "".join(self._text)
+            if self._reasoning:
+                event["reasoning"] = "".join(self._reasoning)
+            if self._calls:
+                event["tool_calls"] = [{k: v for k, v in call.items()
+                                        if k not in ("type", "request_id")}
+                                       for call in self._calls]
         return event
 
 
@@ -259,11 +299,15 @@ class Connection:
                            self._sampling(request.params, event.event_id, rid),
                            self.instructions)
             stream = RequestStream(self, event)
+            sink: TextSink = stream
+            parser = answer_parser(self.engine, request, job)
+            if parser is not None:
+                stream.parsing = sink = ParsingSink(parser, stream, rid)
             prepare = None
             if request.has_media:
                 def prepare() -> Awaitable[Job]:
                     return self.media.prepare(job, request, stream.use_frame)
-            stream.ticket = self.scheduler.submit(job, stream, prepare)
+            stream.ticket = self.scheduler.submit(job, sink, prepare)
         except RequestError as exc:
             if isinstance(exc, ProtocolError):
                 self.outbox.put(ev.error(ev.error_body_of(exc), rid))
@@ -275,6 +319,8 @@ class Connection:
 
     async def _finish(self, stream: RequestStream, ticket: Ticket) -> None:
         outcome = await asyncio.shield(ticket.outcome)
+        if stream.parsing is not None:
+            stream.parsing.finish()  # all text came before the outcome: flush what is held
         if outcome.error_code is not None and outcome.finish_reason == "error":
             ws_log.warning("request %s failed: %s", stream.request_id, outcome.error_message)
         self.requests.pop(stream.request_id, None)

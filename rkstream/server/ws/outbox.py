@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rkstream.protocol.codec import Encoding, encode
-from rkstream.protocol.server_events import text_delta
+from rkstream.protocol.server_events import DeltaKind, delta_event
 
 
 @dataclass
@@ -26,6 +26,15 @@ class _Delta:
     next_seq: Callable[[], int]
     parts: list[str] = field(default_factory=list)
     size: int = 0
+    kind: DeltaKind = "text"
+
+
+@dataclass
+class _Sequenced:
+    """An event of a request that takes its ``seq`` when sent, after the deltas before it."""
+
+    event: dict[str, Any]
+    next_seq: Callable[[], int]
 
 
 Sender = Callable[[bytes | str], Awaitable[None]]
@@ -47,7 +56,8 @@ class Outbox:
         self._encoding = encoding
         self._max_bytes = max_bytes
         self._slow_timeout_s = slow_timeout_s
-        self._items: collections.deque[dict[str, Any] | _Delta] = collections.deque()
+        self._items: collections.deque[dict[str, Any] | _Delta | _Sequenced] = (
+            collections.deque())
         self._bytes = 0
         self._wakeup = asyncio.Event()
         self._empty = asyncio.Event()
@@ -68,15 +78,26 @@ class Outbox:
         self._empty.clear()
         self._wakeup.set()
 
-    def put_delta(self, request_id: str, text: str, next_seq: Callable[[], int]) -> None:
-        """Queue generated text, merging with the previous delta when it is unsent."""
+    def put_sequenced(self, event: dict[str, Any], next_seq: Callable[[], int]) -> None:
+        """Queue a request's event that is numbered with its deltas (a tool call)."""
+        if self._closed:
+            return
+        self._items.append(_Sequenced(event, next_seq))
+        self._bytes += 64
+        self._empty.clear()
+        self._wakeup.set()
+
+    def put_delta(self, request_id: str, text: str, next_seq: Callable[[], int],
+                  kind: DeltaKind = "text") -> None:
+        """Queue generated text (or reasoning), merging with the previous delta of
+        the same kind when it is unsent."""
         if self._closed:
             return
         last = self._items[-1] if self._items else None
-        if isinstance(last, _Delta) and last.request_id == request_id:
+        if isinstance(last, _Delta) and last.request_id == request_id and last.kind == kind:
             last.parts.append(text)
         else:
-            last = _Delta(request_id, next_seq)
+            last = _Delta(request_id, next_seq, kind=kind)
             last.parts.append(text)
             self._items.append(last)
             self._empty.clear()
@@ -91,10 +112,14 @@ class Outbox:
         self._closed = True
         self._wakeup.set()
 
-    def _encode(self, item: dict[str, Any] | _Delta) -> bytes | str:
+    def _encode(self, item: dict[str, Any] | _Delta | _Sequenced) -> bytes | str:
         if isinstance(item, _Delta):
             self._bytes -= sum(len(p) for p in item.parts)
-            event = text_delta(item.request_id, item.next_seq(), "".join(item.parts))
+            event = delta_event(item.kind, item.request_id, item.next_seq(),
+                                "".join(item.parts))
+        elif isinstance(item, _Sequenced):
+            self._bytes -= 64
+            event = item.event | {"seq": item.next_seq()}
         else:
             self._bytes -= 64
             event = item

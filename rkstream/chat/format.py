@@ -151,8 +151,7 @@ class ChatFormat:
         Raises:
             ChatTemplateError: the template refused the conversation.
         """
-        rows = [{"role": m.role, "content": m.text_with(self.image_placeholder)}
-                for m in messages]
+        rows = [self._row(m) for m in messages]
         if instructions:
             if rows and rows[0]["role"] == "system":
                 first = rows[0]["content"]
@@ -167,6 +166,29 @@ class ChatFormat:
             rows, add_generation_prompt=add_generation_prompt,
             tools=[tool_schema(t) for t in tools] or None,
             bos_token=self.bos_token, eos_token=self.eos_token, **variables)
+
+    def _row(self, message: Message) -> dict[str, Any]:
+        """A message as Hugging Face templates take it.
+
+        An assistant's calls become ``tool_calls`` (only when it has some), with
+        the arguments as a JSON value, not the JSON text OpenAI carries: a
+        template that applies ``tojson`` to them (Qwen2.5, Llama 3.1) would
+        otherwise encode them a second time. Arguments that are not JSON pass
+        as the text. A tool result gets ``tool_call_id`` and ``name`` when known.
+        """
+        row: dict[str, Any] = {"role": message.role,
+                               "content": message.text_with(self.image_placeholder)}
+        if message.role == "assistant" and message.tool_calls:
+            row["tool_calls"] = [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": call.arguments_value()}}
+                for call in message.tool_calls]
+        elif message.role == "tool":
+            if message.tool_call_id is not None:
+                row["tool_call_id"] = message.tool_call_id
+            if message.tool_name is not None:
+                row["name"] = message.tool_name
+        return row
 
 
 def tool_schema(tool: Tool) -> dict[str, Any]:
@@ -208,6 +230,26 @@ def resolve_chat_format(template: str, family: str,
     if known is None:
         return None, f"no chat format: {how}; {_FALLBACK}"
     return ChatFormat.preset(known), f"family {known.name} {how}"
+
+
+def model_format(source: str, bos: str, eos: str, family: str, model_path: str
+                 ) -> tuple[ChatFormat | None, str]:
+    """The chat format of a template that ships inside the model file (a GGUF's
+    ``tokenizer.chat_template``), with the family (stop strings, FIM, markup)
+    recognised from the file name or set by ``[chat] family``.
+
+    Returns None and why when rkstream's sandbox cannot compile it.
+    """
+    file_name = PurePath(model_path).name
+    try:
+        template = ChatTemplate(source, origin=f"the chat template in {file_name}",
+                                bos_token=bos, eos_token=eos)
+    except ConfigError as exc:
+        return None, f"its chat template does not compile here ({exc})"
+    known, how = _family_for(family if family != "none" else "auto", file_name)
+    fmt = ChatFormat(template, known)
+    return fmt, (f"the model's own chat template; family {known.name} ({how})" if known
+                 else f"the model's own chat template; no family ({how})")
 
 
 def _family_for(family: str, file_name: str) -> tuple[Family | None, str]:

@@ -3,10 +3,14 @@
 Each family's template is ``templates/<name>.jinja``, written for rkstream
 from the formats in /work/shared/reference/chat_templates.md (sections 1 and
 3). The templates receive what :class:`rkstream.chat.format.ChatFormat`
-passes: messages whose content is text (images as ``<image>``, earlier tool
-calls as ``<tool_call>`` text), the declared tools as OpenAI-style
+passes: messages whose content is text (images as ``<image>``), an
+assistant's earlier calls as Hugging Face-style ``tool_calls``
+(``{"id", "type": "function", "function": {"name", "arguments"}}``, the
+arguments an object, or the text when it is not JSON), a tool result's
+``tool_call_id`` and ``name`` when known, the declared tools as OpenAI-style
 ``{"type": "function", "function": {...}}`` objects, and ``enable_thinking``
-only when a request sets it.
+only when a request sets it. Templates with tools write earlier calls in the
+family's own markup.
 """
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from rkstream.chat.format import ChatFormat
+from rkstream.chat.output import Markup
 from rkstream.core.embeddings import ImageEmbedding, ImageTags
 from rkstream.core.messages import Message
 from rkstream.core.params import SamplingSettings
+from rkstream.core.request import Tool
 from rkstream.log import engine_log
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -62,6 +64,9 @@ class Job:
     image_tags: ImageTags | None = None
     fim: tuple[str, str] | None = None  # (prefix, suffix): fill in the middle, no template
     prompt: Prompt | None = None  # rendered already: the engine sends it as it is
+    # For an engine that applies the model's template itself (no prompt):
+    tools: tuple[Tool, ...] = ()  # what the model may call
+    enable_thinking: bool | None = None  # None: the runtime's default
 
 
 @dataclass
@@ -214,6 +219,12 @@ class Engine(abc.ABC):
         """The format rkstream renders conversations in for this model; None: the
         engine formats them itself (llama.cpp's GGUF template, RKLLM's own)."""
         return None
+
+    @property
+    def markup(self) -> Markup | None:
+        """How the model's answers mark reasoning and tool calls; None: unknown."""
+        fmt = self.chat_format
+        return fmt.markup if fmt is not None else None
 
     @abc.abstractmethod
     async def load(self) -> None:

@@ -50,7 +50,6 @@ def make_job(engine: Engine, settings: Settings, request_id: str, request: Gener
         directive = tool_directive(request)
         if directive:
             instructions = f"{instructions}\n\n{directive}" if instructions else directive
-        sampling = replace(sampling, stop=sampling.stop + call_stop(engine, request))
         try:
             prompt = _render(fmt, settings, request, instructions, sampling.max_tokens,
                              engine.info.context_length)
@@ -58,8 +57,13 @@ def make_job(engine: Engine, settings: Settings, request_id: str, request: Gener
             raise RequestError("chat_format_error",
                                f"the model's chat format ({fmt.name}) refused this "
                                f"conversation: {exc}") from None
+    if fim is None and not request.raw:
+        sampling = replace(sampling, stop=sampling.stop + call_stop(engine, request))
+    thinking = (request.enable_thinking if request.enable_thinking is not None
+                else settings.chat.thinking)
     return Job(request_id=request_id, messages=request.messages, instructions=instructions,
-               sampling=sampling, fim=fim, prompt=prompt)
+               sampling=sampling, fim=fim, prompt=prompt, tools=request.offered_tools,
+               enable_thinking=thinking)
 
 
 def tool_directive(request: GenerationRequest) -> str | None:

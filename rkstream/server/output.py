@@ -16,7 +16,6 @@ from rkstream.chat.output import (
     CallArguments,
     CallBegin,
     CallDone,
-    Markup,
     OutputParser,
     OutputSink,
     Piece,
@@ -29,30 +28,24 @@ from rkstream.engines.base import Engine, Job
 from rkstream.log import server_log
 
 
-def answer_markup(engine: Engine) -> Markup | None:
-    """The markup of the loaded model's answers, if rkstream knows it."""
-    fmt = engine.chat_format
-    return fmt.markup if fmt is not None else None
-
-
 def answer_parser(engine: Engine, request: GenerationRequest, job: Job) -> OutputParser | None:
     """The parser ``job``'s answer needs, or None when it is plain text."""
-    markup = answer_markup(engine)
-    fmt = engine.chat_format
-    if markup is None or fmt is None or job.prompt is None or request.raw:
+    markup = engine.markup
+    if markup is None or request.raw or job.fim is not None:
         return None
     tools = frozenset(t.name for t in request.offered_tools)
     calls = bool(tools) and (markup.call is not None or markup.json_call)
     if not calls and markup.think is None:
         return None
-    return OutputParser(markup, tools if calls else frozenset(),
-                        thinking_open=fmt.opens_thinking(job.prompt.text))
+    fmt = engine.chat_format
+    opened = fmt is not None and job.prompt is not None and fmt.opens_thinking(job.prompt.text)
+    return OutputParser(markup, tools if calls else frozenset(), thinking_open=opened)
 
 
 def call_stop(engine: Engine, request: GenerationRequest) -> tuple[str, ...]:
     """Stop strings that end the answer after its first call, when the request
     allows only one (``parallel_tool_calls`` false)."""
-    markup = answer_markup(engine)
+    markup = engine.markup
     if request.parallel_tool_calls or not request.offered_tools or markup is None:
         return ()
     return (markup.call[1],) if markup.call is not None else ()

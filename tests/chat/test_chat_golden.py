@@ -8,6 +8,8 @@ is what the model reads and what the KV cache is matched against.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rkstream.chat.format import ChatFormat
@@ -222,7 +224,8 @@ TOOL_TURN = {
         "}\n\n"
         "Weather in Paris?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n" + CALL + "<|eot_id|>"
-        "<|start_header_id|>ipython<|end_header_id|>\n\n" + RESULT + "<|eot_id|>"
+        # the official template passes a tool result through tojson: a string is quoted
+        "<|start_header_id|>ipython<|end_header_id|>\n\n" + json.dumps(RESULT) + "<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     ),
     # No tool role and no tools in the template: the result is a user turn.

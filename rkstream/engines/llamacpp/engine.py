@@ -6,7 +6,7 @@ import asyncio
 import importlib.metadata
 from dataclasses import replace
 
-from rkstream.chat.format import ChatFormat, resolve_chat_format
+from rkstream.chat.format import ChatFormat, model_format, resolve_chat_format
 from rkstream.config import Settings
 from rkstream.engines.base import InstanceEngine, ModelInfo
 from rkstream.engines.llamacpp.instance import LlamaInstance
@@ -50,6 +50,13 @@ class LlamaCppEngine(InstanceEngine):
             instance = LlamaInstance(llama, model, index)
             self._instances.append(instance)
             await instance.load()
+        first = self._instances[0]
+        if self._format is None and chat.family != "none" and isinstance(first, LlamaInstance) \
+                and first.gguf_template is not None:
+            # rkstream renders with the file's own template, so tools and reasoning
+            # work as on RKLLM; the instance's own formatter stays the fallback.
+            self._format, reason = model_format(*first.gguf_template, chat.family, str(model))
+            (engine_log.info if self._format else engine_log.warning)("chat format: %s", reason)
         try:
             version = importlib.metadata.version("llama-cpp-python")
         except importlib.metadata.PackageNotFoundError:  # pragma: no cover - loaded above

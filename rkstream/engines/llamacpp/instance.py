@@ -65,6 +65,7 @@ class LlamaInstance(EngineInstance):
         self._perf_reset: Callable[[], Any] = lambda: None
         self._needs_reset = False
         self.fim_tokens: tuple[int, int, int] | None = None  # prefix, suffix, middle
+        self.gguf_template: tuple[str, str, str] | None = None  # the file's template, BOS, EOS
         self._bos_text = ""
 
     # -- owner thread ------------------------------------------------------------
@@ -91,6 +92,7 @@ class LlamaInstance(EngineInstance):
         if template:
             eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
             bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
+            self.gguf_template = (template, bos, eos)
             formatter = llama_chat_format.Jinja2ChatFormatter(template, eos_token=eos,
                                                               bos_token=bos)
 

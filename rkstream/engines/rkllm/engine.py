@@ -7,6 +7,7 @@ import concurrent.futures
 from pathlib import Path
 
 from rkstream.chat.format import ChatFormat, resolve_chat_format
+from rkstream.chat.output import HERMES, THINK, Markup
 from rkstream.config import Settings
 from rkstream.core.embeddings import ImageTags
 from rkstream.engines.base import InstanceEngine, ModelInfo
@@ -16,6 +17,8 @@ from rkstream.engines.rkllm.loader import RuntimeLibrary, check_model_file, load
 from rkstream.engines.rkllm.prompt_cache import plan_system_cache
 from rkstream.engines.rkllm.worker.instance import WorkerInstance
 from rkstream.log import engine_log
+
+RUNTIME_TEMPLATE_MARKUP = Markup(think=THINK, call=HERMES)
 
 
 class RKLLMEngine(InstanceEngine):
@@ -41,6 +44,12 @@ class RKLLMEngine(InstanceEngine):
     @property
     def chat_format(self) -> ChatFormat | None:
         return self._format
+
+    @property
+    def markup(self) -> Markup | None:
+        """With the runtime's own template (no format), the model is unknown: the
+        Hermes ``<tool_call>`` and ``<think>`` tags the runtime's templates use."""
+        return self._format.markup if self._format is not None else RUNTIME_TEMPLATE_MARKUP
 
     def _prepare_sync(self) -> tuple[RuntimeLibrary, Path]:
         rk = self._settings.rkllm

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
+from rkstream.chat.format import tool_schema
 from rkstream.config import RKLLMSettings
 from rkstream.config import SamplingSettings as SamplingDefaults
 from rkstream.core.embeddings import ImageTags
@@ -172,10 +174,15 @@ class RKLLMInstance(EngineInstance, abc.ABC):
             # history: the whole cache is the prompt's prefix; runtime: the share
             # of it that matches, an estimate (the runtime does not say).
             share = 1.0 if plan.keep_history else plan.reused / max(1, plan.prompt_chars)
+        own_template = job.prompt is None  # the runtime applies the model's template
+        tools_json = (json.dumps([tool_schema(t) for t in job.tools], ensure_ascii=False)
+                      if own_template and job.tools else None)
         order = Order(prompt=prompt, role=role, sampling=job.sampling, max_tokens=max_tokens,
                       images=images, image_tags=job.image_tags,
                       keep_history=plan is not None and plan.keep_history,
-                      clear=plan is not None and plan.clear, count_share=share)
+                      clear=plan is not None and plan.clear, count_share=share,
+                      enable_thinking=own_template and bool(job.enable_thinking),
+                      tools_json=tools_json)
         return order, plan
 
     def start(self, job: Job, sink: TextSink) -> RKLLMRun:

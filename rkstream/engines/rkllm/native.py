@@ -41,6 +41,9 @@ class Order:
         clear: clear the whole KV cache first.
         count_share: when above 0, the run's cached tokens are this share of
             what the KV cache holds before it (the runtime does not say).
+        enable_thinking: ``RKLLMInput.enable_thinking`` (the runtime's own template).
+        tools_json: the tools for the runtime's own template, as a JSON array;
+            set with rkllm_set_function_tools when they differ from the last set.
     """
 
     prompt: str
@@ -52,6 +55,8 @@ class Order:
     keep_history: bool = False
     clear: bool = False
     count_share: float = 0.0
+    enable_thinking: bool = False
+    tools_json: str | None = None  # the runtime's own template: rkllm_set_function_tools
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ class NativeModel:
         self._callbacks_struct: Any = None
         self._param: Any = None
         self.prompt_cache: LoadedCache | None = None
+        self._tools_json: str | None = None  # the last rkllm_set_function_tools
 
     def _on_result(self, result: Any, userdata: Any, state: int) -> int:
         # Never let an exception reach C: its return value would be undefined.
@@ -248,9 +254,11 @@ class NativeModel:
             if steps.should_stop:  # cancelled before it reached the runtime
                 ret = 0
             else:
+                self._set_tools(order.tools_json)
                 structs = make_run_structs(self.runtime, order.prompt, order.role,
                                            order.sampling, self.settings, order.images,
-                                           order.image_tags, keep_history=order.keep_history)
+                                           order.image_tags, keep_history=order.keep_history,
+                                           enable_thinking=order.enable_thinking)
                 if order.clear:
                     fns.rkllm_clear_kv_cache(self._handle, 0, None, None)
                 elif order.count_share > 0:
@@ -266,6 +274,23 @@ class NativeModel:
         steps.flush()
         return NativeEnd(ret=ret, tokens=steps.tokens, error_state=steps.error_state,
                          perf=steps.perf, cached_tokens=cached, exception=exception)
+
+    def _set_tools(self, tools_json: str | None) -> None:
+        """Give the runtime's template the tools, only when they changed. Once set,
+        they are never unset (Rockchip: do not call it without tools): a run
+        without tools after one with them sends an empty list."""
+        if tools_json is None:
+            if self._tools_json in (None, "[]"):
+                return
+            tools_json = "[]"
+        if tools_json == self._tools_json:
+            return
+        ret = self.runtime.functions.rkllm_set_function_tools(
+            self._handle, b"", tools_json.encode(), b"tool_response")
+        if ret != 0:
+            engine_log.warning("rkllm_set_function_tools returned %d; the tools may not reach "
+                               "the model", ret)
+        self._tools_json = tools_json
 
     def abort(self, steps: Steps) -> None:
         """rkllm_abort, if ``steps`` is still the running one (any thread)."""

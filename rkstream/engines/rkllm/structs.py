@@ -111,7 +111,8 @@ def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
                      sampling: SamplingSettings, settings: RKLLMSettings,
                      images: tuple[ImageEmbedding, ...] = (),
                      tags: ImageTags | None = None, *, keep_history: bool = False,
-                     save_prompt_cache: str | None = None) -> RunStructs:
+                     save_prompt_cache: str | None = None,
+                     enable_thinking: bool = False) -> RunStructs:
     """Build RKLLMInput (a text prompt, or text with images) and RKLLMInferParam.
 
     The request's sampling and max_tokens go into the per-run fields where
@@ -126,7 +127,7 @@ def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
     inp = abi.RKLLMInput()
     ctypes.memset(ctypes.addressof(inp), 0, ctypes.sizeof(inp))
     inp.role = role_bytes
-    inp.enable_thinking = False
+    inp.enable_thinking = enable_thinking
     inp.input_type = abi.RKLLM_INPUT_PROMPT
     inp.prompt_input = prompt_bytes
     infer = abi.RKLLMInferParam()

@@ -24,7 +24,7 @@ from conftest import Records
 from helpers import WSClient, create
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-WEATHER = {"type": "function", "function": {
+WEATHER: dict[str, Any] = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich"}}\n</tool_call>'
@@ -173,3 +173,32 @@ async def test_bad_tool_fields_are_refused(serve: Any, extra: dict[str, Any],
     done = (await conn.until_done({"a"}))["a"]
     assert done["status"] == "failed" and done["error"]["code"] == "invalid_field"
     assert done["error"]["param"] == param
+
+
+async def test_the_runtimes_own_template_gets_the_tools_once(serve: Any,
+                                                             records: Records) -> None:
+    # No family in the file name: the runtime applies the model's own template, so
+    # the tools go through rkllm_set_function_tools, only when they change.
+    conn = await serve("my-model.rkllm", CALL)
+    other = {"type": "function", "function": {**WEATHER["function"], "name": "get_time"}}
+    for rid, tools in (("a", [WEATHER]), ("b", [WEATHER]), ("c", [other])):
+        await conn.send(create(rid, "x") | {"tools": tools})
+        done = (await conn.until_done({rid}))[rid]
+        assert done["finish_reason"] == "tool_calls"
+    sets = records.all("set_function_tools")
+    assert [json.loads(r["tools"])[0]["function"]["name"] for r in sets] == \
+        ["get_weather", "get_time"]
+    assert sets[0]["tool_response_str"] == "tool_response"
+    problems = [e.get("problem") for e in conn.events if e["type"] == "response.output_tool_call"]
+    assert problems[:2] == [None, None]
+    assert problems[2] == "'get_weather' is not one of the declared tools"
+
+
+async def test_the_runtimes_own_template_gets_the_thinking_switch(serve: Any,
+                                                                  records: Records) -> None:
+    conn = await serve("my-model.rkllm", "<think>\nhm\n</think>\n\nok")
+    await conn.send(create("a", "x", stream=False) | {"enable_thinking": False})
+    await conn.send(create("b", "x", stream=False))  # [chat] thinking: on by default
+    done = await conn.until_done({"a", "b"})
+    assert [r["enable_thinking"] for r in records.all("run")] == [False, True]
+    assert (done["b"]["reasoning"], done["b"]["text"]) == ("hm", "ok")

@@ -140,6 +140,18 @@ async def ps(request: web.Request) -> web.Response:
         "context_length": state.engine.info.context_length}]})
 
 
+def answer_capabilities(state: AppState) -> list[str]:
+    """``tools`` and ``thinking``, where the model's chat format marks them in
+    its answers (so /api/chat can return ``tool_calls`` and ``thinking``)."""
+    assert state.engine is not None
+    fmt = state.engine.chat_format
+    if fmt is None:
+        return []
+    markup = fmt.markup
+    found = ["tools"] if markup.call is not None or markup.json_call else []
+    return found + (["thinking"] if markup.think is not None else [])
+
+
 async def show(request: web.Request) -> web.Response:
     """``POST /api/show``: details, ``model_info`` and ``capabilities``, for any name."""
     state = request.app[STATE]
@@ -159,6 +171,7 @@ async def show(request: web.Request) -> web.Response:
         f"{arch}.context_length": info.context_length,
         "rkstream.engine": info.engine, "rkstream.runtime": info.runtime or ""}
     capabilities = ["completion"] + (["vision"] if state.vision is not None else [])
+    capabilities += answer_capabilities(state)
     return web.json_response({
         "license": "", "modelfile": "", "parameters": "", "template": "",
         "details": d.details, "model_info": model_info, "capabilities": capabilities,

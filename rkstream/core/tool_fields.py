@@ -31,7 +31,12 @@ def _name(f: Fields, key: str) -> str:
     return name
 
 
-def read_tools(f: Fields, key: str = "tools") -> tuple[Tool, ...]:
+def _done(f: Fields, strict: bool) -> None:
+    if strict:
+        f.finish()
+
+
+def read_tools(f: Fields, key: str = "tools", *, strict: bool = True) -> tuple[Tool, ...]:
     """The declared tools (``[{"type": "function", "function": {...}}]``)."""
     raw = f.array(key)
     if not raw:
@@ -48,8 +53,8 @@ def read_tools(f: Fields, key: str = "tools") -> tuple[Tool, ...]:
         description = fn.string("description") or ""
         parameters = fn.mapping("parameters")
         fn.get("strict")  # OpenAI's structured-output switch: nothing to switch here
-        fn.finish()
-        t.finish()
+        _done(fn, strict)
+        _done(t, strict)
         if any(tool.name == name for tool in tools):
             raise t.error("invalid_field", f"{fn.path('name')}: the tool {name!r} is declared "
                           "twice", fn.path("name"))
@@ -57,8 +62,8 @@ def read_tools(f: Fields, key: str = "tools") -> tuple[Tool, ...]:
     return tuple(tools)
 
 
-def read_tool_choice(f: Fields, tools: tuple[Tool, ...], key: str = "tool_choice"
-                     ) -> ToolChoice:
+def read_tool_choice(f: Fields, tools: tuple[Tool, ...], key: str = "tool_choice", *,
+                     strict: bool = True) -> ToolChoice:
     """``none``, ``auto``, ``required`` or ``{"type": "function", "function": {"name"}}``."""
     raw = f.get(key)
     if raw is None:
@@ -76,8 +81,8 @@ def read_tool_choice(f: Fields, tools: tuple[Tool, ...], key: str = "tool_choice
     c.choice("type", ("function",), required=True)
     fn = c.child(c.get("function", True), c.path("function"))
     name = _name(fn, "name")
-    fn.finish()
-    c.finish()
+    _done(fn, strict)
+    _done(c, strict)
     if not any(tool.name == name for tool in tools):
         raise f.error("invalid_field", f"{path} names the tool {name!r}, which is not among "
                       "the declared tools: " + (", ".join(t.name for t in tools) or "none"),
@@ -85,7 +90,8 @@ def read_tool_choice(f: Fields, tools: tuple[Tool, ...], key: str = "tool_choice
     return ToolChoice("function", name)
 
 
-def read_tool_calls(f: Fields, key: str = "tool_calls") -> tuple[ToolCall, ...]:
+def read_tool_calls(f: Fields, key: str = "tool_calls", *, strict: bool = True
+                    ) -> tuple[ToolCall, ...]:
     """An assistant message's earlier calls; ``arguments`` as JSON text or an object."""
     raw = f.array(key)
     if not raw:
@@ -100,8 +106,8 @@ def read_tool_calls(f: Fields, key: str = "tool_calls") -> tuple[ToolCall, ...]:
         name = fn.string("name", required=True) or ""
         arguments = fn.get("arguments")
         fn.get("index")
-        fn.finish()
-        c.finish()
+        _done(fn, strict)
+        _done(c, strict)
         calls.append(ToolCall(call_id, name, arguments_text(fn, arguments)))
     return tuple(calls)
 

@@ -137,7 +137,7 @@ def chat_messages(f: Fields, markup: Markup | None = None) -> tuple[Message, ...
         role = message_role(m)
         content = m.string("content") or ""
         if role == "assistant":
-            calls = read_tool_calls(m)
+            calls = read_tool_calls(m, strict=False)
             names.update((c.id, c.name) for c in calls)
             out.append(Message(role, _assistant_parts(m, content, markup),
                                tool_calls=calls))
@@ -226,7 +226,7 @@ class OllamaDialect(Dialect):
         instructions = None
         tools: tuple[Tool, ...] = ()
         if self.chat:
-            tools = read_tools(body)
+            tools = read_tools(body, strict=False)
             messages = chat_messages(body, self.markup)
         else:
             prompt = body.string("prompt") or ""

@@ -7,6 +7,19 @@ silence), and ends with the finish chunk, the usage chunk when
 ``stream_options.include_usage`` asks for it, and ``data: [DONE]``. A
 failure after the stream opened is ``data: {"error": ...}`` then
 ``data: [DONE]``, which the openai SDK raises as an APIError.
+
+Chat answers carry what the output parser finds (rkstream/chat/output.py):
+
+- reasoning as ``reasoning_content`` (DeepSeek, llama.cpp; what most clients
+  read) and the same text as ``reasoning`` (vLLM, OpenRouter), in deltas and
+  in the whole message;
+- tool calls as OpenAI streams them: a call's first delta
+  ``{"index", "id", "type": "function", "function": {"name", "arguments": ""}}``,
+  then ``{"index", "function": {"arguments": piece}}`` as its JSON comes;
+  whole, ``message.tool_calls`` with the arguments as one JSON string, and
+  ``content`` null when the answer is only calls. ``finish_reason`` is then
+  ``tool_calls``. A call with broken JSON or an undeclared name is returned
+  as written (the runner logs it): the client decides.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from rkstream.core.fields import Fields
+from rkstream.core.messages import ToolCall
 from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Outcome
 from rkstream.errors import RequestError
@@ -70,8 +84,11 @@ class OpenAIDialect(Dialect):
         self.echo: str | None = None
 
     def parse(self, body: Fields, state: AppState) -> GenerationRequest:
-        parsed: OpenAIRequest = (parse_chat if self.chat else parse_completion)(body)
         engine = state.engine
+        fmt = engine.chat_format if engine is not None else None
+        parsed: OpenAIRequest = (
+            parse_chat(body, fmt.markup.think if fmt is not None else None) if self.chat
+            else parse_completion(body))
         self.model = parsed.request.model or (engine.info.id if engine is not None else "")
         self.include_usage = parsed.include_usage
         self.echo = parsed.echo
@@ -99,6 +116,20 @@ class OpenAIDialect(Dialect):
         choice.update(logprobs=None, finish_reason=finish_reason)
         return choice
 
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        """One chat chunk with ``delta``, the stream going on (nothing for a text
+        completion, which is never parsed)."""
+        if not self.chat:
+            return b""
+        return sse(self._chunk([{"index": 0, "delta": delta, "logprobs": None,
+                                 "finish_reason": None}]))
+
+    def _usage(self, result: Result) -> dict[str, Any]:
+        out = usage(result.outcome)
+        if result.reasoning or result.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": result.reasoning_tokens}
+        return out
+
     def opening(self) -> bytes:
         if self.chat:
             choice = self._choice(None, None)
@@ -112,11 +143,21 @@ class OpenAIDialect(Dialect):
     def piece(self, text: str) -> bytes:
         return sse(self._chunk([self._choice(text, None)]))
 
+    def reasoning(self, text: str) -> bytes:
+        return self._delta({"reasoning_content": text, "reasoning": text})
+
+    def call_begin(self, index: int, call_id: str, name: str) -> bytes:
+        return self._delta({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                            "function": {"name": name, "arguments": ""}}]})
+
+    def call_arguments(self, index: int, text: str) -> bytes:
+        return self._delta({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+
     def end(self, result: Result) -> bytes:
-        out = sse(self._chunk([self._choice(None, result.outcome.finish_reason)],
+        out = sse(self._chunk([self._choice(None, result.finish_reason)],
                               timings=timings(result.outcome)))
         if self.include_usage:
-            out += sse(self._chunk([], usage=usage(result.outcome)))
+            out += sse(self._chunk([], usage=self._usage(result)))
         return out + DONE
 
     def stream_error(self, exc: RequestError) -> bytes:
@@ -126,13 +167,32 @@ class OpenAIDialect(Dialect):
         text = (self.echo or "") + result.text
         choice: dict[str, Any] = {"index": 0}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = message(result)
         else:
             choice["text"] = text
-        choice.update(logprobs=None, finish_reason=result.outcome.finish_reason)
+        choice.update(logprobs=None, finish_reason=result.finish_reason)
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [choice],
-                "usage": usage(result.outcome), "timings": timings(result.outcome)}
+                "usage": self._usage(result), "timings": timings(result.outcome)}
+
+
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    """A finished call as ``message.tool_calls`` holds it (arguments: JSON text)."""
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def message(result: Result) -> dict[str, Any]:
+    """The whole chat answer: ``content`` null when it is only tool calls."""
+    content: str | None = result.text
+    if result.calls and not result.text.strip():
+        content = None
+    out: dict[str, Any] = {"role": "assistant", "content": content}
+    if result.reasoning:
+        out["reasoning_content"] = out["reasoning"] = result.reasoning
+    if result.calls:
+        out["tool_calls"] = [tool_call(c) for c in result.calls]
+    return out
 
 
 def json_error(exc: RequestError) -> web.Response:

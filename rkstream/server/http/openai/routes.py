@@ -5,10 +5,16 @@ Routes (see :func:`add_openai_routes`):
 - ``POST /v1/chat/completions``: chat, whole or streamed (SSE), with
   ``stream_options.include_usage``. Images come as ``image_url`` parts holding
   ``data:image/...;base64,`` URLs and go through the vision encoder; remote
-  http(s) URLs are refused (the server never fetches them). ``tools``,
-  ``tool_choice``, ``response_format`` and the like are accepted and ignored;
-  earlier tool calls and tool results in ``messages`` reach the model as text.
-  ``seed`` is accepted but not applied (the engines take it from the config).
+  http(s) URLs are refused (the server never fetches them). ``tools`` are
+  declared to the model in its chat format, and its calls come back as
+  ``tool_calls`` (streamed as argument pieces; ``finish_reason``
+  ``tool_calls``); ``tool_choice`` ``required`` or a named function is asked
+  for in the prompt, not enforced; ``parallel_tool_calls`` false ends the
+  answer after the first call. A thinking model's reasoning comes back as
+  ``reasoning_content`` (and ``reasoning``); ``chat_template_kwargs.
+  enable_thinking`` or a top-level ``enable_thinking`` switches it.
+  ``response_format`` and the like are accepted and ignored. ``seed`` is
+  accepted but not applied (the engines take it from the config).
 - ``POST /v1/completions``: the legacy text endpoint: the prompt goes to the
   model raw, without the chat format (on RKLLM without a chat format, the
   runtime's own template still wraps it). ``suffix`` (fill-in-the-middle)

@@ -1,21 +1,37 @@
 """OpenAI request bodies mapped onto the one internal request.
 
 Unknown fields are ignored, because OpenAI clients send many (``user``,
-``response_format``, ``parallel_tool_calls``...). Known fields are read
-through :class:`rkstream.core.fields.Fields`, so their checks and messages
-are the same as on every other API.
+``response_format``, ``logprobs``...). Known fields are read through
+:class:`rkstream.core.fields.Fields`, so their checks and messages are the
+same as on every other API.
+
+Tools: ``tools``, ``tool_choice`` (``none``, ``auto``, ``required``, a named
+function, or ``allowed_tools``) and earlier calls are read by the reader every
+API shares (:mod:`rkstream.core.tool_fields`); ``parallel_tool_calls``.
+Earlier calls (assistant ``tool_calls``) and results (``tool`` messages with
+``tool_call_id``) become :class:`~rkstream.core.messages.Message` fields,
+which the chat format writes in the model's own markup; reasoning sent back
+(``reasoning_content``) goes into the model's think tags. Thinking:
+``chat_template_kwargs.enable_thinking``, or a top-level ``enable_thinking``.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rkstream.chat.output import new_call_id
 from rkstream.core.fields import Fields
-from rkstream.core.messages import ImagePart, Message, Part, Role, TextPart
+from rkstream.core.messages import ImagePart, Message, Part, Role, TextPart, ToolCall
 from rkstream.core.params import SAMPLING_FIELDS, Params
-from rkstream.core.request import GenerationRequest
+from rkstream.core.request import GenerationRequest, Tool, ToolChoice
+from rkstream.core.tool_fields import (
+    arguments_text,
+    read_tool_calls,
+    read_tool_choice,
+    read_tools,
+)
 from rkstream.server.http.body import data_url
 
 _ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user",
@@ -75,55 +91,122 @@ def _part(f: Fields, raw: Any, where: str) -> Part:
                   f"{where}.type")
 
 
-def _tool_calls(m: Fields) -> str:
-    """Earlier tool calls of the assistant, written as text the model can read."""
-    calls = m.array("tool_calls")
-    legacy = m.mapping("function_call")  # the deprecated single-call form
-    if legacy is not None:
-        calls = [{"function": legacy}]
-    out = []
-    for i, call in enumerate(calls or ()):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            path = m.path(f"tool_calls[{i}]")
-            raise m.error("invalid_field",
-                          f"{path} must be {{type, id, function: {{name, arguments}}}}", path)
-        args = function.get("arguments")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                pass  # keep the text as the model wrote it
-        call_json = json.dumps({"name": function["name"], "arguments": args},
-                               ensure_ascii=False)
-        out.append(f"<tool_call>\n{call_json}\n</tool_call>")
-    return "\n".join(out)
+def _tool_calls(m: Fields) -> tuple[ToolCall, ...]:
+    """An assistant message's earlier calls: ``tool_calls`` (the shared reader), or
+    the deprecated single ``function_call``."""
+    calls = read_tool_calls(m, strict=False)
+    legacy = m.mapping("function_call")
+    if legacy is None or calls:
+        return calls
+    fn = m.child(legacy, m.path("function_call"))
+    name = fn.string("name", required=True) or ""
+    return (ToolCall(new_call_id(), name, arguments_text(fn, fn.get("arguments"))),)
 
 
-def _message(f: Fields, raw: Any, i: int) -> Message:
+def _content(m: Fields, role: Role) -> list[Part]:
+    content = m.get("content")
+    if isinstance(content, str):
+        return [TextPart(content)]
+    if isinstance(content, list):
+        if role == "tool":  # a result is text: no image goes through the vision step
+            for j, p in enumerate(content):
+                kind = p.get("type") if isinstance(p, Mapping) else None
+                if kind == "image_url":
+                    path = m.path(f"content[{j}].type")
+                    raise m.error("invalid_field", f"{path} = 'image_url' is not allowed in a "
+                                  "tool result; send its text", path)
+        return [_part(m, p, m.path(f"content[{j}]")) for j, p in enumerate(content)]
+    if content is None and role == "assistant":
+        return []  # an assistant turn that only called tools
+    if content is None:
+        raise m.missing(m.path("content"))
+    raise m.wrong(m.path("content"), "a string or a list of parts", content)
+
+
+def _reasoning(m: Fields, think: tuple[str, str] | None) -> str:
+    """An earlier turn's reasoning, sent back as ``reasoning_content`` (DeepSeek,
+    the AI SDK) or ``reasoning`` (vLLM): given to the template in the model's
+    think tags (Qwen3 keeps it for the turns of the current tool loop), and
+    dropped for a model without them."""
+    text = m.string("reasoning_content") or m.string("reasoning")
+    if think is None or text is None or not text.strip():
+        return ""
+    return f"{think[0]}\n{text.strip()}\n{think[1]}\n\n"
+
+
+def _message(f: Fields, raw: Any, i: int, names: dict[str, str],
+             think: tuple[str, str] | None) -> Message:
+    """Message ``i``; ``names`` maps the ids of earlier calls to their names."""
     m = f.child(raw, f"messages[{i}]")
     role = _ROLES[m.choice("role", tuple(_ROLES), required=True) or ""]
-    content = m.get("content")
-    parts: list[Part]
-    if isinstance(content, str):
-        parts = [TextPart(content)]
-    elif isinstance(content, list):
-        parts = [_part(m, p, m.path(f"content[{j}]")) for j, p in enumerate(content)]
-    elif content is None and role == "assistant":
-        parts = []  # an assistant turn that only called tools
-    elif content is None:
-        raise m.missing(m.path("content"))
-    else:
-        raise m.wrong(m.path("content"), "a string or a list of parts", content)
-    if role == "assistant":
-        calls = _tool_calls(m)
-        if calls:
-            parts.append(TextPart(("\n" if parts else "") + calls))
-    return Message(role, tuple(parts))
+    parts = _content(m, role)
+    if role == "tool":
+        m.get("tool_call_id", required=True, hint=" (the id of the call it answers)")
+        call_id = m.string("tool_call_id", non_empty=True) or ""
+        name = m.string("name", max_chars=64) or names.get(call_id)
+        return Message(role, tuple(parts), tool_call_id=call_id, tool_name=name)
+    if role != "assistant":
+        return Message(role, tuple(parts))
+    calls = _tool_calls(m)  # the chat format writes them in the model's markup
+    names.update((c.id, c.name) for c in calls)
+    reasoning = _reasoning(m, think)
+    if reasoning:
+        parts.insert(0, TextPart(reasoning))
+    return Message(role, tuple(parts), tool_calls=calls)
 
 
-def parse_chat(f: Fields) -> OpenAIRequest:
-    """Parse a /v1/chat/completions body.
+# -- tools ----------------------------------------------------------------------------
+
+def _allowed(f: Fields, raw: Mapping[str, Any], tools: tuple[Tool, ...]
+             ) -> tuple[ToolChoice, tuple[Tool, ...]]:
+    """OpenAI's newer ``{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}``:
+    only the listed tools are offered, with ``auto`` or ``required``."""
+    c = f.child(raw, "tool_choice")
+    c.choice("type", ("allowed_tools",), required=True)
+    allowed = c.child(c.get("allowed_tools", required=True), c.path("allowed_tools"))
+    mode = allowed.choice("mode", ("auto", "required")) or "auto"
+    names: set[str] = set()
+    for j, item in enumerate(allowed.array("tools", required=True) or ()):
+        t = allowed.child(item, allowed.path(f"tools[{j}]"))
+        t.choice("type", ("function",), required=True)
+        fn = t.child(t.get("function", required=True), t.path("function"))
+        name = fn.string("name", required=True) or ""
+        if not any(tool.name == name for tool in tools):
+            raise fn.error("invalid_field", f"{fn.path('name')} names the tool {name!r}, "
+                           "which is not among the declared tools: "
+                           + (", ".join(t.name for t in tools) or "none"), fn.path("name"))
+        names.add(name)
+    narrowed = tuple(tool for tool in tools if tool.name in names)
+    if mode == "required" and not narrowed:
+        raise allowed.error("invalid_field", f"{allowed.path('mode')} is required but no "
+                            "tools are allowed; list them in allowed_tools.tools",
+                            allowed.path("mode"))
+    return ToolChoice("required" if mode == "required" else "auto"), narrowed
+
+
+def _tool_choice(f: Fields, tools: tuple[Tool, ...]) -> tuple[ToolChoice, tuple[Tool, ...]]:
+    """``tool_choice`` (the shared reader: none, auto, required, a named function),
+    and the tools it leaves (``allowed_tools`` narrows them)."""
+    raw = f.get("tool_choice")
+    if isinstance(raw, Mapping) and raw.get("type") == "allowed_tools":
+        return _allowed(f, raw, tools)
+    return read_tool_choice(f, tools, strict=False), tools
+
+
+def _thinking(f: Fields) -> bool | None:
+    """``chat_template_kwargs.enable_thinking`` (vLLM, SGLang, llama.cpp), else the
+    top-level ``enable_thinking`` some clients send."""
+    kwargs = f.mapping("chat_template_kwargs")
+    if kwargs is not None:
+        inner = f.child(kwargs, "chat_template_kwargs").flag("enable_thinking")
+        if inner is not None:
+            return inner
+    return f.flag("enable_thinking")
+
+
+def parse_chat(f: Fields, think: tuple[str, str] | None = None) -> OpenAIRequest:
+    """Parse a /v1/chat/completions body; ``think``: the loaded model's reasoning
+    tags, which earlier reasoning sent back is given in.
 
     Raises:
         ProtocolError: naming the field at fault.
@@ -131,10 +214,15 @@ def parse_chat(f: Fields) -> OpenAIRequest:
     raw = f.array("messages", required=True)
     if not raw:
         raise f.error("invalid_field", "messages must hold at least one message", "messages")
-    messages = tuple(_message(f, m, i) for i, m in enumerate(raw))
+    names: dict[str, str] = {}
+    messages = tuple(_message(f, m, i, names, think) for i, m in enumerate(raw))
+    choice, tools = _tool_choice(f, read_tools(f, strict=False))
     stream, usage = _stream(f)
-    return OpenAIRequest(GenerationRequest(messages, _params(f), stream=stream,
-                                           model=f.string("model")), usage)
+    request = GenerationRequest(
+        messages, _params(f), stream=stream, model=f.string("model"), tools=tools,
+        tool_choice=choice, parallel_tool_calls=bool(f.flag("parallel_tool_calls", True)),
+        enable_thinking=_thinking(f))
+    return OpenAIRequest(request, usage)
 
 
 def parse_completion(f: Fields) -> OpenAIRequest:

@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from rkstream.config import LimitSettings, RKLLMSettings, Settings, VisionSettings
+from rkstream.core.messages import ToolCall
 from rkstream.server.app import make_app
 from rkstream.server.http.openai.dialect import OpenAIDialect
 from rkstream.server.state import STATE
@@ -227,9 +228,10 @@ async def test_messages_become_project_messages(fake: Any, calls: Calls) -> None
     got = calls.jobs[-1].messages
     assert [m.role for m in got] == ["system", "user", "assistant", "tool"]
     assert got[1].text == "weather in Oslo?"
-    assert got[2].text == ('<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}'
-                           '\n</tool_call>')
-    assert got[3].text == "sunny"
+    assert got[2].text == "" and got[2].tool_calls == (
+        ToolCall("c1", "weather", '{"city": "Oslo"}'),)
+    assert got[3].text == "sunny" and got[3].tool_call_id == "c1"
+    assert got[3].tool_name == "weather"
 
 
 async def test_stop_sequence_on_standin(standin: Any) -> None:
@@ -306,7 +308,7 @@ BAD_REQUESTS: list[tuple[str, Any, str, str | None]] = [
     ("text part without text", {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
      "missing_field", "messages[0].content[0].text"),
     ("bad tool call", {"messages": [{"role": "assistant", "tool_calls": [{"id": 1}]}]},
-     "invalid_field", "messages[0].tool_calls[0]"),
+     "invalid_field", "messages[0].tool_calls[0].id"),
     ("n=2", user("x", n=2), "invalid_param", "n"),
     ("model a number", user("x", model=5), "invalid_field", "model"),
     ("stream a string", user("x", stream="yes"), "invalid_field", "stream"),

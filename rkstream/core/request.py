@@ -30,9 +30,9 @@ ToolChoiceMode = Literal["auto", "none", "required", "function"]
 class ToolChoice:
     """Whether the model may, must or must not call a tool (OpenAI ``tool_choice``).
 
-    ``function``: it must call ``name``. rkstream has no constrained decoding,
-    so ``required`` and ``function`` are asked for in the prompt (only the
-    named tool is declared), not enforced.
+    ``function``: it must call ``name`` (only that tool is declared).
+    ``required`` and ``function`` are asked for in the prompt, and enforced
+    by a grammar on engines with constrained decoding (llama.cpp).
     """
 
     mode: ToolChoiceMode = "auto"

@@ -67,6 +67,7 @@ class Job:
     # For an engine that applies the model's template itself (no prompt):
     tools: tuple[Tool, ...] = ()  # what the model may call
     enable_thinking: bool | None = None  # None: the runtime's default
+    grammar: str | None = None  # GBNF the answer must follow, where the engine can (a call)
 
 
 @dataclass
@@ -218,6 +219,12 @@ class Engine(abc.ABC):
     def chat_format(self) -> ChatFormat | None:
         """The format rkstream renders conversations in for this model; None: the
         engine formats them itself (llama.cpp's GGUF template, RKLLM's own)."""
+        return None
+
+    def call_grammar(self, markup: Markup, tools: tuple[Tool, ...]) -> str | None:
+        """The grammar (:attr:`Job.grammar`) that makes the answer one call to one
+        of ``tools``, for an engine with constrained decoding; None: the engine
+        has none (a required call is only asked for in the prompt)."""
         return None
 
     @property

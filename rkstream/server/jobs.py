@@ -63,7 +63,17 @@ def make_job(engine: Engine, settings: Settings, request_id: str, request: Gener
                 else settings.chat.thinking)
     return Job(request_id=request_id, messages=request.messages, instructions=instructions,
                sampling=sampling, fim=fim, prompt=prompt, tools=request.offered_tools,
-               enable_thinking=thinking)
+               enable_thinking=thinking, grammar=required_call_grammar(engine, request))
+
+
+def required_call_grammar(engine: Engine, request: GenerationRequest) -> str | None:
+    """For ``tool_choice`` required or a named tool, on an engine with constrained
+    decoding: the grammar that makes the answer one call to an offered tool."""
+    markup = engine.markup
+    if (request.tool_choice.mode not in ("required", "function") or markup is None
+            or request.raw or request.fim is not None or not request.offered_tools):
+        return None
+    return engine.call_grammar(markup, request.offered_tools)
 
 
 def tool_directive(request: GenerationRequest) -> str | None:

@@ -4,18 +4,23 @@
 // The SDK validates every response (and chunk) with zod and the call's input
 // with the tool's schema, so any shape mistake shows up as an error.
 //
-// Usage: node ai_sdk_tools_check.mjs <baseURL> <prompt> [generate|stream]
+// Usage: node ai_sdk_tools_check.mjs <baseURL> <prompt> [generate|stream] [required-first]
 // `generate` uses generateText (whole answers), `stream` uses streamText
 // (tool calls as argument deltas). Both loop with stopWhen: stepCountIs(3).
+// `required-first` sets toolChoice "required" on the first step and "none"
+// after it (prepareStep): a model that would not call by itself (the CPU
+// engine's small SmolLM2) is made to, by llama.cpp's grammar.
 // Prints one JSON summary line; exits 1 on an error, or when no tool ran or
 // no final text arrived.
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
 
-const [baseURL, prompt, mode = "generate"] = process.argv.slice(2);
-if (!baseURL || !prompt || !["generate", "stream"].includes(mode)) {
-  console.error("usage: node ai_sdk_tools_check.mjs <baseURL> <prompt> [generate|stream]");
+const [baseURL, prompt, mode = "generate", choice = ""] = process.argv.slice(2);
+if (!baseURL || !prompt || !["generate", "stream"].includes(mode)
+    || !["", "required-first"].includes(choice)) {
+  console.error("usage: node ai_sdk_tools_check.mjs <baseURL> <prompt> [generate|stream] "
+                + "[required-first]");
   process.exit(2);
 }
 
@@ -41,6 +46,11 @@ const options = {
   stopWhen: stepCountIs(3),
   maxRetries: 0,
 };
+if (choice === "required-first") {
+  options.prepareStep = ({ stepNumber }) => ({
+    toolChoice: stepNumber === 0 ? "required" : "none",
+  });
+}
 
 const errors = [];
 let result;

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
+import re
 from dataclasses import replace
 
 from rkstream.chat.format import ChatFormat, model_format, resolve_chat_format
+from rkstream.chat.output import Markup, call_grammar
 from rkstream.config import Settings
+from rkstream.core.request import Tool
 from rkstream.engines.base import InstanceEngine, ModelInfo
 from rkstream.engines.llamacpp.instance import LlamaInstance
 from rkstream.engines.llamacpp.model import resolve_model
@@ -28,6 +32,21 @@ class LlamaCppEngine(InstanceEngine):
         """rkstream's renderer only when ``[chat] template`` is set; else the GGUF's own
         template, applied by the instance."""
         return self._format
+
+    def call_grammar(self, markup: Markup, tools: tuple[Tool, ...]) -> str | None:
+        """llama.cpp samples under a grammar; one tool's arguments follow its schema."""
+        arguments = None
+        if len(tools) == 1 and tools[0].parameters:
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            try:
+                rules = json_schema_to_gbnf(json.dumps(tools[0].parameters))
+            except Exception as exc:  # a schema it cannot translate: any object then
+                engine_log.warning("tool %s: its parameters schema gives no grammar (%s); "
+                                   "any JSON object is allowed", tools[0].name, exc)
+            else:
+                arguments = re.sub(r"^root\s*::=", "tool-args ::=", rules, flags=re.M)
+        return call_grammar(markup, tuple(t.name for t in tools), arguments)
 
     async def load(self) -> None:
         """Find the model, then load each instance on its owner thread.

@@ -66,6 +66,8 @@ class LlamaInstance(EngineInstance):
         self._needs_reset = False
         self.fim_tokens: tuple[int, int, int] | None = None  # prefix, suffix, middle
         self.gguf_template: tuple[str, str, str] | None = None  # the file's template, BOS, EOS
+        self._grammar_text: str | None = None
+        self._compiled_grammar: Any = None
         self._bos_text = ""
 
     # -- owner thread ------------------------------------------------------------
@@ -251,6 +253,7 @@ class LlamaInstance(EngineInstance):
                 f"holds {self.n_ctx}; shorten the conversation")
             return
         limit = min(run.max_tokens, room)
+        grammar = self._grammar(run.job.grammar)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         generated: list[int] = []
         self._perf_reset()
@@ -258,7 +261,7 @@ class LlamaInstance(EngineInstance):
                 tokens, top_k=sampling.top_k, top_p=sampling.top_p, temp=sampling.temperature,
                 repeat_penalty=sampling.repeat_penalty,
                 frequency_penalty=sampling.frequency_penalty,
-                presence_penalty=sampling.presence_penalty, reset=True):
+                presence_penalty=sampling.presence_penalty, reset=True, grammar=grammar):
             if run.should_stop or self._is_eog(token):
                 break
             piece = llm.detokenize([token], prev_tokens=tokens + generated)
@@ -276,6 +279,20 @@ class LlamaInstance(EngineInstance):
         perf = self._perf()
         facts.prompt_ms, facts.predicted_ms = perf.t_p_eval_ms, perf.t_eval_ms
         facts.prompt_tokens -= facts.cached_tokens  # what this run's prefill processed
+
+    def _grammar(self, text: str | None) -> Any:
+        """The compiled grammar of ``text`` (kept: one request's tools are
+        usually the next one's too)."""
+        if text is None:
+            return None
+        if self._grammar_text != text:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            self._compiled_grammar = LlamaGrammar.from_string(text, verbose=False)
+            self._grammar_text = text
+        else:
+            self._compiled_grammar.reset()
+        return self._compiled_grammar
 
     def _close_sync(self) -> None:
         if self._llm is not None:

@@ -9,9 +9,7 @@ a later directive that wins over the first (tool_support.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,9 @@ from openai import AsyncOpenAI
 
 from rkstream.server.app import make_app
 
-from conftest import REPO
-from tool_support import WEATHER, call, model_file, reply, standin_settings
+from tool_support import WEATHER, call, model_file, reply, run_tools_check, standin_settings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-NODE_DIR = REPO / "tests" / "node"
 ZURICH = '{"city": "Zürich"}'
 ASK = "What is the weather in Zürich? " + reply(call("get_weather", ZURICH))
 THINK_ASK = "What is the weather in Zürich? " + reply(
@@ -137,23 +133,6 @@ async def test_openai_sdk_sees_reasoning_and_sends_it_back(base_url: Any) -> Non
 
 
 # -- the Vercel AI SDK (Node) ---------------------------------------------------------
-
-async def run_tools_check(url: str, prompt: str, mode: str) -> tuple[int, dict[str, Any]]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed; the AI SDK check needs Node 18.17 or later "
-                    "(bash tests/setup_and_run installs it)")
-    if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
-        pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
-    process = await asyncio.create_subprocess_exec(
-        node, str(NODE_DIR / "ai_sdk_tools_check.mjs"), url, prompt, mode,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    lines = out.decode().strip().splitlines()
-    assert lines, f"no summary from the AI SDK tools check; stderr: {err.decode()}"
-    assert process.returncode is not None
-    return process.returncode, json.loads(lines[-1])
-
 
 @pytest.mark.parametrize(("mode", "name", "prompt"), [
     ("generate", "qwen2.5-test.rkllm", ASK),

@@ -9,12 +9,18 @@ whole conversation or only the tail its KV cache lacks.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rkstream.config import RKLLMSettings, Settings
+
+from conftest import REPO
 
 WEATHER: dict[str, Any] = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city, now.",
@@ -85,3 +91,24 @@ def content_of(ds: list[dict[str, Any]]) -> str:
 
 def reasoning_of(ds: list[dict[str, Any]]) -> str:
     return "".join(d.get("reasoning_content") or "" for d in ds)
+
+
+NODE_DIR = REPO / "tests" / "node"
+
+
+async def run_tools_check(url: str, prompt: str, mode: str, *extra: str
+                          ) -> tuple[int, dict[str, Any]]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed; the AI SDK check needs Node 18.17 or later "
+                    "(bash tests/setup_and_run installs it)")
+    if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
+        pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
+    process = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / "ai_sdk_tools_check.mjs"), url, prompt, mode, *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    lines = out.decode().strip().splitlines()
+    assert lines, f"no summary from the AI SDK tools check; stderr: {err.decode()}"
+    assert process.returncode is not None
+    return process.returncode, json.loads(lines[-1])

@@ -32,6 +32,7 @@ from rkstream.server.state import STATE
 from conftest import ModelFactory, Records
 from fakes import Calls, FakeEngine
 from helpers import MS
+from openai_support import sse_events
 from tiny_encoder import build_tiny_encoder
 
 Client = TestClient[Any, Any]
@@ -71,17 +72,6 @@ def standin(aiohttp_client: ClientFactory, standin_libs: dict[str, Path],
         app = make_app(settings)
         return await aiohttp_client(app)
     return make
-
-
-def sse_events(body: str) -> list[Any]:
-    """The ``data:`` payloads of an SSE body, ``[DONE]`` kept as a string."""
-    events: list[Any] = []
-    for block in body.split("\n\n"):
-        lines = [line for line in block.split("\n") if line.startswith("data: ")]
-        if lines:
-            data = "\n".join(line[6:] for line in lines)
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 async def stream(client: Client, path: str, body: dict[str, Any]) -> list[Any]:

@@ -8,8 +8,6 @@ the test fails and says so.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -26,12 +24,12 @@ from rkstream.config import LimitSettings, RKLLMSettings, Settings
 from rkstream.server.app import make_app
 from rkstream.server.http.openai.dialect import OpenAIDialect
 
-from conftest import REPO, ModelFactory
+from conftest import ModelFactory
 from fakes import FakeEngine
 from helpers import MS
+from openai_support import run_node_check
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-NODE_DIR = REPO / "tests" / "node"
 
 
 def hello(text: str) -> list[Any]:
@@ -227,20 +225,7 @@ async def test_real_model_streams_an_answer(aiohttp_server: ServerFactory) -> No
 
 
 async def run_node(base_url: str, prompt: str) -> tuple[int, dict[str, Any]]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed; the AI SDK check needs Node 18.17 or later "
-                    "(bash tests/setup_and_run installs it)")
-    if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
-        pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
-    process = await asyncio.create_subprocess_exec(
-        node, str(NODE_DIR / "ai_sdk_check.mjs"), base_url, prompt,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    lines = out.decode().strip().splitlines()
-    assert lines, f"no summary from the AI SDK check; stderr: {err.decode()}"
-    assert process.returncode is not None
-    return process.returncode, json.loads(lines[-1])
+    return await run_node_check("ai_sdk_check.mjs", base_url, prompt)
 
 
 async def test_ai_sdk_streams_without_errors(fake_url: Any) -> None:

@@ -23,7 +23,7 @@ from rkstream.config import Settings
 from rkstream.server.app import make_app
 
 from conftest import REPO
-from tool_support import run_tools_check
+from openai_support import run_tools_check
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TEMPLATE = REPO / "rkstream" / "chat" / "templates" / "qwen2.jinja"

@@ -20,7 +20,7 @@ from openai import AsyncOpenAI
 
 from rkstream.server.app import make_app
 
-from tool_support import WEATHER, call, model_file, reply, run_tools_check, standin_settings
+from openai_support import WEATHER, call, model_file, reply, run_tools_check, standin_settings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ZURICH = '{"city": "Zürich"}'

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from rkstream.server.app import make_app
 
 from conftest import Records
-from tool_support import (
+from openai_support import (
     TIME,
     WEATHER,
     call,

@@ -96,8 +96,8 @@ def reasoning_of(ds: list[dict[str, Any]]) -> str:
 NODE_DIR = REPO / "tests" / "node"
 
 
-async def run_tools_check(url: str, prompt: str, mode: str, *extra: str
-                          ) -> tuple[int, dict[str, Any]]:
+async def run_node_check(script: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """Run one of tests/node's AI SDK checks; its exit code and JSON summary line."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed; the AI SDK check needs Node 18.17 or later "
@@ -105,10 +105,16 @@ async def run_tools_check(url: str, prompt: str, mode: str, *extra: str
     if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
         pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
     process = await asyncio.create_subprocess_exec(
-        node, str(NODE_DIR / "ai_sdk_tools_check.mjs"), url, prompt, mode, *extra,
+        node, str(NODE_DIR / script), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     lines = out.decode().strip().splitlines()
-    assert lines, f"no summary from the AI SDK tools check; stderr: {err.decode()}"
+    assert lines, f"no summary from {script}; stderr: {err.decode()}"
     assert process.returncode is not None
     return process.returncode, json.loads(lines[-1])
+
+
+async def run_tools_check(url: str, prompt: str, mode: str, *extra: str
+                          ) -> tuple[int, dict[str, Any]]:
+    """The AI SDK's tool loop (ai_sdk_tools_check.mjs) against ``url``."""
+    return await run_node_check("ai_sdk_tools_check.mjs", url, prompt, mode, *extra)

@@ -34,7 +34,7 @@ class Observer(Protocol):
     """Told about every request as it ends, and about gaps between text pieces."""
 
     def request_done(self, outcome: Outcome, queued_ms: float, ttft_s: float | None,
-                     busy_s: float) -> None: ...
+                     busy_s: float, api: str) -> None: ...
 
     def text_gap(self, seconds: float) -> None: ...
 
@@ -194,7 +194,7 @@ class Scheduler:
             busy = 0.0 if ticket.started_s is None else time.perf_counter() - ticket.started_s
             self._observer.request_done(
                 outcome, ticket.queued_ms,
-                None if first is None else first - ticket.submitted_s, busy)
+                None if first is None else first - ticket.submitted_s, busy, ticket.job.api)
         ticket._finish(outcome)
 
     def busy_now_s(self) -> float:

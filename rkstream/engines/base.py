@@ -68,6 +68,7 @@ class Job:
     tools: tuple[Tool, ...] = ()  # what the model may call
     enable_thinking: bool | None = None  # None: the runtime's default
     grammar: str | None = None  # GBNF the answer must follow, where the engine can (a call)
+    api: str = ""  # the front end that asked (``ws``, ``openai_chat``, ...): a metrics label
 
 
 @dataclass

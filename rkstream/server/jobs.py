@@ -23,7 +23,8 @@ from rkstream.server.output import call_stop
 
 
 def make_job(engine: Engine, settings: Settings, request_id: str, request: GenerationRequest,
-             sampling: SamplingSettings, instructions: str | None = None) -> Job:
+             sampling: SamplingSettings, instructions: str | None = None, *,
+             api: str = "") -> Job:
     """The job for ``request``, its prompt rendered where the engine has a format.
 
     Raises:
@@ -63,7 +64,7 @@ def make_job(engine: Engine, settings: Settings, request_id: str, request: Gener
                 else settings.chat.thinking)
     return Job(request_id=request_id, messages=request.messages, instructions=instructions,
                sampling=sampling, fim=fim, prompt=prompt, tools=request.offered_tools,
-               enable_thinking=thinking, grammar=required_call_grammar(engine, request))
+               enable_thinking=thinking, grammar=required_call_grammar(engine, request), api=api)
 
 
 def required_call_grammar(engine: Engine, request: GenerationRequest) -> str | None:

@@ -94,6 +94,7 @@ class DemoDialect(Dialect):
 
     content_type = "text/plain; charset=utf-8"
     prefix = "rkllm_chat"
+    api = "rkllm_chat"
 
     def __init__(self) -> None:
         self.created = int(time.time())

@@ -82,6 +82,7 @@ class Dialect(abc.ABC):
 
     content_type: str
     prefix = "http"  # request ids: "<prefix>-<hex>"
+    api = "http"  # the label of its requests in /metrics (``openai_chat``, ...)
     keepalive_s: float | None = None  # while waiting, once opened; None = never
 
     @abc.abstractmethod
@@ -253,7 +254,8 @@ class _Pieces:
             self._waiter = None
 
 
-def submit(state: AppState, req: GenerationRequest, prefix: str) -> tuple[Ticket, _Pieces]:
+def submit(state: AppState, req: GenerationRequest, prefix: str, api: str = "http"
+           ) -> tuple[Ticket, _Pieces]:
     """Queue ``req``; its images go through the vision step once it holds a model.
 
     Raises:
@@ -264,7 +266,8 @@ def submit(state: AppState, req: GenerationRequest, prefix: str) -> tuple[Ticket
     assert state.engine is not None and state.scheduler is not None
     settings = state.settings
     sampling = effective_sampling(settings.sampling, settings.limits.max_tokens, req.params)
-    job = make_job(state.engine, settings, f"{prefix}-{uuid.uuid4().hex[:12]}", req, sampling)
+    job = make_job(state.engine, settings, f"{prefix}-{uuid.uuid4().hex[:12]}", req, sampling,
+                   api=api)
     prepare = None
     if req.has_media:
         media = Media(state.vision, state.engine.info.context_length,
@@ -292,7 +295,7 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         parsed = dialect.parse(await read_body(request), state)
         if not isinstance(parsed, GenerationRequest):
             return parsed
-        ticket, pieces = submit(state, parsed, dialect.prefix)
+        ticket, pieces = submit(state, parsed, dialect.prefix, dialect.api)
     except RequestError as exc:
         return dialect.error_response(exc)
     scheduler = state.scheduler

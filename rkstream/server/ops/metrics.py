@@ -30,6 +30,9 @@ from prometheus_client.registry import Collector
 from rkstream.engines.base import STATUS_OF, Engine, Outcome
 from rkstream.scheduler import Scheduler
 
+# The front ends, as the ``api`` label of rkstream_requests_total (each dialect's ``api``).
+APIS = ("ws", "openai_chat", "openai_completions", "openai_responses", "anthropic_messages",
+        "ollama_chat", "ollama_generate", "rkllm_chat")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                      10.0, 30.0, 60.0)
 NPU_LOAD = Path("/sys/kernel/debug/rknpu/load")
@@ -74,10 +77,12 @@ class Metrics:
         # Passing the registry matters: the default would be the process-wide one.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.requests = Counter("rkstream_requests_total", "Requests by how they ended.",
-                                ["status"], registry=self.registry)
-        for status in STATUS_OF.values():
-            self.requests.labels(status)  # so every status shows, at 0, from the start
+        self.requests = Counter("rkstream_requests_total",
+                                "Requests by the API that asked and how they ended.",
+                                ["api", "status"], registry=self.registry)
+        for api in APIS:
+            for status in STATUS_OF.values():
+                self.requests.labels(api, status)  # every one shows, at 0, from the start
         self.prompt_tokens = Counter("rkstream_prompt_tokens_total", "Prompt tokens prefilled.",
                                      registry=self.registry)
         self.cached_prompt_tokens = Counter(
@@ -121,8 +126,8 @@ class Metrics:
         self.inter_token.observe(seconds)
 
     def request_done(self, outcome: Outcome, queued_ms: float, ttft_s: float | None,
-                     busy_s: float) -> None:
-        self.requests.labels(STATUS_OF[outcome.finish_reason]).inc()
+                     busy_s: float, api: str = "") -> None:
+        self.requests.labels(api or "other", STATUS_OF[outcome.finish_reason]).inc()
         self.queue_wait.observe(queued_ms / 1000.0)
         if ttft_s is not None:
             self.ttft.observe(ttft_s)

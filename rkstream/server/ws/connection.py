@@ -297,7 +297,7 @@ class Connection:
                 raise InflightLimitError(limit)
             job = make_job(self.engine, self.settings, rid, request,
                            self._sampling(request.params, event.event_id, rid),
-                           self.instructions)
+                           self.instructions, api="ws")
             stream = RequestStream(self, event)
             sink: TextSink = stream
             parser = answer_parser(self.engine, request, job)

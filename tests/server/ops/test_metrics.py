@@ -19,6 +19,7 @@ from rkstream.engines.base import Engine, Job, Outcome
 from rkstream.scheduler import Scheduler
 from rkstream.server.app import make_app
 from rkstream.server.ops.metrics import (
+    APIS,
     LATENCY_BUCKETS_S,
     METRICS,
     Metrics,
@@ -51,6 +52,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[name, tuple(sorted(labels.items()))]
 
 
+def requests(samples: Samples, status: str) -> float:
+    """rkstream_requests_total of ``status``, over every API."""
+    return sum(v for (name, labels), v in samples.items()
+               if name == "rkstream_requests_total" and ("status", status) in labels)
+
+
 @dataclass
 class Live:
     scheduler: Scheduler | None = None
@@ -71,9 +78,9 @@ def test_counters_follow_the_observer_calls() -> None:
     metrics.watch(Live(sockets=[object(), object()]))
     types, before = scrape(metrics)
     for status in ("completed", "incomplete", "cancelled", "failed"):
-        assert value(before, "rkstream_requests_total", status=status) == 0
+        assert requests(before, status=status) == 0
     metrics.request_done(Outcome("stop", prompt_tokens=5, output_tokens=7, cached_tokens=40),
-                         20.0, 0.3, 1.0)
+                         20.0, 0.3, 1.0, "openai_chat")
     metrics.request_done(Outcome("cancelled", prompt_tokens=2), 10.0, None, 0.0)
     metrics.request_done(Outcome("error"), 0.0, None, 0.0)
     metrics.frame(superseded=False)
@@ -82,10 +89,10 @@ def test_counters_follow_the_observer_calls() -> None:
     metrics.vision_encode.observe(0.15)
     types, after = scrape(metrics)
     assert types["rkstream_requests"] == "counter"
-    assert value(after, "rkstream_requests_total", status="completed") == 1
-    assert value(after, "rkstream_requests_total", status="cancelled") == 1
-    assert value(after, "rkstream_requests_total", status="failed") == 1
-    assert value(after, "rkstream_requests_total", status="incomplete") == 0
+    assert requests(after, status="completed") == 1
+    assert requests(after, status="cancelled") == 1
+    assert requests(after, status="failed") == 1
+    assert requests(after, status="incomplete") == 0
     assert value(after, "rkstream_prompt_tokens_total") == 7
     assert value(after, "rkstream_cached_prompt_tokens_total") == 40
     assert value(after, "rkstream_generated_tokens_total") == 7
@@ -176,7 +183,7 @@ async def test_live_gauges_are_read_at_scrape_time() -> None:
     _, after = scrape(metrics)
     assert value(after, "rkstream_running_requests") == 0
     assert value(after, "rkstream_queue_depth") == 0
-    assert value(after, "rkstream_requests_total", status="completed") == 3
+    assert requests(after, status="completed") == 3
     assert value(after, "rkstream_generated_tokens_total") == 9
     assert value(after, "rkstream_inter_token_seconds_count") == 6
     await scheduler.close()
@@ -199,7 +206,7 @@ async def test_handler_serves_the_app_registry(aiohttp_client: Any) -> None:
 async def test_metrics_follow_traffic(aiohttp_client: Any) -> None:
     client = await aiohttp_client(make_app(Settings(), lambda s: FakeEngine(s, 2 * MS)))
     _, before = parse(await (await client.get("/metrics")).text())
-    assert value(before, "rkstream_requests_total", status="completed") == 0
+    assert requests(before, status="completed") == 0
     conn = WSClient(await client.ws_connect("/ws"))
     await conn.recv()
     await conn.send(create("a", "one two three"))
@@ -210,8 +217,8 @@ async def test_metrics_follow_traffic(aiohttp_client: Any) -> None:
     response = await client.get("/metrics")
     assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
     types, after = parse(await response.text())
-    assert value(after, "rkstream_requests_total", status="completed") == 1
-    assert value(after, "rkstream_requests_total", status="cancelled") == 1
+    assert requests(after, status="completed") == 1
+    assert requests(after, status="cancelled") == 1
     assert value(after, "rkstream_generated_tokens_total") >= 3
     assert value(after, "rkstream_websocket_connections") == 1
     assert value(after, "rkstream_queue_depth") == 0
@@ -233,8 +240,8 @@ async def test_two_apps_keep_separate_counts(aiohttp_client: Any) -> None:
     await conn.until_done({"a"})
     _, one = parse(await (await first.get("/metrics")).text())
     _, two = parse(await (await second.get("/metrics")).text())
-    assert value(one, "rkstream_requests_total", status="completed") == 1
-    assert value(two, "rkstream_requests_total", status="completed") == 0
+    assert requests(one, status="completed") == 1
+    assert requests(two, status="completed") == 0
 
 
 def test_instance_health_is_read_at_scrape_time() -> None:
@@ -250,3 +257,23 @@ def test_instance_health_is_read_at_scrape_time() -> None:
     assert 'rkstream_runtime_crashes_total{instance="1"} 3.0' in text
     assert 'rkstream_worker_restarts_total{instance="1"} 3.0' in text
     assert 'rkstream_runtime_hangs_total{instance="0"} 0.0' in text
+
+
+def test_requests_are_counted_by_api() -> None:
+    metrics = Metrics()
+    metrics.request_done(Outcome("stop"), 1.0, 0.1, 0.1, "openai_chat")
+    metrics.request_done(Outcome("stop"), 1.0, 0.1, 0.1, "ws")
+    metrics.request_done(Outcome("stop"), 1.0, 0.1, 0.1, "ws")
+    _, samples = scrape(metrics)
+    assert value(samples, "rkstream_requests_total", api="ws", status="completed") == 2
+    assert value(samples, "rkstream_requests_total", api="openai_chat", status="completed") == 1
+    assert value(samples, "rkstream_requests_total", api="rkllm_chat", status="failed") == 0
+
+
+def test_every_front_end_has_its_api_label() -> None:
+    from rkstream.server.http.ollama.routes import OllamaDialect
+    from rkstream.server.http.openai.dialect import OpenAIDialect
+    from rkstream.server.http.rkllm_demo import DemoDialect
+    labels = {OpenAIDialect(True).api, OpenAIDialect(False).api, OllamaDialect(True).api,
+              OllamaDialect(False).api, DemoDialect().api, "ws"}
+    assert labels <= set(APIS)

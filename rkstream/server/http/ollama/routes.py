@@ -201,6 +201,7 @@ class OllamaDialect(Dialect):
 
     def __init__(self, chat: bool) -> None:
         self.chat = chat
+        self.api = "ollama_chat" if chat else "ollama_generate"
         self.model = ""
         self.markup: Markup | None = None
         self.calls_sent = 0  # calls streamed so far: the next one's index

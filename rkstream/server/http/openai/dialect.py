@@ -77,6 +77,7 @@ class OpenAIDialect(Dialect):
     def __init__(self, chat: bool) -> None:
         self.chat = chat
         self.prefix = "chatcmpl" if chat else "cmpl"
+        self.api = "openai_chat" if chat else "openai_completions"
         self.id = f"{self.prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = ""

@@ -20,6 +20,7 @@ from rkstream.core.embeddings import ImageEmbedding, ImageTags
 from rkstream.core.messages import Message
 from rkstream.core.params import SamplingSettings
 from rkstream.core.request import Tool
+from rkstream.engines.text import estimate_tokens
 from rkstream.log import engine_log
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -83,6 +84,7 @@ class Outcome:
     predicted_ms: float = 0.0
     error_code: str | None = None
     error_message: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended a "stop" run, if one did
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,12 @@ class Engine(abc.ABC):
         """How the model's answers mark reasoning and tool calls; None: unknown."""
         fmt = self.chat_format
         return fmt.markup if fmt is not None else None
+
+    async def count_tokens(self, text: str) -> tuple[int, bool]:
+        """``text`` (a prompt as the engine would send it) in tokens, and whether the
+        count is exact. By default an estimate (:func:`estimate_tokens`, 3 bytes a
+        token): the RKLLM runtime has no tokenizer call."""
+        return estimate_tokens(text), False
 
     @abc.abstractmethod
     async def load(self) -> None:

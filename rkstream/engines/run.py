@@ -129,6 +129,7 @@ class BridgedRun(Run):
             outcome.error_message = facts.error_message
         elif self._stops.stopped:
             outcome.finish_reason = "stop"
+            outcome.stop_sequence = self._stops.matched
         elif self.cancelled:
             outcome.finish_reason = "cancelled"
         elif facts.context_full or facts.tokens >= self.max_tokens:

@@ -62,6 +62,7 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop sequence that ended the text
 
     def feed(self, text: str) -> str:
         """Return the text that can be released now."""
@@ -70,11 +71,12 @@ class StopMatcher:
         if not self._stops:
             return text
         buf = self._pending + text
-        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        hits = [(i, s) for i, s in ((buf.find(s), s) for s in self._stops) if i >= 0]
         if hits:
+            at, self.matched = min(hits, key=lambda hit: hit[0])
             self.stopped = True
             self._pending = ""
-            return buf[: min(hits)]
+            return buf[:at]
         keep = 0
         for stop in self._stops:
             for k in range(min(len(stop) - 1, len(buf)), keep, -1):

@@ -26,6 +26,7 @@ from rkstream.engines.base import Engine
 from rkstream.log import server_log
 from rkstream.resources import static_dir
 from rkstream.scheduler import Scheduler
+from rkstream.server.http.anthropic.routes import add_anthropic_routes
 from rkstream.server.http.ollama.routes import add_ollama_routes
 from rkstream.server.http.openai.routes import add_openai_routes
 from rkstream.server.http.rkllm_demo import add_rkllm_demo_routes
@@ -170,6 +171,7 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_handler)
     add_openai_routes(app)
+    add_anthropic_routes(app)  # after OpenAI's: its middleware answers /v1/messages first
     add_ollama_routes(app)
     add_rkllm_demo_routes(app)
     static = _static_dir(settings)

@@ -48,6 +48,15 @@ class LlamaCppEngine(InstanceEngine):
                 arguments = re.sub(r"^root\s*::=", "tool-args ::=", rules, flags=re.M)
         return call_grammar(markup, tuple(t.name for t in tools), arguments)
 
+    async def count_tokens(self, text: str) -> tuple[int, bool]:
+        """Exact: the model's own tokenizer, off the loop and off the owner thread
+        (which may be busy generating for a long time; see LlamaInstance.count_tokens)."""
+        instance = self._instances[0]
+        assert isinstance(instance, LlamaInstance)
+        count = await asyncio.get_running_loop().run_in_executor(
+            None, instance.count_tokens, text)
+        return count, True
+
     async def load(self) -> None:
         """Find the model, then load each instance on its owner thread.
 

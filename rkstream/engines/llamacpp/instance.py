@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import ctypes
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,7 @@ class LlamaInstance(EngineInstance):
         self._grammar_text: str | None = None
         self._compiled_grammar: Any = None
         self._bos_text = ""
+        self._vocab_lock = threading.Lock()  # count_tokens against close
 
     # -- owner thread ------------------------------------------------------------
     def _load_sync(self) -> None:
@@ -128,6 +130,20 @@ class LlamaInstance(EngineInstance):
     def _tokens(self, job: Job) -> list[int]:
         prompt, has_bos = self._prompt(job)
         return list(self._llm.tokenize(prompt.encode(), add_bos=not has_bos, special=True))
+
+    def count_tokens(self, text: str) -> int:
+        """The tokens of a rendered prompt, as :meth:`_tokens` makes them.
+
+        Called off the owner thread, which may be generating: llama_tokenize
+        reads only the model's vocabulary, fixed once loaded, into buffers of
+        its own, and touches no context, KV cache or sampler. The lock keeps
+        :meth:`_close_sync` from freeing the model meanwhile.
+        """
+        with self._vocab_lock:
+            if self._llm is None:
+                raise RuntimeError("the model is closed")
+            has_bos = bool(self._bos_text) and text.startswith(self._bos_text)
+            return len(self._llm.tokenize(text.encode(), add_bos=not has_bos, special=True))
 
     def _fim_tokens(self, fim: tuple[str, str]) -> list[int]:
         """<pre> prefix <suf> suffix <mid>: the model writes what goes between,
@@ -295,9 +311,10 @@ class LlamaInstance(EngineInstance):
         return self._compiled_grammar
 
     def _close_sync(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        with self._vocab_lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
 
     # -- event loop ----------------------------------------------------------------
     async def load(self) -> None:

@@ -2,7 +2,8 @@
 
 - With ``server.api_keys`` (or RKSTREAM_API_KEYS) set, every API route
   (/ws, /v1, /api, /rkllm_chat) needs a key: ``Authorization: Bearer KEY``,
-  or ``?token=KEY`` on /ws (browsers cannot set headers on a WebSocket).
+  ``X-API-Key: KEY`` (Anthropic's clients), or ``?token=KEY`` on /ws
+  (browsers cannot set headers on a WebSocket).
   A wrong or missing key is a 401 before any upgrade. Keys are compared in
   constant time. /, /static and /health stay open.
 - A browser always sends ``Origin`` on a WebSocket upgrade. Unless that
@@ -22,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from rkstream.errors import RequestError
+from rkstream.server.http.anthropic.errors import error_body, is_anthropic
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROTECTED = ("/ws", "/v1/", "/api/", "/rkllm_chat")
@@ -46,10 +48,12 @@ def presented_key(request: web.Request) -> str:
 
 def _refuse(request: web.Request, exc: RequestError,
             headers: dict[str, str] | None = None) -> web.Response:
-    # OpenAI clients read {"error": {...}}; the other APIs take {"error": message}.
-    if request.path.startswith("/v1/"):
-        body: object = {"error": {"message": exc.message, "type": exc.error_type,
-                                  "param": None, "code": exc.code}}
+    # OpenAI clients read {"error": {...}}, Anthropic's theirs; the rest {"error": message}.
+    if is_anthropic(request.path):
+        body: object = error_body(exc)
+    elif request.path.startswith("/v1/"):
+        body = {"error": {"message": exc.message, "type": exc.error_type,
+                          "param": None, "code": exc.code}}
     else:
         body = {"error": exc.message}
     return web.json_response(body, status=exc.spec.status, headers=headers)
@@ -57,7 +61,8 @@ def _refuse(request: web.Request, exc: RequestError,
 
 def _unauthorized(request: web.Request) -> web.Response:
     message = ("a valid API key is required: send 'Authorization: Bearer <key>'"
-               + (" or ?token=<key>" if request.path == "/ws" else ""))
+               + (" or ?token=<key>" if request.path == "/ws" else "")
+               + (" or 'x-api-key: <key>'" if is_anthropic(request.path) else ""))
     return _refuse(request, RequestError("invalid_api_key", message),
                    {"WWW-Authenticate": 'Bearer realm="rkstream"'})
 

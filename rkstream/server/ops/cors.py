@@ -15,7 +15,9 @@ from aiohttp.typedefs import Middleware
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORS_ORIGIN = web.RequestKey("rkstream_cors_origin", str)
 
-ALLOW_HEADERS = "Authorization, Content-Type, X-Requested-With"
+# The Anthropic SDKs send their key and version in headers of their own.
+ALLOW_HEADERS = ("Authorization, Content-Type, X-Requested-With, X-API-Key, "
+                 "Anthropic-Version, Anthropic-Beta, Anthropic-Dangerous-Direct-Browser-Access")
 ALLOW_METHODS = "GET, POST, OPTIONS"
 
 

@@ -33,6 +33,7 @@ async def test_listed_origin_only(aiohttp_client: Any) -> None:
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
     assert preflight.status == 204
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert "X-API-Key" in preflight.headers["Access-Control-Allow-Headers"]  # Anthropic's SDK
 
 
 async def test_any_origin(aiohttp_client: Any) -> None:

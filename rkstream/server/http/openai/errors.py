@@ -19,7 +19,8 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
     if isinstance(exc, web.HTTPNotFound):
         return json_error(RequestError(
             "not_found", f"no such endpoint: {request.method} {request.path}; see "
-                         "/v1/models, /v1/chat/completions and /v1/completions"))
+                         "/v1/models, /v1/chat/completions, /v1/completions, /v1/responses "
+                         "and /v1/messages"))
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allow = exc.headers.get("Allow", "")
         response = json_error(RequestError(

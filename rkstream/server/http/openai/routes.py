@@ -21,6 +21,11 @@ Routes (see :func:`add_openai_routes`):
   works where the model's GGUF has FIM tokens or its chat family defines FIM
   markers (Qwen2.5-Coder, also on RKLLM); elsewhere it is refused with
   ``fim_unsupported``.
+- ``POST /v1/responses``: OpenAI Responses, stateless (responses.py and
+  responses_schema.py): ``input`` as a string or items, ``instructions``,
+  function tools, ``reasoning.effort``; streamed as the Responses event
+  sequence. Routes beneath it (retrieving a stored response) are 404s that
+  say the server keeps none.
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: the one loaded model.
 
 Every error under /v1 has OpenAI's shape ``{"error": {message, type, param,
@@ -41,6 +46,7 @@ from rkstream.engines.base import Engine
 from rkstream.errors import RequestError
 from rkstream.server.http.openai.dialect import OpenAIDialect
 from rkstream.server.http.openai.errors import openai_error_middleware
+from rkstream.server.http.openai.responses import add_responses_routes
 from rkstream.server.http.runner import serve
 from rkstream.server.state import STATE, ready
 
@@ -101,5 +107,6 @@ def add_openai_routes(app: web.Application) -> None:
     app.middlewares.append(openai_error_middleware)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    add_responses_routes(app)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id:.+}", get_model)

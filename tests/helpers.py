@@ -7,12 +7,18 @@ import asyncio
 import io
 import json
 import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgpack
 import numpy as np
+import pytest
 from PIL import Image
+
+from rkstream.config import RKLLMSettings, Settings
 
 # One timing unit for every test timeout; raise RKSTREAM_TEST_TIMING on a slow machine.
 MS = float(os.environ.get("RKSTREAM_TEST_TIMING", "1")) / 1000.0
@@ -125,3 +131,53 @@ def context_reply(text: str) -> str:
     """What ``reply_mode = context`` answers when the stand-in's cache holds ``text``."""
     data = text.encode()
     return f"ctx:{fnv1a64(data):016x} len:{len(data)}"
+
+
+# -- the stand-in runtime behind the HTTP APIs ------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def model_file(directory: Path, name: str, **keys: Any) -> Path:
+    """A stand-in model file called ``name`` (which picks the chat family:
+    ``qwen2.5-*`` is qwen2, ``qwen3-*`` is qwen3); ``keys`` are its settings."""
+    path = directory / name
+    lines = ["#rkstream-standin"] + [f"{k} = {v}" for k, v in keys.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def standin_settings(library: Path, model: Path) -> Settings:
+    return replace(Settings(), engine="rkllm",
+                   rkllm=replace(RKLLMSettings(), library=str(library), model=str(model)))
+
+
+def reply(text: str) -> str:
+    """The directive that makes the stand-in answer ``text`` (its escapes applied)."""
+    assert "]]" not in text
+    return "[[reply=" + text.replace("\\", "\\\\").replace("\n", "\\n") + "]]"
+
+
+def call(name: str, arguments: str) -> str:
+    """A Hermes tool call as Qwen writes it; ``arguments`` is JSON text (or not)."""
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+
+NODE_DIR = REPO / "tests" / "node"
+
+
+async def run_node_check(script: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """Run one of tests/node's AI SDK checks; its exit code and JSON summary line."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed; the AI SDK check needs Node 18.17 or later "
+                    "(bash tests/setup_and_run installs it)")
+    if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
+        pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
+    process = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / script), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    lines = out.decode().strip().splitlines()
+    assert lines, f"no summary from {script}; stderr: {err.decode()}"
+    assert process.returncode is not None
+    return process.returncode, json.loads(lines[-1])

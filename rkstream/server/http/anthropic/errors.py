@@ -9,10 +9,10 @@ request_too_large 413, rate_limit_error 429, api_error 500, timeout_error
 ``overloaded_error``: the server is busy, which is what Anthropic's clients
 (and their retries) expect it to say, not that this client asked too often.
 
-Generations answer their own refusals through the runner; the middleware
-catches what is left under /v1/messages: unknown routes, wrong methods, a
-refusal raised by count_tokens, and bugs (500, logged). It sits inside the
-OpenAI middleware, which would otherwise answer these paths in OpenAI's shape.
+The middleware (:func:`rkstream.server.http.errors.error_middleware`) answers
+what is left under /v1/messages: unknown routes, wrong methods, a refusal
+raised by count_tokens, and bugs. It sits inside the OpenAI middleware,
+which would otherwise answer these paths in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from rkstream.errors import RequestError
-from rkstream.log import server_log
+from rkstream.server.http.errors import error_middleware
 
 PREFIX = "/v1/messages"
 OVERLOADED = 529  # Anthropic's status for "busy, retry"
@@ -64,39 +63,5 @@ def error_response(exc: RequestError, status: int | None = None) -> web.Response
     return web.json_response(error_body(exc, status), status=status, headers=headers)
 
 
-def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
-    if isinstance(exc, web.HTTPNotFound):
-        return error_response(RequestError(
-            "not_found", f"no such endpoint: {request.method} {request.path}; see "
-                         "POST /v1/messages and POST /v1/messages/count_tokens"))
-    if isinstance(exc, web.HTTPMethodNotAllowed):
-        allow = exc.headers.get("Allow", "")
-        response = error_response(RequestError(
-            "method_not_allowed", f"{request.method} is not allowed on {request.path}; "
-                                  f"use {allow}"))
-        response.headers["Allow"] = allow
-        return response
-    return error_response(RequestError("http_error", exc.reason or exc.text or "HTTP error"),
-                          exc.status)
-
-
-@web.middleware
-async def anthropic_error_middleware(request: web.Request, handler: Handler
-                                     ) -> web.StreamResponse:
-    """Answer every failure under /v1/messages in Anthropic's shape."""
-    if not is_anthropic(request.path):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except RequestError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _from_http(request, exc)
-    except ConnectionError:
-        raise  # the client went away; aiohttp ends the request quietly
-    except Exception as exc:  # a bug: report it, keep serving
-        server_log.exception("%s %s failed", request.method, request.path)
-        return error_response(RequestError("internal_error",
-                                           f"internal error: {type(exc).__name__}: {exc}"))
+anthropic_error_middleware = error_middleware(
+    is_anthropic, error_response, "POST /v1/messages and POST /v1/messages/count_tokens")

@@ -1,7 +1,6 @@
-"""What the Anthropic API tests share: stand-in model files and scripted replies
-(as in openai_support, which only its own folder can import), tools in
-Anthropic's shape, a reader of typed SSE that checks the order Anthropic's
-events keep, and the runner of the Node SDK check.
+"""What the Anthropic API tests share: tools in Anthropic's shape and a reader
+of typed SSE that checks the order Anthropic's events keep. Stand-in model
+files, scripted replies and the Node check's runner are in tests/helpers.py.
 
 The stand-in runtime plays back ``[[reply=...]]`` from the prompt; a later
 directive (in a tool result, say) wins over an earlier one.
@@ -9,18 +8,8 @@ directive (in a tool result, say) wins over an earlier one.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
-
-import pytest
-
-from rkstream.config import RKLLMSettings, Settings
-
-from conftest import REPO
 
 MESSAGES = "/v1/messages"
 COUNT = "/v1/messages/count_tokens"
@@ -32,30 +21,6 @@ TIME: dict[str, Any] = {"name": "get_time", "input_schema": {"type": "object",
                                                             "properties": {}}}
 QWEN2 = "qwen2.5-test.rkllm"  # Hermes <tool_call> markup
 QWEN3 = "qwen3-test.rkllm"  # the same, and <think>
-
-
-def model_file(directory: Path, name: str, **keys: Any) -> Path:
-    """A stand-in model file called ``name`` (which picks the chat family)."""
-    path = directory / name
-    lines = ["#rkstream-standin"] + [f"{k} = {v}" for k, v in keys.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def standin_settings(library: Path, model: Path) -> Settings:
-    return replace(Settings(), engine="rkllm",
-                   rkllm=replace(RKLLMSettings(), library=str(library), model=str(model)))
-
-
-def reply(text: str) -> str:
-    """The directive that makes the stand-in answer ``text``."""
-    assert "]]" not in text
-    return "[[reply=" + text.replace("\\", "\\\\").replace("\n", "\\n") + "]]"
-
-
-def call(name: str, arguments: str) -> str:
-    """A Hermes tool call as Qwen writes it; ``arguments`` is JSON text (or not)."""
-    return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
 
 
 def user(content: Any, **extra: Any) -> dict[str, Any]:
@@ -132,25 +97,3 @@ def kinds(events: list[dict[str, Any]]) -> list[str]:
         if not out or out[-1] != kind or not kind.startswith("delta:"):
             out.append(kind)
     return out
-
-
-NODE_DIR = REPO / "tests" / "node"
-
-
-async def run_node_check(script: str, *args: str) -> tuple[int, dict[str, Any]]:
-    """Run one of tests/node's checks; its exit code and JSON summary line."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed; the Anthropic SDK check needs Node 18.17 or "
-                    "later (bash tests/setup_and_run installs it)")
-    if not (NODE_DIR / "node_modules" / "@anthropic-ai" / "sdk").is_dir():
-        pytest.fail("tests/node/node_modules lacks @anthropic-ai/sdk: run "
-                    "`npm ci --prefix tests/node`")
-    process = await asyncio.create_subprocess_exec(
-        node, str(NODE_DIR / script), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    lines = out.decode().strip().splitlines()
-    assert lines, f"no summary from {script}; stderr: {err.decode()}"
-    assert process.returncode is not None
-    return process.returncode, json.loads(lines[-1])

@@ -32,20 +32,10 @@ from rkstream.server.app import make_app
 from rkstream.server.http.anthropic.dialect import AnthropicDialect
 from rkstream.server.state import STATE
 
-from anthropic_support import (
-    COUNT,
-    MESSAGES,
-    QWEN3,
-    WEATHER,
-    model_file,
-    rebuild,
-    sse,
-    standin_settings,
-    user,
-)
+from anthropic_support import COUNT, MESSAGES, QWEN3, WEATHER, rebuild, sse, user
 from conftest import ModelFactory, Records
 from fakes import Calls, FakeEngine
-from helpers import MS
+from helpers import MS, model_file, standin_settings
 from tiny_encoder import build_tiny_encoder
 
 Client = TestClient[Any, Any]

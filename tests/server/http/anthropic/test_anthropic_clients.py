@@ -26,18 +26,9 @@ from anthropic.types import ToolParam
 from rkstream.config import LimitSettings, ServerSettings, Settings
 from rkstream.server.app import make_app
 
-from anthropic_support import (
-    QWEN2,
-    QWEN3,
-    WEATHER,
-    call,
-    model_file,
-    reply,
-    run_node_check,
-    standin_settings,
-)
+from anthropic_support import QWEN2, QWEN3, WEATHER
 from fakes import FakeEngine
-from helpers import MS
+from helpers import MS, call, model_file, reply, run_node_check, standin_settings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOOLS = [cast(ToolParam, WEATHER)]

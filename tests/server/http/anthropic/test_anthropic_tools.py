@@ -20,21 +20,9 @@ from aiohttp.test_utils import TestClient
 
 from rkstream.server.app import make_app
 
-from anthropic_support import (
-    MESSAGES,
-    QWEN2,
-    QWEN3,
-    TIME,
-    WEATHER,
-    call,
-    kinds,
-    model_file,
-    rebuild,
-    reply,
-    sse,
-    standin_settings,
-)
+from anthropic_support import MESSAGES, QWEN2, QWEN3, TIME, WEATHER, kinds, rebuild, sse
 from conftest import Records
+from helpers import call, model_file, reply, standin_settings
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]

@@ -1,6 +1,6 @@
-"""What the OpenAI tool and reasoning tests share: a stand-in model file whose
-name picks the chat family, the scripted replies, SSE reading, and the rules of
-a Responses event sequence (/v1/responses).
+"""What the OpenAI tool and reasoning tests share: tools, SSE reading, and the
+rules of a Responses event sequence (/v1/responses). Stand-in model files
+(whose name picks the chat family) and scripted replies are in tests/helpers.py.
 
 The stand-in runtime plays back ``[[reply=...]]`` from the prompt (lib/README.md,
 "Prompt directives"). Directives apply in order, so when a later message of the
@@ -10,18 +10,10 @@ whole conversation or only the tail its KV cache lacks.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from rkstream.config import RKLLMSettings, Settings
-
-from conftest import REPO
+from helpers import run_node_check
 
 WEATHER: dict[str, Any] = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city, now.",
@@ -29,31 +21,6 @@ WEATHER: dict[str, Any] = {"type": "function", "function": {
                    "required": ["city"]}}}
 TIME: dict[str, Any] = {"type": "function", "function": {
     "name": "get_time", "parameters": {"type": "object", "properties": {}}}}
-
-
-def model_file(directory: Path, name: str, **keys: Any) -> Path:
-    """A stand-in model file called ``name`` (which picks the chat family:
-    ``qwen2.5-*`` is qwen2, ``qwen3-*`` is qwen3); ``keys`` are its settings."""
-    path = directory / name
-    lines = ["#rkstream-standin"] + [f"{k} = {v}" for k, v in keys.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def standin_settings(library: Path, model: Path) -> Settings:
-    return replace(Settings(), engine="rkllm",
-                   rkllm=replace(RKLLMSettings(), library=str(library), model=str(model)))
-
-
-def reply(text: str) -> str:
-    """The directive that makes the stand-in answer ``text`` (its escapes applied)."""
-    assert "]]" not in text
-    return "[[reply=" + text.replace("\\", "\\\\").replace("\n", "\\n") + "]]"
-
-
-def call(name: str, arguments: str) -> str:
-    """A Hermes tool call as Qwen writes it; ``arguments`` is JSON text (or not)."""
-    return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
 
 
 def sse_events(body: str) -> list[Any]:
@@ -92,27 +59,6 @@ def content_of(ds: list[dict[str, Any]]) -> str:
 
 def reasoning_of(ds: list[dict[str, Any]]) -> str:
     return "".join(d.get("reasoning_content") or "" for d in ds)
-
-
-NODE_DIR = REPO / "tests" / "node"
-
-
-async def run_node_check(script: str, *args: str) -> tuple[int, dict[str, Any]]:
-    """Run one of tests/node's AI SDK checks; its exit code and JSON summary line."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed; the AI SDK check needs Node 18.17 or later "
-                    "(bash tests/setup_and_run installs it)")
-    if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai-compatible").is_dir():
-        pytest.fail("tests/node/node_modules is missing: run `npm install --prefix tests/node`")
-    process = await asyncio.create_subprocess_exec(
-        node, str(NODE_DIR / script), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    lines = out.decode().strip().splitlines()
-    assert lines, f"no summary from {script}; stderr: {err.decode()}"
-    assert process.returncode is not None
-    return process.returncode, json.loads(lines[-1])
 
 
 async def run_tools_check(url: str, prompt: str, mode: str, *extra: str

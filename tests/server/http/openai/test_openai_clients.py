@@ -26,8 +26,7 @@ from rkstream.server.http.openai.dialect import OpenAIDialect
 
 from conftest import ModelFactory
 from fakes import FakeEngine
-from helpers import MS
-from openai_support import run_node_check
+from helpers import MS, run_node_check
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

@@ -20,7 +20,8 @@ from openai import AsyncOpenAI
 
 from rkstream.server.app import make_app
 
-from openai_support import WEATHER, call, model_file, reply, run_tools_check, standin_settings
+from helpers import call, model_file, reply, standin_settings
+from openai_support import WEATHER, run_tools_check
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ZURICH = '{"city": "Zürich"}'

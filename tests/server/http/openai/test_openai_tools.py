@@ -21,18 +21,15 @@ from aiohttp.test_utils import TestClient
 from rkstream.server.app import make_app
 
 from conftest import Records
+from helpers import call, model_file, reply, standin_settings
 from openai_support import (
     TIME,
     WEATHER,
-    call,
     content_of,
     deltas,
     finish_reason,
-    model_file,
     reasoning_of,
-    reply,
     sse_events,
-    standin_settings,
 )
 
 Client = TestClient[Any, Any]

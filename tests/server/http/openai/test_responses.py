@@ -34,15 +34,8 @@ from rkstream.server.state import STATE
 
 from conftest import Records
 from fakes import Calls, FakeEngine
-from helpers import MS
-from openai_support import (
-    WEATHER_TOOL,
-    check_stream,
-    model_file,
-    response_events,
-    response_text,
-    standin_settings,
-)
+from helpers import MS, model_file, standin_settings
+from openai_support import WEATHER_TOOL, check_stream, response_events, response_text
 from tiny_encoder import build_tiny_encoder
 
 Client = TestClient[Any, Any]

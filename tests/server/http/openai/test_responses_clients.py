@@ -33,7 +33,8 @@ from rkstream.server.app import make_app
 
 from conftest import Records
 from fakes import FakeEngine
-from openai_support import WEATHER_TOOL, call, model_file, reply, standin_settings
+from helpers import call, model_file, reply, standin_settings
+from openai_support import WEATHER_TOOL
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ZURICH = '{"city": "Zürich"}'

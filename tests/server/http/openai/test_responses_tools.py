@@ -21,18 +21,15 @@ from aiohttp.test_utils import TestClient
 from rkstream.server.app import make_app
 
 from conftest import Records
+from helpers import call, model_file, reply, standin_settings
 from openai_support import (
     TIME_TOOL,
     WEATHER_TOOL,
-    call,
     check_stream,
     item_text,
-    model_file,
     output_of,
-    reply,
     response_events,
     response_text,
-    standin_settings,
 )
 
 Client = TestClient[Any, Any]

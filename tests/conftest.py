@@ -12,7 +12,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from rkstream.server.app import SERVER_OPTIONS
+from rkstream.config import LimitSettings, ServerSettings, Settings
+from rkstream.server.app import SERVER_OPTIONS, make_app
+
+from fakes import Calls, FakeEngine
+from helpers import MS
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
@@ -71,6 +75,25 @@ def aiohttp_client(aiohttp_client: Any) -> Any:
                    **kwargs: Any) -> Any:
         return await aiohttp_client(app, server_kwargs={**SERVER_OPTIONS,
                                                         **(server_kwargs or {})}, **kwargs)
+    return make
+
+
+@pytest.fixture
+def calls() -> Calls:
+    """What the fake engine was given."""
+    return Calls()
+
+
+@pytest.fixture
+def fake(aiohttp_client: Any, calls: Calls) -> Callable[..., Any]:
+    """A client of a server on the fake engine (HTTP dialects' tests): ``delay_ms``
+    a word, ``server`` settings, and any ``limits`` keys."""
+    async def make(delay_ms: float = 0, server: dict[str, Any] | None = None,
+                   **limits: Any) -> Any:
+        settings = replace(Settings(), limits=replace(LimitSettings(), **limits),
+                           server=replace(ServerSettings(), **(server or {})))
+        app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
+        return await aiohttp_client(app)
     return make
 
 

@@ -31,11 +31,6 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Server = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
-@pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
 def fake_app(calls: Calls, delay_ms: float = 1, **limits: Any) -> web.Application:
     settings = replace(Settings(), limits=replace(LimitSettings(), **limits))
     app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))

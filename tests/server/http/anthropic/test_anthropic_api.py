@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from rkstream.config import LimitSettings, RKLLMSettings, ServerSettings, Settings, VisionSettings
+from rkstream.config import RKLLMSettings, Settings, VisionSettings
 from rkstream.core.messages import Message, TextPart
 from rkstream.core.request import Tool
 from rkstream.engines.text import estimate_tokens
@@ -34,28 +34,12 @@ from rkstream.server.state import STATE
 
 from anthropic_support import COUNT, MESSAGES, QWEN3, WEATHER, rebuild, sse, user
 from conftest import ModelFactory, Records
-from fakes import Calls, FakeEngine
+from fakes import Calls
 from helpers import MS, model_file, standin_settings
 from tiny_encoder import build_tiny_encoder
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-@pytest.fixture
-def fake(aiohttp_client: ClientFactory, calls: Calls) -> Callable[..., Awaitable[Client]]:
-    async def make(delay_ms: float = 0, server: dict[str, Any] | None = None,
-                   **limits: Any) -> Client:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits),
-                           server=replace(ServerSettings(), **(server or {})))
-        app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
-        return await aiohttp_client(app)
-    return make
 
 
 @pytest.fixture

@@ -40,11 +40,6 @@ def build_app(settings: Settings, calls: Calls, delay_ms: float) -> web.Applicat
 
 
 @pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-@pytest.fixture
 def server(aiohttp_client: ClientFactory, calls: Calls) -> Server:
     async def make(delay_ms: float = 1, **limits: Any) -> TestClient[Any, Any]:
         settings = replace(Settings(), limits=replace(LimitSettings(), **limits))

@@ -36,11 +36,6 @@ USER = [{"role": "user", "content": "one two three"}]
 
 
 @pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-@pytest.fixture
 def serve(aiohttp_server: ServerFactory, calls: Calls) -> Serve:
     """Start a server on 127.0.0.1; returns its base URL."""
     async def start(settings: Settings | None = None, *, fake: bool = True,

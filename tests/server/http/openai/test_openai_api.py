@@ -45,11 +45,6 @@ def user(text: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-@pytest.fixture
 def fake(aiohttp_client: ClientFactory, calls: Calls) -> Callable[..., Awaitable[Client]]:
     async def make(delay_ms: float = 0, **limits: Any) -> Client:
         settings = replace(Settings(), limits=replace(LimitSettings(), **limits))

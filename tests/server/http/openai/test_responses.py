@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from rkstream.config import LimitSettings, ServerSettings, Settings, VisionSettings
+from rkstream.config import VisionSettings
 from rkstream.core.messages import ToolCall
 from rkstream.server.app import make_app
 from rkstream.server.http.openai.responses import ResponsesDialect
@@ -33,7 +33,7 @@ from rkstream.server.ops.metrics import APIS
 from rkstream.server.state import STATE
 
 from conftest import Records
-from fakes import Calls, FakeEngine
+from fakes import Calls
 from helpers import MS, model_file, standin_settings
 from openai_support import WEATHER_TOOL, check_stream, response_events, response_text
 from tiny_encoder import build_tiny_encoder
@@ -42,22 +42,6 @@ Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
 RESPONSES = "/v1/responses"
 QWEN2 = "qwen2.5-test.rkllm"
-
-
-@pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-@pytest.fixture
-def fake(aiohttp_client: ClientFactory, calls: Calls) -> Callable[..., Awaitable[Client]]:
-    async def make(delay_ms: float = 0, server: dict[str, Any] | None = None,
-                   **limits: Any) -> Client:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits),
-                           server=replace(ServerSettings(), **(server or {})))
-        app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
-        return await aiohttp_client(app)
-    return make
 
 
 @pytest.fixture

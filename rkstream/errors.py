@@ -87,6 +87,8 @@ ERRORS: dict[str, ErrorSpec] = {
                                   "model's context"),
     "fim_unsupported": ErrorSpec(400, "a suffix (fill-in-the-middle) for a model without "
                                  "FIM tokens"),
+    "embeddings_unsupported": ErrorSpec(400, "the model cannot give embeddings (or not the "
+                                        "requested dimensions); the message says which can"),
     "chat_format_error": ErrorSpec(400, "the model's chat format refused the conversation (its "
                                    "template raised an error, e.g. roles that do not "
                                    "alternate); the message says why"),

@@ -21,6 +21,7 @@ from rkstream.core.messages import Message
 from rkstream.core.params import SamplingSettings
 from rkstream.core.request import Tool
 from rkstream.engines.text import estimate_tokens
+from rkstream.errors import RequestError
 from rkstream.log import engine_log
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -85,6 +86,15 @@ class Outcome:
     error_code: str | None = None
     error_message: str | None = None
     stop_sequence: str | None = None  # the stop string that ended a "stop" run, if one did
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What :meth:`Engine.embed` gives: one L2-normalised vector per input, in
+    order, and the input tokens it read (for ``usage``)."""
+
+    vectors: list[list[float]]
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -235,6 +245,22 @@ class Engine(abc.ABC):
         """How the model's answers mark reasoning and tool calls; None: unknown."""
         fmt = self.chat_format
         return fmt.markup if fmt is not None else None
+
+    @property
+    def can_embed(self) -> bool:
+        """The engine gives embeddings (:meth:`embed`)."""
+        return False
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """One L2-normalised vector per text.
+
+        Raises:
+            RequestError: ``embeddings_unsupported`` (this default), or
+                ``context_overflow`` for a text longer than the context.
+        """
+        raise RequestError("embeddings_unsupported",
+                           f"the loaded model ({self.info.id}, {self.info.engine}) gives no "
+                           "embeddings")
 
     async def count_tokens(self, text: str) -> tuple[int, bool]:
         """``text`` (a prompt as the engine would send it) in tokens, and whether the

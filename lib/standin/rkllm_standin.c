@@ -520,6 +520,7 @@ typedef struct {
     long error_after;
     long finish_on_abort;
     long embed_width;
+    long hidden_size;   /* embd_size of RKLLM_INFER_GET_LAST_HIDDEN_LAYER */
     long caller_thread; /* callback_thread: 0 native, 1 caller */
     long reply_mode;    /* REPLY_ECHO or REPLY_CONTEXT */
     long auto_prefix_reuse;
@@ -538,6 +539,7 @@ static void conf_defaults(sconf *c)
     c->error_after = -1;
     c->finish_on_abort = 1;
     c->embed_width = 16;
+    c->hidden_size = 64;
     c->auto_prefix_reuse = 1;
     c->crash_after = -1;
     c->hang_after = -1;
@@ -582,6 +584,7 @@ static const keydef conf_keys[] = {
     LONG_KEY(error_after, K_INT, LONG_MIN, 0),
     LONG_KEY(finish_on_abort, K_BOOL, 0, 0),
     LONG_KEY(embed_width, K_INT, 0, 0),
+    LONG_KEY(hidden_size, K_INT, 1, 0),
     {"reply_mode", K_REPLY_MODE, offsetof(sconf, reply_mode), 0, 0},
     LONG_KEY(auto_prefix_reuse, K_BOOL, 0, 0),
     {"end_of_turn", K_TEXT, offsetof(sconf, end_of_turn), 0, 0},
@@ -1369,6 +1372,12 @@ typedef struct {
     int ret;
     const char *finish;
     long generated;
+    /* RKLLM_INFER_GET_LAST_HIDDEN_LAYER */
+    int hidden;          /* the run returns hidden states, it generates nothing */
+    char *hidden_text;   /* the prompt, directives removed: its words are the tokens */
+    long hidden_tokens;  /* num_tokens of the callback (-1: no hidden callback made) */
+    int hidden_rv;       /* what the callback returned */
+    int hidden_released; /* the buffer was freed as the callback returned (1.3, rv 2) */
 } run_job;
 
 /* Sleep up to `us` microseconds on a condition variable that rkllm_abort
@@ -1613,6 +1622,108 @@ static void fault_hang(run_job *j)
     sb_free(&rec);
 }
 
+/* One value of the stand-in's hidden states: row seed `seed` (the FNV-1a 64
+ * state after the row's words, see hidden_states), column `col`, in [-1, 1). */
+static float hidden_value(uint64_t seed, long col)
+{
+    uint64_t x = seed + (uint64_t)(col + 1) * 0x9e3779b97f4a7c15ull;
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return (float)((double)(x >> 40) / 16777216.0 * 2.0 - 1.0);
+}
+
+/* num_tokens x width floats: row i is seeded by the FNV-1a 64 digest of words
+ * 0..i of `text`, each followed by one space (so row i depends on every token
+ * up to it, as a causal model's does).  Returns NULL when there is no word. */
+static float *hidden_states(const char *text, long width, long *num_tokens)
+{
+    size_t n = text ? strlen(text) : 0, cap = 0;
+    float *out = NULL;
+    long rows = 0;
+    uint64_t hsh = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n;) {
+        if (is_ws((unsigned char)text[i])) {
+            i++;
+            continue;
+        }
+        while (i < n && !is_ws((unsigned char)text[i])) {
+            hsh ^= (unsigned char)text[i++];
+            hsh *= 0x100000001b3ull;
+        }
+        hsh ^= (unsigned char)' ';
+        hsh *= 0x100000001b3ull;
+        if ((size_t)(rows + 1) * (size_t)width > cap) {
+            cap = cap ? cap * 2 : (size_t)width * 8;
+            out = xrealloc(out, cap * sizeof(float));
+        }
+        for (long c = 0; c < width; c++)
+            out[(size_t)rows * (size_t)width + (size_t)c] = hidden_value(hsh, c);
+        rows++;
+    }
+    *num_tokens = rows;
+    return out;
+}
+
+/* RKLLM_INFER_GET_LAST_HIDDEN_LAYER: after the prefill, one NORMAL callback
+ * (text NULL) with the hidden states of every prompt token, then FINISH. */
+static void job_hidden(run_job *j, uint64_t t0, uint64_t t1)
+{
+    standin_handle *h = j->h;
+    long rows = 0;
+    float *states = hidden_states(j->hidden_text, j->cf.hidden_size, &rows);
+    if (rows == 0) {
+        fprintf(stderr, j->hidden_text ? "E rkllm: the input has no tokens\n"
+                                       : "E rkllm: stand-in: the last hidden layer mode takes "
+                                         "prompt input only\n");
+        emit(j, NULL, 0, RKLLM_RUN_ERROR, NULL);
+        j->ret = -1;
+        j->finish = "error";
+        free(states);
+        return;
+    }
+    if (j->fault != FAULT_NONE && j->fault_after == 0) { /* after the prefill */
+        j->fault_fired = 1;
+        if (j->fault == FAULT_CRASH)
+            fault_crash(j);
+        fault_hang(j);
+    }
+    if (atomic_load(&h->abort_flag)) {
+        free(states);
+        j->finish = "abort";
+        if (j->cf.finish_on_abort)
+            emit(j, NULL, 0, RKLLM_RUN_FINISH, NULL);
+        return;
+    }
+    RKLLMResult r;
+    memset(&r, 0, sizeof r);
+    r.last_hidden_layer.hidden_states = states;
+    r.last_hidden_layer.embd_size = (int)j->cf.hidden_size;
+    r.last_hidden_layer.num_tokens = (int)rows;
+    j->hidden_tokens = rows;
+    if (j->cb) {
+        standin_handle *prev = tl_in_callback;
+        tl_in_callback = h;
+        j->hidden_rv = j->cb(&r, j->userdata, RKLLM_RUN_NORMAL);
+        tl_in_callback = prev;
+    }
+#if RKLLM_LINE >= 13
+    j->hidden_released = j->hidden_rv == 2;
+#endif
+    /* valid until the callback returned; 1.2 holds it to the end of the run */
+    free(states);
+    uint64_t t2 = now_ns();
+    RKLLMPerfStat perf;
+    memset(&perf, 0, sizeof perf);
+    perf.prefill_tokens = (int)(j->prefill_tokens > INT_MAX ? INT_MAX : j->prefill_tokens);
+    perf.prefill_time_ms = (float)((double)(t1 - t0) / 1e6);
+    perf.generate_time_ms = (float)((double)(t2 - t1) / 1e6);
+    perf.memory_usage_mb = peak_memory_mb();
+    emit(j, NULL, 0, RKLLM_RUN_FINISH, &perf);
+}
+
 /* The generation itself: callbacks, timing, FINISH/ERROR. */
 static void job_generate(run_job *j)
 {
@@ -1643,6 +1754,10 @@ static void job_generate(run_job *j)
         aborted = 1;
     j->prefilled = !aborted;
     t1 = now_ns();
+    if (j->hidden && !aborted) {
+        job_hidden(j, t0, t1);
+        return;
+    }
 
     size_t ntok = 0;
     if (!aborted)
@@ -1748,6 +1863,7 @@ static void job_generate(run_job *j)
 
 static void job_free(run_job *j)
 {
+    free(j->hidden_text);
     free(j->pc_save_path);
     kv_free(&j->pc_save);
     free(j->reply);
@@ -1786,6 +1902,16 @@ static void job_finish(run_job *j)
     jk_bool(&rec, "async", j->is_async);
     jk_uint(&rec, "kv_after", kv_after);
     jk_int(&rec, "kv_tokens_after", kv_tokens_after);
+    if (j->hidden) {
+        jk_int(&rec, "hidden_tokens", j->hidden_tokens);
+        jk_int(&rec, "hidden_embd_size", j->cf.hidden_size);
+        jk(&rec, "hidden_callback_ret");
+        if (j->hidden_tokens >= 0)
+            sb_printf(&rec, "%d", j->hidden_rv);
+        else
+            sb_puts(&rec, "null");
+        jk_bool(&rec, "hidden_released", j->hidden_released);
+    }
     jk(&rec, "prompt_cache_saved");
     if (j->pc_save_path && j->kv_applied && j->prefilled)
         sb_printf(&rec, "%lld", j->pc_saved);
@@ -1955,6 +2081,8 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
 #endif
     j->ignore_eos = h->ignore_eos;
     j->finish = "eos";
+    j->hidden = inf && inf->mode == RKLLM_INFER_GET_LAST_HIDDEN_LAYER;
+    j->hidden_tokens = -1;
     const RKLLMPromptCacheParam *pcp = inf ? inf->prompt_cache_params : NULL;
     if (pcp && pcp->save_prompt_cache)
         j->pc_save_path = xstrdup(pcp->prompt_cache_path && *pcp->prompt_cache_path
@@ -1996,6 +2124,8 @@ static run_job *job_prepare(standin_handle *h, RKLLMInput *in, RKLLMInferParam *
                                                                : in->multimodal_input.prompt;
         jk_str(&rec, "prompt", raw);
         clean = apply_directives(raw, &j->cf);
+        if (j->hidden)
+            j->hidden_text = xstrdup(clean);
         sb_puts(&input, clean);
         templated = 1;
         if (in->input_type == RKLLM_INPUT_MULTIMODAL) {

@@ -112,6 +112,10 @@ typedef struct {
     int tids_mixed;
     int notify_fd;    /* > 0: one byte per callback (N, W, F, E) goes here */
     RKLLMPerfStat perf;
+    /* RKLLM_INFER_GET_LAST_HIDDEN_LAYER */
+    float *hidden;    /* a copy of the last hidden states seen */
+    int hidden_rows, hidden_cols, n_hidden;
+    int hidden_ret;   /* what to return from a hidden-states callback */
 } collector;
 
 static void col_init(collector *c)
@@ -125,6 +129,7 @@ static void col_free(collector *c)
     free(c->all.p);
     free(c->normal.p);
     free(c->held.p);
+    free(c->hidden);
     pthread_mutex_destroy(&c->mu);
 }
 
@@ -158,6 +163,18 @@ static int on_result(RKLLMResult *r, void *userdata, LLMCallState st)
     switch (st) {
     case RKLLM_RUN_NORMAL:
     case RKLLM_RUN_WAITING:
+        if (r->last_hidden_layer.hidden_states) {
+            const RKLLMResultLastHiddenLayer *hl = &r->last_hidden_layer;
+            size_t n = (size_t)hl->num_tokens * (size_t)hl->embd_size;
+            free(c->hidden);
+            c->hidden = malloc(n * sizeof(float) + 1);
+            memcpy(c->hidden, hl->hidden_states, n * sizeof(float));
+            c->hidden_rows = hl->num_tokens;
+            c->hidden_cols = hl->embd_size;
+            c->n_hidden++;
+            ret = c->hidden_ret;
+            break;
+        }
         if (!r->text) {
             c->null_text++;
             break;
@@ -1655,6 +1672,102 @@ static void test_fault_hang_killed(void)
           "hang kill: status %#x killed %d", status, killed);
 }
 
+/* The stand-in's hidden-state formula, written out again (lib/README.md). */
+static float expect_hidden(const char *words_with_spaces, long col)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *p = (const unsigned char *)words_with_spaces; *p; p++) {
+        h ^= *p;
+        h *= 0x100000001b3ull;
+    }
+    uint64_t x = h + (uint64_t)(col + 1) * 0x9e3779b97f4a7c15ull;
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return (float)((double)(x >> 40) / 16777216.0 * 2.0 - 1.0);
+}
+
+static int run_hidden(LLMHandle h, const char *prompt, collector *c)
+{
+    RKLLMInput in;
+    memset(&in, 0, sizeof in);
+    in.role = "user";
+    in.input_type = RKLLM_INPUT_PROMPT;
+    in.prompt_input = prompt;
+    RKLLMInferParam ip;
+    memset(&ip, 0, sizeof ip);
+    ip.mode = RKLLM_INFER_GET_LAST_HIDDEN_LAYER;
+    return rkllm_run(h, &in, &ip, c);
+}
+
+static void test_hidden(void)
+{
+    char *model = standin_model("hidden.rkllm", "hidden_size = 8\nreply = never sent");
+    LLMHandle h = NULL;
+    CHECK(init_with(&h, model, 0) == 0 && h, "init hidden model");
+    if (!h)
+        return;
+    collector c;
+    col_init(&c);
+    c.hidden_ret = 2;
+    int ret = run_hidden(h, "  one two  three [[token_delay_us=0]]", &c);
+    CHECK(ret == 0 && c.n_hidden == 1 && c.n_finish == 1 && c.n_normal == 0 &&
+              c.n_error == 0 && c.after_end == 0,
+          "hidden run: ret %d hidden %d finish %d normal %d error %d", ret, c.n_hidden,
+          c.n_finish, c.n_normal, c.n_error);
+    CHECK(c.hidden_rows == 3 && c.hidden_cols == 8, "hidden shape %dx%d", c.hidden_rows,
+          c.hidden_cols);
+    CHECK(c.perf.prefill_tokens == 3 && c.perf.generate_tokens == 0, "hidden perf %d %d",
+          c.perf.prefill_tokens, c.perf.generate_tokens);
+    int bad = 0;
+    const char *prefixes[3] = {"one ", "one two ", "one two three "};
+    for (int r = 0; c.hidden && r < 3; r++)
+        for (int k = 0; k < 8; k++) {
+            float v = c.hidden[r * 8 + k];
+            if (v != expect_hidden(prefixes[r], k) || v < -1.0f || v >= 1.0f)
+                bad++;
+        }
+    CHECK(c.hidden && bad == 0, "%d hidden values differ from the formula", bad);
+    float first[8];
+    if (c.hidden)
+        memcpy(first, c.hidden, sizeof first);
+    col_free(&c);
+
+    col_init(&c);
+    ret = run_hidden(h, "one", &c); /* row 0 depends on the first word only */
+    CHECK(ret == 0 && c.hidden_rows == 1 && c.hidden && !memcmp(c.hidden, first, sizeof first),
+          "same first word, same first row");
+    col_free(&c);
+
+    col_init(&c);
+    ret = run_hidden(h, "  [[reply=x]] ", &c);
+    CHECK(ret == -1 && c.n_error == 1 && c.n_hidden == 0 && c.n_finish == 0,
+          "empty hidden input: ret %d error %d", ret, c.n_error);
+    col_free(&c);
+
+    /* generation is unchanged on the same handle */
+    col_init(&c);
+    ret = run_text(h, "after", &c, 0, 0);
+    CHECK(ret == 0 && !strcmp(buf_str(&c.normal), "never sent") && c.n_hidden == 0,
+          "generation after hidden: '%s'", buf_str(&c.normal));
+    col_free(&c);
+    rkllm_destroy(h);
+
+    char *text = slurp(record_path);
+#if RKLLM_LINE >= 13
+    CHECK(text && strstr(text, "\"hidden_callback_ret\":2,\"hidden_released\":true"),
+          "1.3 record: return 2 releases the hidden buffer");
+#else
+    CHECK(text && strstr(text, "\"hidden_callback_ret\":2,\"hidden_released\":false"),
+          "1.2 record: no release on return 2");
+#endif
+    CHECK(text && strstr(text, "\"hidden_tokens\":3,\"hidden_embd_size\":8"),
+          "hidden record fields");
+    free(text);
+}
+
 static void test_records(void)
 {
     char *text = slurp(record_path);
@@ -1785,6 +1898,7 @@ int main(void)
     test_fault_crash();
     test_fault_hang();
     test_fault_hang_killed();
+    test_hidden();
 #if RKLLM_LINE >= 13
     test_userdata_fallback(plain);
 #endif

@@ -81,6 +81,12 @@ class RKLLMSettings:
                                         "no (rkstream sends it with the next turn; safe), kept "
                                         "= yes (check on a board, see README)",
                               choices=("resend", "kept"))
+    embedding_pooling: str = opt("last", "how an embedding is made from the last hidden layer "
+                                         "(RKLLM_INFER_GET_LAST_HIDDEN_LAYER): last = the last "
+                                         "token's row (Qwen3-Embedding and other last-token "
+                                         "models), mean = the mean of every token's row; "
+                                         "L2-normalised either way",
+                                 choices=("last", "mean"))
     isolation: str = opt("process", "where the runtime runs: process = one worker process per "
                                     "instance, so a crash or hang costs one request and a "
                                     "reload; thread = in the server process (a crash ends the "

@@ -12,7 +12,8 @@ from rkstream.chat.format import ChatFormat, model_format, resolve_chat_format
 from rkstream.chat.output import Markup, call_grammar
 from rkstream.config import Settings
 from rkstream.core.request import Tool
-from rkstream.engines.base import InstanceEngine, ModelInfo
+from rkstream.engines.base import Embeddings, InstanceEngine, ModelInfo
+from rkstream.engines.llamacpp.embedder import EmbedInput, LlamaEmbedder
 from rkstream.engines.llamacpp.instance import LlamaInstance
 from rkstream.engines.llamacpp.model import resolve_model
 from rkstream.engines.llamacpp.threads import default_threads
@@ -26,6 +27,7 @@ class LlamaCppEngine(InstanceEngine):
         super().__init__()
         self._settings = settings
         self._format: ChatFormat | None = None
+        self._embedder: LlamaEmbedder | None = None
 
     @property
     def chat_format(self) -> ChatFormat | None:
@@ -98,3 +100,27 @@ class LlamaCppEngine(InstanceEngine):
                                runtime=f"llama-cpp-python {version}",
                                chat_format=self._format.name if self._format else None)
         engine_log.info("CPU engine ready: %s", model)
+
+    @property
+    def can_embed(self) -> bool:
+        return True
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """Through a second, embedding-mode context (see embedder.py)."""
+        return await self.embed_inputs(list(texts))
+
+    async def embed_inputs(self, items: list[EmbedInput]) -> Embeddings:
+        """Texts or token-id lists (OpenAI's ``input`` as tokens), one vector each."""
+        if self._embedder is None:
+            instance = self._instances[0]
+            assert isinstance(instance, LlamaInstance)
+            self._embedder = LlamaEmbedder(instance.settings, instance.model_path,
+                                           instance.n_ctx, instance.metadata)
+        return await self._embedder.embed(items)
+
+    async def close(self) -> None:
+        """The embedding context too, after the instances."""
+        await super().close()
+        if self._embedder is not None:
+            embedder, self._embedder = self._embedder, None
+            await embedder.close()

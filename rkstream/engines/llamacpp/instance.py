@@ -61,6 +61,7 @@ class LlamaInstance(EngineInstance):
         self._format: Callable[[list[dict[str, str]]], tuple[str, bool]] | None = None
         self.n_ctx = 0
         self.n_embd = 0
+        self.metadata: dict[str, str] = {}  # the GGUF's key/values
         self._is_eog: Callable[[int], bool] = lambda token: False
         self._perf: Callable[[], Any] = lambda: None
         self._perf_reset: Callable[[], Any] = lambda: None
@@ -92,6 +93,7 @@ class LlamaInstance(EngineInstance):
         self._llm = llm
         self.n_ctx = llm.n_ctx()
         self.n_embd = llm.n_embd()
+        self.metadata = dict(llm.metadata)
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")

@@ -41,6 +41,10 @@ class RuntimeCapabilities:
             in a nested ``image`` struct; otherwise they are its own fields.
         callbacks_in_struct: ``rkllm_init`` takes an ``RKLLMCallback*``;
             otherwise it takes the result callback itself.
+        hidden_states_return: what the result callback returns once it has
+            copied the hidden states of RKLLM_INFER_GET_LAST_HIDDEN_LAYER:
+            2 on 1.3 releases the runtime's output buffer at once (rknn-llm
+            #504); 1.2 has no such value (0: go on).
         notes: what clients should know about serving on this line, shown
             in the model info.
     """
@@ -51,6 +55,7 @@ class RuntimeCapabilities:
     image_tags_at_init: bool
     nested_image_input: bool
     callbacks_in_struct: bool
+    hidden_states_return: int = 0
     notes: tuple[str, ...] = ()
 
 
@@ -61,6 +66,7 @@ LINE_1_3: Final = RuntimeCapabilities(
     image_tags_at_init=False,
     nested_image_input=True,
     callbacks_in_struct=True,
+    hidden_states_return=2,
 )
 
 LINE_1_2: Final = RuntimeCapabilities(

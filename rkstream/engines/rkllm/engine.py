@@ -10,12 +10,14 @@ from rkstream.chat.format import ChatFormat, resolve_chat_format
 from rkstream.chat.output import HERMES, THINK, Markup
 from rkstream.config import Settings
 from rkstream.core.embeddings import ImageTags
-from rkstream.engines.base import InstanceEngine, ModelInfo
+from rkstream.engines.base import Embeddings, InstanceEngine, ModelInfo
 from rkstream.engines.rkllm.in_thread import ThreadInstance
 from rkstream.engines.rkllm.instance import RKLLMInstance
 from rkstream.engines.rkllm.loader import RuntimeLibrary, check_model_file, load_runtime
 from rkstream.engines.rkllm.prompt_cache import plan_system_cache
 from rkstream.engines.rkllm.worker.instance import WorkerInstance
+from rkstream.engines.text import estimate_tokens
+from rkstream.errors import RequestError
 from rkstream.log import engine_log
 
 RUNTIME_TEMPLATE_MARKUP = Markup(think=THINK, call=HERMES)
@@ -40,6 +42,7 @@ class RKLLMEngine(InstanceEngine):
             max_workers=1, thread_name_prefix="rkllm-control")
         self.runtime: RuntimeLibrary | None = None
         self._format: ChatFormat | None = None
+        self._embedding = asyncio.Lock()  # one embedding request at a time
 
     @property
     def chat_format(self) -> ChatFormat | None:
@@ -100,6 +103,52 @@ class RKLLMEngine(InstanceEngine):
             fim=fmt is not None and fmt.has_fim,
             runtime=runtime.version or runtime.line, notes=runtime.caps.notes,
             chat_format=fmt.name if fmt is not None else None)
+
+    @property
+    def can_embed(self) -> bool:
+        return True
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """One L2-normalised vector per text, from the last hidden layer
+        (RKLLM_INFER_GET_LAST_HIDDEN_LAYER), pooled by ``rkllm.embedding_pooling``.
+
+        Not through the scheduler: one request at a time takes a serving
+        instance (an idle one if there is one) and queues its texts on that
+        instance's native side, which runs them in turn with the instance's
+        generations, never alongside one. So a generation may wait behind an
+        embedding and the other way round, and the queue limits and metrics of
+        the scheduler do not count embeddings.
+
+        Raises:
+            RequestError: ``invalid_field`` (an empty text), ``context_overflow``
+                (a text longer than the context, by the byte estimate),
+                ``runtime_error`` / ``runtime_crashed``, or ``model_loading`` when no
+                instance serves.
+        """
+        context = self._settings.rkllm.max_context_len
+        for number, text in enumerate(texts):
+            if not text.strip():
+                raise RequestError("invalid_field",
+                                   f"input {number} is empty: there is nothing to embed")
+            estimate = estimate_tokens(text)
+            if estimate > context:
+                raise RequestError("context_overflow",
+                                   f"input {number} is about {estimate} tokens, longer than "
+                                   f"the context ({context} tokens)")
+        async with self._embedding:
+            serving = [i for i in self._instances
+                       if isinstance(i, RKLLMInstance) and i.health().status == "ok"]
+            if not serving:
+                raise RequestError("model_loading",
+                                   "no RKLLM instance is serving (they are restarting)")
+            idle = [i for i in serving if i.active is None]
+            instance = (idle or serving)[0]
+            vectors, tokens = [], 0
+            for text in texts:
+                vector, used = await instance.embed(text)
+                vectors.append(vector)
+                tokens += used
+        return Embeddings(vectors=vectors, tokens=tokens)
 
     async def close(self) -> None:
         await super().close()

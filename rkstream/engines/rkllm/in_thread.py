@@ -22,7 +22,7 @@ from rkstream.core.owner import OwnerThread
 from rkstream.engines.rkllm.faults import fault_log_path, record_fault
 from rkstream.engines.rkllm.instance import RKLLMInstance, RKLLMRun
 from rkstream.engines.rkllm.loader import RuntimeLibrary
-from rkstream.engines.rkllm.native import NativeModel, Steps
+from rkstream.engines.rkllm.native import EmbedEnd, NativeModel, Steps
 from rkstream.engines.rkllm.prompt_cache import SystemBlock
 from rkstream.log import engine_log
 
@@ -62,6 +62,11 @@ class ThreadInstance(RKLLMInstance):
         steps = Steps(self.runtime.abi, run.max_tokens, run.emit)
         self._current = (run, steps)
         self._owner.submit(lambda: self._run_sync(run, steps))
+
+    async def embed_native(self, text: str) -> EmbedEnd:
+        pooling = self.settings.embedding_pooling
+        end: EmbedEnd = await self._owner.call(lambda: self.native.embed(text, pooling))
+        return end
 
     def _run_sync(self, run: RKLLMRun, steps: Steps) -> None:
         end = self.native.run(run.order, steps)

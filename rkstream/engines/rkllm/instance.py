@@ -33,11 +33,12 @@ from rkstream.engines.base import (
 from rkstream.engines.kv import KVPlan, KVText, kv_mode
 from rkstream.engines.prompt import render_prompt
 from rkstream.engines.rkllm.loader import RuntimeLibrary
-from rkstream.engines.rkllm.native import NativeEnd, Order
+from rkstream.engines.rkllm.native import EmbedEnd, NativeEnd, Order
 from rkstream.engines.rkllm.prompt_cache import LoadedCache, SystemBlock, cached_tokens
 from rkstream.engines.run import BridgedRun, RunFacts
 from rkstream.engines.text import estimate_tokens
 from rkstream.engines.watchdog import Watchdog, WatchdogLimits
+from rkstream.errors import RequestError
 from rkstream.log import engine_log
 
 
@@ -221,6 +222,34 @@ class RKLLMInstance(EngineInstance, abc.ABC):
         engine_log.error("instance %d: %s; aborting the run", self.index, why)
         run.fault = ("runtime_hung", f"{why}; the run was stopped")
         self.abort(run)
+
+    # -- embeddings ------------------------------------------------------------------
+    async def embed(self, text: str) -> tuple[list[float], int]:
+        """One L2-normalised embedding of ``text`` and the tokens it read.
+
+        The native side runs it in turn with this instance's generations (its
+        owner thread or worker takes one at a time), never alongside one. The
+        run clears the KV cache and leaves ``text`` in it, so the cache is
+        marked unknown when the order is given (a generation planned after it
+        runs after it) and again when it ends (a generation before it has
+        settled by then): the next generation starts from a cleared cache.
+
+        Raises:
+            RequestError: ``runtime_error`` (the runtime gave no hidden states) or
+                ``runtime_crashed`` (the worker died).
+        """
+        self.kv.held = None
+        try:
+            end = await self.embed_native(text)
+        finally:
+            self.kv.held = None
+        if end.vector is None:
+            raise RequestError("runtime_error", end.error or "the embedding failed")
+        return end.vector, end.tokens
+
+    @abc.abstractmethod
+    async def embed_native(self, text: str) -> EmbedEnd:
+        """Run :meth:`NativeModel.embed` where the handle lives, after what is queued."""
 
     # -- for the isolation modes ---------------------------------------------------
     @abc.abstractmethod

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from rkstream.config import RKLLMSettings
 from rkstream.config import SamplingSettings as SamplingDefaults
 from rkstream.core.embeddings import ImageEmbedding, ImageTags
@@ -73,6 +75,52 @@ class NativeEnd:
     @property
     def failed(self) -> bool:
         return self.ret != 0 or self.error_state or self.exception is not None
+
+
+@dataclass(frozen=True)
+class EmbedEnd:
+    """One embedding run's result: an L2-normalised vector, or why there is none."""
+
+    vector: list[float] | None
+    tokens: int = 0
+    error: str | None = None
+
+
+class HiddenSteps:
+    """The callbacks of one RKLLM_INFER_GET_LAST_HIDDEN_LAYER run.
+
+    The hidden states are pooled (``last`` row or ``mean`` of the rows) while
+    the callback runs: the buffer is only valid inside it. The callback then
+    returns ``release`` (2 on 1.3: the runtime frees the buffer at once).
+    """
+
+    def __init__(self, abi: Any, pooling: str, release: int) -> None:
+        self._abi = abi
+        self.pooling = pooling
+        self.release = release
+        self.pooled: Any = None  # float64 vector
+        self.tokens = 0
+        self.error_state = False
+
+    def on_step(self, result: Any, state: int) -> int:
+        abi = self._abi
+        if state == abi.RKLLM_RUN_ERROR:
+            self.error_state = True
+            return CONTINUE
+        if state == abi.RKLLM_RUN_FINISH:
+            return CONTINUE
+        layer = result.contents.last_hidden_layer
+        rows, width = int(layer.num_tokens), int(layer.embd_size)
+        if not layer.hidden_states or rows <= 0 or width <= 0:
+            return CONTINUE  # a step without hidden states (rknn-llm #278 saw one)
+        states = np.ctypeslib.as_array(layer.hidden_states, shape=(rows * width,))
+        states = states.reshape(rows, width)
+        if self.pooling == "mean":
+            self.pooled = states.astype(np.float64).mean(axis=0)
+        else:
+            self.pooled = states[rows - 1].astype(np.float64)  # a copy
+        self.tokens = rows
+        return self.release
 
 
 class Steps:
@@ -161,6 +209,7 @@ class NativeModel:
         self._lock = threading.Lock()  # guards _active against a late abort
         self._active: Steps | None = None
         self._prefill_only: PrefillOnly | None = None  # gets the callbacks of the save run
+        self._hidden: HiddenSteps | None = None  # gets the callbacks of an embedding run
         # Kept for as long as the handle lives: C holds pointers to them.
         self._callback: Any = runtime.abi.LLMResultCallback(self._on_result)
         self._callbacks_struct: Any = None
@@ -174,6 +223,9 @@ class NativeModel:
             steps = self._active
             if steps is not None:
                 return steps.on_step(result, state)
+            hidden = self._hidden
+            if hidden is not None:
+                return hidden.on_step(result, state)
             prefill = self._prefill_only
             return CONTINUE if prefill is None else prefill.on_step(result, state)
         except BaseException:
@@ -274,6 +326,37 @@ class NativeModel:
         steps.flush()
         return NativeEnd(ret=ret, tokens=steps.tokens, error_state=steps.error_state,
                          perf=steps.perf, cached_tokens=cached, exception=exception)
+
+    def embed(self, text: str, pooling: str) -> EmbedEnd:
+        """One embedding of ``text`` (RKLLM_INFER_GET_LAST_HIDDEN_LAYER), pooled and
+        L2-normalised. The KV cache is cleared first and holds ``text`` after, so
+        the loop side must treat the cache as unknown. Never raises."""
+        hidden = HiddenSteps(self.runtime.abi, pooling, self.runtime.caps.hidden_states_return)
+        fns = self.runtime.functions
+        self._hidden = hidden
+        try:
+            d = self.defaults
+            sampling = SamplingSettings(max_tokens=1, temperature=d.temperature, top_p=d.top_p,
+                                        top_k=d.top_k, repeat_penalty=d.repeat_penalty,
+                                        frequency_penalty=d.frequency_penalty,
+                                        presence_penalty=d.presence_penalty)
+            structs = make_run_structs(self.runtime, text, "user", sampling, self.settings,
+                                       hidden_states=True)
+            fns.rkllm_clear_kv_cache(self._handle, 0, None, None)
+            ret = fns.rkllm_run(self._handle, ctypes.byref(structs.input),
+                                ctypes.byref(structs.infer), None)
+        except BaseException as exc:
+            engine_log.exception("rkllm_run (hidden states) raised")
+            return EmbedEnd(None, error=f"rkllm_run raised {type(exc).__name__}: {exc}")
+        finally:
+            self._hidden = None
+        if ret != 0 or hidden.error_state or hidden.pooled is None:
+            return EmbedEnd(None, hidden.tokens,
+                            f"the RKLLM runtime gave no hidden states (rkllm_run returned "
+                            f"{ret}); see the server log")
+        norm = float(np.linalg.norm(hidden.pooled))
+        vector = hidden.pooled / norm if norm > 0 else hidden.pooled
+        return EmbedEnd([float(v) for v in vector], hidden.tokens)
 
     def _set_tools(self, tools_json: str | None) -> None:
         """Give the runtime's template the tools, only when they changed. Once set,

@@ -112,14 +112,15 @@ def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
                      images: tuple[ImageEmbedding, ...] = (),
                      tags: ImageTags | None = None, *, keep_history: bool = False,
                      save_prompt_cache: str | None = None,
-                     enable_thinking: bool = False) -> RunStructs:
+                     enable_thinking: bool = False, hidden_states: bool = False) -> RunStructs:
     """Build RKLLMInput (a text prompt, or text with images) and RKLLMInferParam.
 
     The request's sampling and max_tokens go into the per-run fields where
     the line has them (``caps.per_run_sampling``, ``caps.per_run_max_new_tokens``);
     otherwise the init values apply (the engine still enforces max_tokens by
     pausing generation from the callback). ``save_prompt_cache``: a file the
-    runtime saves the run's prompt cache to when the run ends.
+    runtime saves the run's prompt cache to when the run ends. ``hidden_states``:
+    RKLLM_INFER_GET_LAST_HIDDEN_LAYER instead of generation (an embedding).
     """
     abi, caps = runtime.abi, runtime.caps
     prompt_bytes = prompt.encode("utf-8")
@@ -132,7 +133,8 @@ def make_run_structs(runtime: RuntimeLibrary, prompt: str, role: str,
     inp.prompt_input = prompt_bytes
     infer = abi.RKLLMInferParam()
     ctypes.memset(ctypes.addressof(infer), 0, ctypes.sizeof(infer))
-    infer.mode = abi.RKLLM_INFER_GENERATE
+    infer.mode = (abi.RKLLM_INFER_GET_LAST_HIDDEN_LAYER if hidden_states
+                  else abi.RKLLM_INFER_GENERATE)
     infer.keep_history = 1 if keep_history else 0
     native_sampling = None
     if caps.per_run_sampling:

@@ -33,6 +33,7 @@ from rkstream.engines.rkllm.worker.wire import (
     end_frame,
     receive,
     text_frame,
+    vector_frame,
     write_all,
 )
 from rkstream.errors import RkstreamError
@@ -59,7 +60,8 @@ class Worker:
         self.model = model
         self.control = control
         self.token_fd = token_fd
-        self.runs: queue.SimpleQueue[tuple[Order, Steps] | None] = queue.SimpleQueue()
+        # a run, the text of an embedding, or None to close
+        self.runs: queue.SimpleQueue[tuple[Order, Steps] | str | None] = queue.SimpleQueue()
         self.current: Steps | None = None
 
     def emit(self, text: str) -> None:
@@ -77,6 +79,9 @@ class Worker:
                 steps = Steps(self.model.runtime.abi, order.max_tokens, self.emit)
                 self.current = steps
                 self.runs.put((order, steps))
+            elif kind == "embed":
+                text: str = message[1]
+                self.runs.put(text)
             elif kind in ("stop", "cancel") and self.current is not None:
                 steps = self.current
                 if kind == "stop":
@@ -94,6 +99,10 @@ class Worker:
             item = self.runs.get()
             if item is None:
                 break
+            if isinstance(item, str):
+                embedded = self.model.embed(item, self.model.settings.embedding_pooling)
+                write_all(self.token_fd, vector_frame(embedded))
+                continue
             order, steps = item
             end = self.model.run(order, steps)
             write_all(self.token_fd, end_frame(end))

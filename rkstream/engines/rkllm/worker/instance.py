@@ -12,6 +12,7 @@ ends normally resets that.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 
@@ -21,11 +22,12 @@ from rkstream.core.embeddings import ImageTags
 from rkstream.engines.rkllm.faults import fault_log_path, record_fault
 from rkstream.engines.rkllm.instance import RKLLMInstance, RKLLMRun
 from rkstream.engines.rkllm.loader import RuntimeLibrary
-from rkstream.engines.rkllm.native import NativeEnd
+from rkstream.engines.rkllm.native import EmbedEnd, NativeEnd
 from rkstream.engines.rkllm.prompt_cache import SystemBlock
 from rkstream.engines.rkllm.worker.process import WorkerProcess, describe_exit
 from rkstream.engines.rkllm.worker.wire import WorkerInit
 from rkstream.engines.run import RunFacts
+from rkstream.errors import RequestError
 from rkstream.log import engine_log
 
 CLOSE_S = 10.0  # a clean close (rkllm_destroy) may take this long before a kill
@@ -44,6 +46,8 @@ class WorkerInstance(RKLLMInstance):
         self.process: WorkerProcess | None = None
         self._restarting: asyncio.Task[None] | None = None
         self.faults_in_a_row = 0
+        # embeddings sent to the worker, oldest first: its vector frames come in order
+        self._embeds: collections.deque[asyncio.Future[EmbedEnd]] = collections.deque()
 
     def _init(self) -> WorkerInit:
         return WorkerInit(library=str(self.runtime.path), line=self.runtime.line,
@@ -75,12 +79,26 @@ class WorkerInstance(RKLLMInstance):
             run.fail_now("runtime_crashed", "the worker process had ended before the run "
                          "could start; the model is reloading")
 
-    def _on_items(self, items: list[str | NativeEnd]) -> None:
+    async def embed_native(self, text: str) -> EmbedEnd:
+        future: asyncio.Future[EmbedEnd] = asyncio.get_running_loop().create_future()
+        if self.process is None or not self.process.send(("embed", text)):
+            raise RequestError("runtime_crashed", "the worker process had ended before the "
+                               "embedding could start; the model is reloading")
+        self._embeds.append(future)
+        return await future
+
+    def _on_items(self, items: list[str | NativeEnd | EmbedEnd]) -> None:
         run = self.active
-        if run is None:
-            return  # the end of a run already ended by the watchdog
         out: list[str | RunFacts] = []
         for item in items:
+            if isinstance(item, EmbedEnd):
+                if self._embeds:
+                    future = self._embeds.popleft()
+                    if not future.done():
+                        future.set_result(item)
+                continue
+            if run is None:
+                continue  # the end of a run already ended by the watchdog
             if isinstance(item, str):
                 if run.first_text_s is None:
                     run.first_text_s = time.perf_counter()
@@ -89,7 +107,8 @@ class WorkerInstance(RKLLMInstance):
                 out.append(run.facts(item))
                 if run.fault is None and not item.failed:
                     self.faults_in_a_row = 0
-        run.deliver(out)
+        if run is not None and out:
+            run.deliver(out)
 
     def abort(self, run: RKLLMRun) -> None:
         if self.active is run and self.process is not None:
@@ -114,6 +133,12 @@ class WorkerInstance(RKLLMInstance):
         self.process = None
         self.kv.clear()
         self.prompt_cache = None
+        while self._embeds:
+            future = self._embeds.popleft()
+            if not future.done():
+                future.set_exception(RequestError(
+                    "runtime_crashed", f"the RKLLM worker process ended "
+                    f"({describe_exit(returncode)}) during the embedding"))
         if self.closed:
             return
         how = describe_exit(returncode)

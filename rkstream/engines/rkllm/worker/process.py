@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from rkstream.engines.rkllm.native import NativeEnd
+from rkstream.engines.rkllm.native import EmbedEnd, NativeEnd
 from rkstream.engines.rkllm.prompt_cache import LoadedCache
 from rkstream.engines.rkllm.worker.wire import (
     FrameReader,
@@ -61,7 +61,7 @@ class WorkerProcess:
     """
 
     def __init__(self, index: int,
-                 on_items: Callable[[list[str | NativeEnd]], None]) -> None:
+                 on_items: Callable[[list[str | NativeEnd | EmbedEnd]], None]) -> None:
         self.index = index
         self._on_items = on_items
         self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)

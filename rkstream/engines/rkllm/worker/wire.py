@@ -2,7 +2,8 @@
 
 Two channels per worker (bench/worker_transport.py chose them):
 
-- the **token pipe**, worker to server only: a run's text, then its end.
+- the **token pipe**, worker to server only: a run's text, then its end;
+  or an embedding run's one vector frame.
   One writer at a time (the callback thread during rkllm_run, then the
   worker's main thread), so frames never interleave and the end always
   follows the last text. The server reads it with ``loop.add_reader``.
@@ -29,13 +30,14 @@ from typing import Any
 from rkstream.config import RKLLMSettings
 from rkstream.config import SamplingSettings as SamplingDefaults
 from rkstream.core.embeddings import ImageTags
-from rkstream.engines.rkllm.native import NativeEnd
+from rkstream.engines.rkllm.native import EmbedEnd, NativeEnd
 from rkstream.engines.rkllm.prompt_cache import SystemBlock
 
 HEADER = struct.Struct("<cI")
 TEXT = b"T"
 END = b"E"
 CONTROL = b"C"
+VECTOR = b"V"  # an EmbedEnd: one embedding (or why there is none)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ def end_frame(end: NativeEnd) -> bytes:
     return HEADER.pack(END, len(data)) + data
 
 
+def vector_frame(end: EmbedEnd) -> bytes:
+    data = pickle.dumps(end)
+    return HEADER.pack(VECTOR, len(data)) + data
+
+
 def control_frame(message: tuple[Any, ...]) -> bytes:
     data = pickle.dumps(message)
     return HEADER.pack(CONTROL, len(data)) + data
@@ -76,14 +83,14 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 class FrameReader:
-    """Splits the token pipe's bytes back into text and ends, across reads."""
+    """Splits the token pipe's bytes back into text, ends and vectors, across reads."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[str | NativeEnd]:
+    def feed(self, data: bytes) -> list[str | NativeEnd | EmbedEnd]:
         self._buffer += data
-        items: list[str | NativeEnd] = []
+        items: list[str | NativeEnd | EmbedEnd] = []
         buffer, start = self._buffer, 0
         while len(buffer) - start >= HEADER.size:
             kind, size = HEADER.unpack_from(buffer, start)
@@ -94,7 +101,7 @@ class FrameReader:
             start = body + size
             if kind == TEXT:
                 items.append(payload.decode("utf-8"))
-            elif kind == END:
+            elif kind in (END, VECTOR):
                 items.append(pickle.loads(payload))
             else:
                 raise ValueError(f"unknown frame kind {kind!r} on the token pipe")

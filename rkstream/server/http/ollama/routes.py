@@ -1,7 +1,8 @@
 """The Ollama API: ``POST /api/chat`` and ``POST /api/generate`` (NDJSON streams).
 
 The model endpoints (``/api/tags``, ``/api/ps``, ``/api/show``,
-``/api/version``) are in ollama_models.py. Written from Ollama's
+``/api/version``) are in ollama_models.py, ``/api/embed`` and
+``/api/embeddings`` in embed.py. Written from Ollama's
 docs/api.md and checked with the official ``ollama`` Python client.
 
 - Any model name is accepted: there is one loaded model, and Ollama clients
@@ -44,6 +45,7 @@ from rkstream.core.request import GenerationRequest, Tool
 from rkstream.core.tool_fields import read_tool_calls, read_tools
 from rkstream.errors import RequestError
 from rkstream.server.http.body import image_base64, message_role, token_budget
+from rkstream.server.http.ollama.embed import add_embed_routes
 from rkstream.server.http.ollama.models import add_model_routes, model_name, rfc3339
 from rkstream.server.http.runner import Dialect, Result, serve
 from rkstream.server.state import AppState
@@ -64,6 +66,7 @@ def add_ollama_routes(app: web.Application) -> None:
     app.router.add_post("/api/chat", chat)
     app.router.add_post("/api/generate", generate)
     add_model_routes(app)
+    add_embed_routes(app)
 
 
 def ndjson(obj: dict[str, Any]) -> bytes:

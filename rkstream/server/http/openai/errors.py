@@ -20,4 +20,5 @@ def _render(exc: RequestError, status: int | None) -> web.Response:
 
 openai_error_middleware = error_middleware(
     lambda path: path == "/v1" or path.startswith("/v1/"), _render,
-    "/v1/models, /v1/chat/completions, /v1/completions, /v1/responses and /v1/messages")
+    "/v1/models, /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings "
+    "and /v1/messages")

@@ -26,6 +26,7 @@ Routes (see :func:`add_openai_routes`):
   function tools, ``reasoning.effort``; streamed as the Responses event
   sequence. Routes beneath it (retrieving a stored response) are 404s that
   say the server keeps none.
+- ``POST /v1/embeddings``: vectors from the engine's ``embed`` (embeddings.py).
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: the one loaded model.
 
 Every error under /v1 has OpenAI's shape ``{"error": {message, type, param,
@@ -45,6 +46,7 @@ from aiohttp import web
 from rkstream.engines.base import Engine
 from rkstream.errors import RequestError
 from rkstream.server.http.openai.dialect import OpenAIDialect
+from rkstream.server.http.openai.embeddings import embeddings
 from rkstream.server.http.openai.errors import openai_error_middleware
 from rkstream.server.http.openai.responses import add_responses_routes
 from rkstream.server.http.runner import serve
@@ -107,6 +109,7 @@ def add_openai_routes(app: web.Application) -> None:
     app.middlewares.append(openai_error_middleware)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     add_responses_routes(app)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id:.+}", get_model)

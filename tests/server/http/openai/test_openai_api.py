@@ -419,7 +419,7 @@ async def test_queue_full_is_429_with_retry_after(fake: Any) -> None:
 
 async def test_routes_and_methods_under_v1(fake: Any) -> None:
     client = await fake()
-    for method, path, status, code in [("GET", "/v1/embeddings", 404, "not_found"),
+    for method, path, status, code in [("GET", "/v1/images/generations", 404, "not_found"),
                                        ("POST", "/v1/audio/speech", 404, "not_found"),
                                        ("GET", CHAT, 405, "method_not_allowed")]:
         response = await client.request(method, path)

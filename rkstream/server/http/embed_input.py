@@ -1,0 +1,78 @@
+"""What the embeddings endpoints of every API share: reading ``input`` and asking
+the loaded engine (no queue: the engine serialises embeddings on its own owner
+thread, apart from generation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rkstream.core.fields import Fields
+from rkstream.engines.base import Embeddings, Engine
+from rkstream.errors import RequestError
+
+# A text, or token ids (OpenAI's ``input`` as tokens).
+EmbedItem = str | list[int]
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_input(f: Fields, key: str, *, tokens: bool, required: bool = True
+               ) -> list[EmbedItem] | None:
+    """``key`` as a list of inputs: a string, a list of strings, and (``tokens``) a
+    list of token ids or a list of such lists. None when absent and not required.
+
+    Raises:
+        RequestError: ``missing_field``, ``invalid_field`` (wrong kind, an empty
+            list or text).
+    """
+    raw = f.get(key, required)
+    path = f.path(key)
+    if raw is None:
+        return None
+    expected = ("a string, a list of strings, a list of token ids or a list of token-id "
+                "lists" if tokens else "a string or a list of strings")
+    if isinstance(raw, str):
+        items: list[EmbedItem] = [raw]
+    elif isinstance(raw, list):
+        if not raw:
+            raise f.error("invalid_field", f"{path} must not be empty", path)
+        if tokens and all(_is_token(v) for v in raw):
+            items = [list(raw)]
+        else:
+            items = []
+            for index, value in enumerate(raw):
+                if isinstance(value, str):
+                    items.append(value)
+                elif tokens and isinstance(value, list) and all(_is_token(v) for v in value):
+                    items.append(list(value))
+                else:
+                    raise f.wrong(f"{path}[{index}]", "a string" + (
+                        " or a list of token ids" if tokens else ""), value)
+    else:
+        raise f.wrong(path, expected, raw)
+    for index, item in enumerate(items):
+        if not item:
+            raise f.error("invalid_field", f"{path}[{index}] must not be empty; send some "
+                          "text to embed", path)
+    return items
+
+
+async def embed(engine: Engine, items: list[EmbedItem]) -> Embeddings:
+    """The engine's vectors for ``items``; token lists only where the engine takes them.
+
+    Raises:
+        RequestError: ``embeddings_unsupported`` (the engine gives none, or no
+            token input), ``context_overflow``.
+    """
+    if not engine.can_embed or all(isinstance(item, str) for item in items):
+        # (an engine that cannot embed raises its own embeddings_unsupported)
+        return await engine.embed([item for item in items if isinstance(item, str)])
+    embed_inputs = getattr(engine, "embed_inputs", None)
+    if embed_inputs is None:
+        raise RequestError("embeddings_unsupported",
+                           f"the {engine.info.engine} engine embeds text only; send input "
+                           "as strings, not token ids", param="input")
+    result: Embeddings = await embed_inputs(items)
+    return result

@@ -88,6 +88,9 @@ class Outcome:
     stop_sequence: str | None = None  # the stop string that ended a "stop" run, if one did
 
 
+EmbedInput = str | list[int]  # a text, or token ids (OpenAI's input as tokens)
+
+
 @dataclass(frozen=True)
 class Embeddings:
     """What :meth:`Engine.embed` gives: one L2-normalised vector per input, in
@@ -261,6 +264,15 @@ class Engine(abc.ABC):
         raise RequestError("embeddings_unsupported",
                            f"the loaded model ({self.info.id}, {self.info.engine}) gives no "
                            "embeddings")
+
+    async def embed_inputs(self, items: list[EmbedInput]) -> Embeddings:
+        """Like :meth:`embed`, where an input may also be token ids; only engines
+        with a tokenizer of their own take those (llama.cpp)."""
+        if any(not isinstance(item, str) for item in items):
+            raise RequestError("embeddings_unsupported",
+                               f"the {self.info.engine} engine embeds text only; send input "
+                               "as strings, not token ids", param="input")
+        return await self.embed([item for item in items if isinstance(item, str)])
 
     async def count_tokens(self, text: str) -> tuple[int, bool]:
         """``text`` (a prompt as the engine would send it) in tokens, and whether the

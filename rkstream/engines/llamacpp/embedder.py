@@ -18,12 +18,11 @@ import numpy as np
 
 from rkstream.config import LlamaCppSettings
 from rkstream.core.owner import OwnerThread
-from rkstream.engines.base import Embeddings
+from rkstream.engines.base import Embeddings, EmbedInput
 from rkstream.errors import EngineInitError, RequestError
 from rkstream.log import engine_log
 
 # A text, or token ids given as they are.
-EmbedInput = str | list[int]
 
 
 class LlamaEmbedder:

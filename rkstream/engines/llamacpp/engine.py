@@ -12,8 +12,8 @@ from rkstream.chat.format import ChatFormat, model_format, resolve_chat_format
 from rkstream.chat.output import Markup, call_grammar
 from rkstream.config import Settings
 from rkstream.core.request import Tool
-from rkstream.engines.base import Embeddings, InstanceEngine, ModelInfo
-from rkstream.engines.llamacpp.embedder import EmbedInput, LlamaEmbedder
+from rkstream.engines.base import Embeddings, EmbedInput, InstanceEngine, ModelInfo
+from rkstream.engines.llamacpp.embedder import LlamaEmbedder
 from rkstream.engines.llamacpp.instance import LlamaInstance
 from rkstream.engines.llamacpp.model import resolve_model
 from rkstream.engines.llamacpp.threads import default_threads

@@ -1,17 +1,17 @@
 """What the embeddings endpoints of every API share: reading ``input`` and asking
 the loaded engine (no queue: the engine serialises embeddings on its own owner
-thread, apart from generation)."""
+thread, apart from generation), counted in /metrics under the API's label."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rkstream.core.fields import Fields
-from rkstream.engines.base import Embeddings, Engine
+from rkstream.engines.base import Embeddings, EmbedInput
 from rkstream.errors import RequestError
+from rkstream.server.state import AppState
 
-# A text, or token ids (OpenAI's ``input`` as tokens).
-EmbedItem = str | list[int]
+EmbedItem = EmbedInput
 
 
 def _is_token(value: Any) -> bool:
@@ -59,20 +59,18 @@ def read_input(f: Fields, key: str, *, tokens: bool, required: bool = True
     return items
 
 
-async def embed(engine: Engine, items: list[EmbedItem]) -> Embeddings:
-    """The engine's vectors for ``items``; token lists only where the engine takes them.
+async def embed(state: AppState, api: str, items: list[EmbedItem]) -> Embeddings:
+    """The loaded engine's vectors for ``items``, counted as one request of ``api``.
 
     Raises:
-        RequestError: ``embeddings_unsupported`` (the engine gives none, or no
-            token input), ``context_overflow``.
+        RequestError: ``embeddings_unsupported`` (the engine gives none, or takes
+            no token ids), ``context_overflow``.
     """
-    if not engine.can_embed or all(isinstance(item, str) for item in items):
-        # (an engine that cannot embed raises its own embeddings_unsupported)
-        return await engine.embed([item for item in items if isinstance(item, str)])
-    embed_inputs = getattr(engine, "embed_inputs", None)
-    if embed_inputs is None:
-        raise RequestError("embeddings_unsupported",
-                           f"the {engine.info.engine} engine embeds text only; send input "
-                           "as strings, not token ids", param="input")
-    result: Embeddings = await embed_inputs(items)
+    assert state.engine is not None
+    try:
+        result = await state.engine.embed_inputs(items)
+    except RequestError:
+        state.metrics.requests.labels(api, "failed").inc()
+        raise
+    state.metrics.requests.labels(api, "completed").inc()
     return result

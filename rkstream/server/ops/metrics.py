@@ -31,8 +31,8 @@ from rkstream.engines.base import STATUS_OF, Engine, Outcome
 from rkstream.scheduler import Scheduler
 
 # The front ends, as the ``api`` label of rkstream_requests_total (each dialect's ``api``).
-APIS = ("ws", "openai_chat", "openai_completions", "openai_responses", "anthropic_messages",
-        "ollama_chat", "ollama_generate", "rkllm_chat")
+APIS = ("ws", "openai_chat", "openai_completions", "openai_responses", "openai_embeddings",
+        "anthropic_messages", "ollama_chat", "ollama_generate", "ollama_embed", "rkllm_chat")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                      10.0, 30.0, 60.0)
 NPU_LOAD = Path("/sys/kernel/debug/rknpu/load")

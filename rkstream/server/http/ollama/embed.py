@@ -48,7 +48,7 @@ async def embed_route(request: web.Request) -> web.Response:
         f.flag("truncate")
         f.get("keep_alive")
         f.mapping("options")
-        result = await embed(state.engine, items)
+        result = await embed(state, "ollama_embed", items)
     except RequestError as exc:
         return _error(exc)
     return web.json_response({
@@ -70,7 +70,7 @@ async def embeddings_route(request: web.Request) -> web.Response:
         prompt = f.string("prompt")
         if not prompt:
             return web.json_response({"embedding": []})
-        result = await embed(state.engine, [prompt])
+        result = await embed(state, "ollama_embed", [prompt])
     except RequestError as exc:
         return _error(exc)
     return web.json_response({"embedding": result.vectors[0]})

@@ -40,7 +40,7 @@ async def embeddings(request: web.Request) -> web.Response:
     fmt = f.choice("encoding_format", ("float", "base64")) or "float"
     dimensions = f.integer("dimensions", minimum=1)
     f.string("user")
-    result = await embed(engine, items)
+    result = await embed(state, "openai_embeddings", items)
     size = len(result.vectors[0]) if result.vectors else 0
     if dimensions is not None and dimensions != size:
         raise RequestError("embeddings_unsupported",

@@ -126,3 +126,19 @@ async def test_a_model_that_cannot_embed(fake: Any) -> None:
     assert error["code"] == "embeddings_unsupported" and "embeddings" in error["message"]
     response = await client.post("/v1/embeddings", json={"input": [[1, 2]]})
     assert (await response.json())["error"]["code"] == "embeddings_unsupported"
+
+
+@CPU
+async def test_counted_in_metrics_by_api(base: str) -> None:
+    def counted(text: str, status: str) -> float:
+        line = f'rkstream_requests_total{{api="openai_embeddings",status="{status}"}} '
+        return float(next(row for row in text.splitlines() if row.startswith(line)).split()[-1])
+
+    async with ClientSession() as session:
+        before = await (await session.get(f"{base}/metrics")).text()
+        await _post(base, {"model": "smol", "input": "count me"})
+        await _post(base, {"model": "smol", "input": ""})  # refused before the engine
+        await _post(base, {"model": "smol", "input": "word " * 2000})  # context_overflow
+        after = await (await session.get(f"{base}/metrics")).text()
+    assert counted(after, "completed") == counted(before, "completed") + 1
+    assert counted(after, "failed") == counted(before, "failed") + 1

@@ -19,7 +19,6 @@ from rkstream.chat.output import (
     Piece,
     ReasoningPiece,
     TextPiece,
-    call_grammar,
     held_prefix,
 )
 
@@ -212,20 +211,3 @@ def test_llama_json_that_is_not_a_call_is_text() -> None:
     for chunks in every_split('{"answer": 42}'):
         assert parse(LLAMA, chunks).text == '{"answer": 42}'
     assert parse(LLAMA, ["Sure", ": {}"]).text == "Sure: {}"
-
-
-@pytest.mark.parametrize("markup", [QWEN, LLAMA, Markup(call=("<|action_start|><|plugin|>",
-                                                               "<|action_end|>"))])
-def test_call_grammars_compile(markup: Markup) -> None:
-    from llama_cpp.llama_grammar import LlamaGrammar
-
-    grammar = call_grammar(markup, ("get_weather", "add"))
-    assert grammar is not None and '"get_weather" | "add"' in grammar
-    LlamaGrammar.from_string(grammar, verbose=False)
-    schema_rules = 'tool-args ::= "{" space "}" space\nspace ::= " "?'
-    LlamaGrammar.from_string(call_grammar(markup, ("add",), schema_rules) or "", verbose=False)
-
-
-def test_no_call_markup_no_grammar() -> None:
-    assert call_grammar(Markup(think=THINK), ("add",)) is None
-    assert call_grammar(QWEN, ()) is None

@@ -9,7 +9,8 @@ import re
 from dataclasses import replace
 
 from rkstream.chat.format import ChatFormat, model_format, resolve_chat_format
-from rkstream.chat.output import Markup, call_grammar
+from rkstream.chat.grammar import call_grammar
+from rkstream.chat.output import Markup
 from rkstream.config import Settings
 from rkstream.core.request import Tool
 from rkstream.engines.base import Embeddings, EmbedInput, InstanceEngine, ModelInfo

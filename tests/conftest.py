@@ -16,7 +16,7 @@ from rkstream.config import LimitSettings, ServerSettings, Settings
 from rkstream.server.app import SERVER_OPTIONS, make_app
 
 from fakes import Calls, FakeEngine
-from helpers import MS
+from helpers import MS, model_file, standin_settings
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
@@ -109,3 +109,26 @@ async def engine() -> AsyncIterator[Any]:
     await loaded.load()
     yield loaded
     await loaded.close()
+
+
+@pytest.fixture
+def named_standin(aiohttp_client: Any, standin_libs: dict[str, Path], records: Records,
+                  tmp_path: Path) -> Callable[..., Any]:
+    """A client of a server on a 1.3 stand-in model file called ``name`` (the name
+    picks the chat family: Qwen2.5's tool markup by default), its calls recorded."""
+    async def make(name: str = "qwen2.5-test.rkllm", **keys: Any) -> Any:
+        model = model_file(tmp_path, name, record=records.path, **keys)
+        return await aiohttp_client(make_app(standin_settings(standin_libs["1.3"], model)))
+    return make
+
+
+@pytest.fixture
+def named_standin_url(aiohttp_server: Any, standin_libs: dict[str, Path], tmp_path: Path
+                      ) -> Callable[..., Any]:
+    """Like :func:`named_standin`, served on a port for the SDKs: its base URL."""
+    async def make(name: str = "qwen2.5-test.rkllm", **keys: Any) -> str:
+        model = model_file(tmp_path, name, **keys)
+        server = await aiohttp_server(make_app(standin_settings(standin_libs["1.3"], model)))
+        return str(server.make_url(""))
+    return make
+

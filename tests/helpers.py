@@ -8,6 +8,8 @@ import io
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -181,3 +183,48 @@ async def run_node_check(script: str, *args: str) -> tuple[int, dict[str, Any]]:
     assert lines, f"no summary from {script}; stderr: {err.decode()}"
     assert process.returncode is not None
     return process.returncode, json.loads(lines[-1])
+
+
+# -- clients that go away ------------------------------------------------------------------
+async def post_and_leave(client: Any, path: str, body: dict[str, Any], *, stream: bool,
+                         lines: int = 0, after_s: float = 0.0) -> int:
+    """POST ``body`` and go away as a client does: a stream once it opened and
+    ``lines`` lines came, a whole answer by cancelling; either no sooner than
+    ``after_s`` after the post. Returns the CLOCK_MONOTONIC ns it left at."""
+    started = time.monotonic()
+    request = asyncio.ensure_future(client.post(path, json=body))
+    response = None
+    if stream:
+        response = await request
+        assert response.status == 200  # the stream opens before the first token
+        for _ in range(lines):
+            await response.content.readline()
+    await asyncio.sleep(max(0.0, started + after_s - time.monotonic()))
+    gone_ns = time.monotonic_ns()
+    if response is not None:
+        response.close()
+    else:
+        request.cancel()  # the client gives up: aiohttp closes the connection
+    return gone_ns
+
+
+async def eventually(check: Callable[[], object], tries: int = 200) -> None:
+    """Wait (10 ms steps, scaled) until ``check()`` is true, or give up quietly."""
+    for _ in range(tries):
+        if check():
+            return
+        await asyncio.sleep(10 * MS)
+
+
+async def aborted_in_prefill(records: Any, gone_ns: int) -> None:
+    """The stand-in's run was aborted in its prefill, within 100 ms of ``gone_ns``.
+
+    The stand-in may log run_end before the abort record that caused it (the
+    flag is set first), so "running" in that record is not checked."""
+    await eventually(lambda: records.all("run_end"))
+    (abort,) = records.all("abort")
+    (end,) = records.all("run_end")
+    assert end["finish"] == "abort" and end["generated"] == 0
+    assert (abort["t_ns"] - gone_ns) / 1e9 < 100 * MS
+    assert 0 < (end["t_ns"] - gone_ns) / 1e9 < 100 * MS  # well before the 3 s prefill
+

@@ -1,9 +1,12 @@
-"""Encoded images as the engines take them, and the tags a runtime wraps around them."""
+"""Encoded images as the engines take them, the tags a runtime wraps around them,
+and the normalisation of text embeddings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -28,3 +31,12 @@ class ImageTags:
     start: str
     end: str
     content: str
+
+
+def l2_normalised(vector: Any) -> list[float]:
+    """``vector`` scaled to length 1, as the OpenAI and Ollama clients expect of an
+    embedding (a zero vector stays as it is)."""
+    values = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(values))
+    result: list[float] = (values / norm if norm > 0 else values).tolist()
+    return result

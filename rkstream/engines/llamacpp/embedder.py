@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rkstream.config import LlamaCppSettings
+from rkstream.core.embeddings import l2_normalised
 from rkstream.core.owner import OwnerThread
 from rkstream.engines.base import Embeddings, EmbedInput
 from rkstream.errors import EngineInitError, RequestError
@@ -111,9 +112,7 @@ class LlamaEmbedder:
             llm._ctx.kv_cache_clear()
             llm._ctx.decode(llm._batch)
             pointer = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, 0)
-            vector = np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).astype(np.float64)
-            norm = float(np.linalg.norm(vector))
-            vectors.append((vector / norm if norm > 0 else vector).tolist())
+            vectors.append(l2_normalised(np.ctypeslib.as_array(pointer, shape=(self.n_embd,))))
         llm._batch.reset()
         llm._ctx.kv_cache_clear()
         return Embeddings(vectors=vectors, tokens=sum(map(len, batches)))

@@ -21,7 +21,7 @@ import numpy as np
 
 from rkstream.config import RKLLMSettings
 from rkstream.config import SamplingSettings as SamplingDefaults
-from rkstream.core.embeddings import ImageEmbedding, ImageTags
+from rkstream.core.embeddings import ImageEmbedding, ImageTags, l2_normalised
 from rkstream.core.params import SamplingSettings
 from rkstream.engines.rkllm.loader import RuntimeLibrary
 from rkstream.engines.rkllm.prompt_cache import LoadedCache, PrefillOnly, SystemBlock, save_and_load
@@ -354,9 +354,7 @@ class NativeModel:
             return EmbedEnd(None, hidden.tokens,
                             f"the RKLLM runtime gave no hidden states (rkllm_run returned "
                             f"{ret}); see the server log")
-        norm = float(np.linalg.norm(hidden.pooled))
-        vector = hidden.pooled / norm if norm > 0 else hidden.pooled
-        return EmbedEnd([float(v) for v in vector], hidden.tokens)
+        return EmbedEnd(l2_normalised(hidden.pooled), hidden.tokens)
 
     def _set_tools(self, tools_json: str | None) -> None:
         """Give the runtime's template the tools, only when they changed. Once set,

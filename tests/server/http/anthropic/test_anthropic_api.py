@@ -9,11 +9,9 @@ prefill run on the RKLLM binding and the stand-in runtime.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +33,7 @@ from rkstream.server.state import STATE
 from anthropic_support import COUNT, MESSAGES, QWEN3, WEATHER, rebuild, sse, user
 from conftest import ModelFactory, Records
 from fakes import Calls
-from helpers import MS, model_file, standin_settings
+from helpers import MS, aborted_in_prefill, eventually, model_file, post_and_leave, standin_settings
 from tiny_encoder import build_tiny_encoder
 
 Client = TestClient[Any, Any]
@@ -454,20 +452,9 @@ async def test_metrics_count_the_endpoint(fake: Any) -> None:
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_cancels_fake_run(fake: Any, calls: Calls, stream: bool) -> None:
     client = await fake(delay_ms=30)
-    request = asyncio.ensure_future(client.post(MESSAGES, json=user(
-        " ".join(["w"] * 200), stream=stream)))
-    if stream:
-        response = await request
-        await response.content.readline()
-        await response.content.readline()
-        response.close()
-    else:
-        await asyncio.sleep(100 * MS)
-        request.cancel()
-    for _ in range(100):
-        if calls.cancels:
-            break
-        await asyncio.sleep(10 * MS)
+    await post_and_leave(client, MESSAGES, user(" ".join(["w"] * 200), stream=stream),
+                         stream=stream, lines=2, after_s=0 if stream else 100 * MS)
+    await eventually(lambda: calls.cancels, 100)
     assert len(calls.cancels) == 1 and len(calls.finished) == 1
     assert (await whole(client, user("next")))["content"][0]["text"] == "next "
 
@@ -476,26 +463,10 @@ async def test_disconnect_cancels_fake_run(fake: Any, calls: Calls, stream: bool
 async def test_disconnect_during_prefill_aborts_at_once(standin: Any, records: Records,
                                                         stream: bool) -> None:
     client = await standin(prefill_delay_us=3000000)
-    started = time.monotonic()
-    request = asyncio.ensure_future(client.post(MESSAGES, json=user("slow", stream=stream)))
-    if stream:
-        response = await request
-        assert response.status == 200  # message_start went out before the first token
-    await asyncio.sleep(max(0.0, started + 0.2 - time.monotonic()))
-    gone_ns = time.monotonic_ns()
-    if stream:
-        response.close()
-    else:
-        request.cancel()
-    for _ in range(200):
-        if records.all("run_end"):
-            break
-        await asyncio.sleep(10 * MS)
-    (abort,) = records.all("abort")
-    (end,) = records.all("run_end")
-    assert end["finish"] == "abort" and end["generated"] == 0
-    assert (abort["t_ns"] - gone_ns) / 1e9 < 100 * MS
-    assert 0 < (end["t_ns"] - gone_ns) / 1e9 < 100 * MS  # well before the 3 s prefill
+    # streamed, message_start goes out before the first token
+    gone_ns = await post_and_leave(client, MESSAGES, user("slow", stream=stream),
+                                   stream=stream, after_s=0.2)
+    await aborted_in_prefill(records, gone_ns)
 
 
 # -- count_tokens -----------------------------------------------------------------------

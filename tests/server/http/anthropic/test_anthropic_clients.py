@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, cast
 
 import anthropic
@@ -28,7 +27,7 @@ from rkstream.server.app import make_app
 
 from anthropic_support import QWEN2, QWEN3, WEATHER
 from fakes import FakeEngine
-from helpers import MS, call, model_file, reply, run_node_check, standin_settings
+from helpers import MS, call, reply, run_node_check
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOOLS = [cast(ToolParam, WEATHER)]
@@ -55,14 +54,9 @@ def fake_url(aiohttp_server: ServerFactory) -> Callable[..., Awaitable[str]]:
 
 
 @pytest.fixture
-def standin_url(aiohttp_server: ServerFactory, standin_libs: dict[str, Path], tmp_path: Path
-                ) -> Callable[..., Awaitable[str]]:
+def standin_url(named_standin_url: Any) -> Any:
     """Start a server on a stand-in model file called ``name``; its base URL."""
-    async def make(name: str = QWEN2, **keys: Any) -> str:
-        model = model_file(tmp_path, name, **keys)
-        server = await aiohttp_server(make_app(standin_settings(standin_libs["1.3"], model)))
-        return str(server.make_url(""))
-    return make
+    return named_standin_url
 
 
 def weather(city: str) -> str:

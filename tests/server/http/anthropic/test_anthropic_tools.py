@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from rkstream.server.app import make_app
-
 from anthropic_support import MESSAGES, QWEN2, QWEN3, TIME, WEATHER, kinds, rebuild, sse
 from conftest import Records
-from helpers import call, model_file, reply, standin_settings
+from helpers import call, reply
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
@@ -31,13 +28,9 @@ THOUGHT = "<think>\nThe user wants the weather.\n</think>\n\n"
 
 
 @pytest.fixture
-def server(aiohttp_client: ClientFactory, standin_libs: dict[str, Path], records: Records,
-           tmp_path: Path) -> Callable[..., Awaitable[Client]]:
+def server(named_standin: Any) -> Any:
     """A client of a server on a stand-in model file called ``name``."""
-    async def make(name: str = QWEN2, **keys: Any) -> Client:
-        model = model_file(tmp_path, name, record=records.path, **keys)
-        return await aiohttp_client(make_app(standin_settings(standin_libs["1.3"], model)))
-    return make
+    return named_standin
 
 
 def ask(text: str, **extra: Any) -> dict[str, Any]:

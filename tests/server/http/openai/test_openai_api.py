@@ -9,7 +9,6 @@ show when rkllm_abort was called.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -31,7 +30,7 @@ from rkstream.server.state import STATE
 
 from conftest import ModelFactory, Records
 from fakes import Calls, FakeEngine
-from helpers import MS
+from helpers import MS, aborted_in_prefill, eventually, post_and_leave
 from openai_support import sse_events
 from tiny_encoder import build_tiny_encoder
 
@@ -460,19 +459,9 @@ async def test_disconnect_cancels_fake_run(fake: Any, calls: Calls, streamed: bo
     """A client that goes away cancels its run, streamed or not."""
     client = await fake(delay_ms=30)
     body = user(" ".join(["w"] * 200), stream=streamed)
-    request = asyncio.ensure_future(client.post(CHAT, json=body))
-    if streamed:
-        response = await request
-        await response.content.readline()
-        await response.content.readline()
-        response.close()
-    else:
-        await asyncio.sleep(100 * MS)
-        request.cancel()
-    for _ in range(100):
-        if calls.cancels:
-            break
-        await asyncio.sleep(10 * MS)
+    await post_and_leave(client, CHAT, body, stream=streamed, lines=2,
+                         after_s=0 if streamed else 100 * MS)
+    await eventually(lambda: calls.cancels, 100)
     assert len(calls.cancels) == 1 and len(calls.finished) == 1
     body = await (await client.post(CHAT, json=user("next"))).json()
     assert body["choices"][0]["message"]["content"] == "next "
@@ -482,28 +471,10 @@ async def test_disconnect_cancels_fake_run(fake: Any, calls: Calls, streamed: bo
 async def test_disconnect_during_prefill_aborts_at_once(standin: Any, records: Records,
                                                         streamed: bool) -> None:
     client = await standin(prefill_delay_us=3000000)
-    started = time.monotonic()
-    request = asyncio.ensure_future(client.post(CHAT, json=user("slow", stream=streamed)))
-    if streamed:
-        response = await request
-        assert response.status == 200  # headers come before the first token
-    await asyncio.sleep(max(0.0, started + 0.2 - time.monotonic()))
-    gone_ns = time.monotonic_ns()
-    if streamed:
-        response.close()
-    else:
-        request.cancel()  # the client gives up: aiohttp closes the connection
-    for _ in range(200):
-        if records.all("run_end"):
-            break
-        await asyncio.sleep(10 * MS)
-    # The stand-in may log run_end before the abort record that caused it
-    # (the flag is set first), so "running" in that record is not checked.
-    (abort,) = records.all("abort")
-    (end,) = records.all("run_end")
-    assert end["finish"] == "abort" and end["generated"] == 0
-    assert (abort["t_ns"] - gone_ns) / 1e9 < 100 * MS
-    assert 0 < (end["t_ns"] - gone_ns) / 1e9 < 100 * MS  # well before the 3 s prefill
+    # streamed, the headers come before the first token
+    gone_ns = await post_and_leave(client, CHAT, user("slow", stream=streamed),
+                                   stream=streamed, after_s=0.2)
+    await aborted_in_prefill(records, gone_ns)
     before = time.monotonic()
     body = await (await client.post(CHAT, json=user("again [[prefill_delay_us=0]]"))).json()
     assert body["choices"][0]["message"]["content"] == "Echo: again"

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
-from rkstream.server.app import make_app
-
-from helpers import call, model_file, reply, standin_settings
+from helpers import call, reply
 from openai_support import WEATHER, run_tools_check
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -31,13 +28,10 @@ THINK_ASK = "What is the weather in Zürich? " + reply(
 
 
 @pytest.fixture
-def base_url(aiohttp_server: ServerFactory, standin_libs: dict[str, Path], tmp_path: Path
-             ) -> Callable[..., Awaitable[str]]:
+def base_url(named_standin_url: Any) -> Callable[..., Awaitable[str]]:
     """Start a server on a stand-in model file called ``name``; its /v1 URL."""
     async def make(name: str = "qwen2.5-test.rkllm", **keys: Any) -> str:
-        model = model_file(tmp_path, name, **keys)
-        server = await aiohttp_server(make_app(standin_settings(standin_libs["1.3"], model)))
-        return str(server.make_url("/v1"))
+        return str(await named_standin_url(name, **keys)) + "/v1"
     return make
 
 

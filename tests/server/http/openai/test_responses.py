@@ -10,11 +10,9 @@ rkllm_abort came. Tool calls and reasoning: test_responses_tools.py.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +32,7 @@ from rkstream.server.state import STATE
 
 from conftest import Records
 from fakes import Calls
-from helpers import MS, model_file, standin_settings
+from helpers import MS, aborted_in_prefill, eventually, model_file, post_and_leave, standin_settings
 from openai_support import WEATHER_TOOL, check_stream, response_events, response_text
 from tiny_encoder import build_tiny_encoder
 
@@ -508,19 +506,9 @@ async def test_keys_cors_and_metrics_apply(fake: Any) -> None:
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_cancels_the_run(fake: Any, calls: Calls, stream: bool) -> None:
     client = await fake(delay_ms=30)
-    request = asyncio.ensure_future(client.post(RESPONSES, json=ask(" ".join(["w"] * 200),
-                                                                    stream=stream)))
-    if stream:
-        response = await request
-        await response.content.readline()
-        response.close()
-    else:
-        await asyncio.sleep(100 * MS)
-        request.cancel()
-    for _ in range(100):
-        if calls.cancels:
-            break
-        await asyncio.sleep(10 * MS)
+    await post_and_leave(client, RESPONSES, ask(" ".join(["w"] * 200), stream=stream),
+                         stream=stream, lines=1, after_s=0 if stream else 100 * MS)
+    await eventually(lambda: calls.cancels, 100)
     assert len(calls.cancels) == 1 and len(calls.finished) == 1
     assert response_text(await whole(client, ask("next"))) == "next "
 
@@ -529,26 +517,10 @@ async def test_disconnect_cancels_the_run(fake: Any, calls: Calls, stream: bool)
 async def test_disconnect_during_prefill_aborts_at_once(standin: Any, records: Records,
                                                         stream: bool) -> None:
     client = await standin(prefill_delay_us=3000000)
-    started = time.monotonic()
-    request = asyncio.ensure_future(client.post(RESPONSES, json=ask("slow", stream=stream)))
-    if stream:
-        response = await request
-        assert response.status == 200  # response.created comes before the first token
-    await asyncio.sleep(max(0.0, started + 0.2 - time.monotonic()))
-    gone_ns = time.monotonic_ns()
-    if stream:
-        response.close()
-    else:
-        request.cancel()
-    for _ in range(200):
-        if records.all("run_end"):
-            break
-        await asyncio.sleep(10 * MS)
-    (abort,) = records.all("abort")
-    (end,) = records.all("run_end")
-    assert end["finish"] == "abort" and end["generated"] == 0
-    assert (abort["t_ns"] - gone_ns) / 1e9 < 100 * MS
-    assert 0 < (end["t_ns"] - gone_ns) / 1e9 < 100 * MS  # well before the 3 s prefill
+    # streamed, response.created comes before the first token
+    gone_ns = await post_and_leave(client, RESPONSES, ask("slow", stream=stream),
+                                   stream=stream, after_s=0.2)
+    await aborted_in_prefill(records, gone_ns)
 
 
 # -- on the stand-in: stop sequences, images -------------------------------------------

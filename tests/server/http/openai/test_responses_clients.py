@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -33,7 +32,7 @@ from rkstream.server.app import make_app
 
 from conftest import Records
 from fakes import FakeEngine
-from helpers import call, model_file, reply, standin_settings
+from helpers import call, reply
 from openai_support import WEATHER_TOOL
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -44,13 +43,11 @@ THINK_ASK = "What is the weather in Zürich? " + reply(
 
 
 @pytest.fixture
-def client(aiohttp_server: ServerFactory, standin_libs: dict[str, Path], tmp_path: Path
-           ) -> Callable[..., Awaitable[AsyncOpenAI]]:
+def client(named_standin_url: Any) -> Callable[..., Awaitable[AsyncOpenAI]]:
     """An SDK client of a server on a stand-in model file called ``name``."""
     async def make(name: str = "qwen2.5-test.rkllm", **keys: Any) -> AsyncOpenAI:
-        model = model_file(tmp_path, name, **keys)
-        server = await aiohttp_server(make_app(standin_settings(standin_libs["1.3"], model)))
-        return AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="x", max_retries=0)
+        base = await named_standin_url(name, **keys)
+        return AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
     return make
 
 

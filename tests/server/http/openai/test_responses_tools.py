@@ -12,16 +12,13 @@ characters arrive split.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from rkstream.server.app import make_app
-
 from conftest import Records
-from helpers import call, model_file, reply, standin_settings
+from helpers import call, reply
 from openai_support import (
     TIME_TOOL,
     WEATHER_TOOL,
@@ -41,13 +38,9 @@ THOUGHT = "<think>\nThe user wants the weather.\n</think>\n\n"
 
 
 @pytest.fixture
-def standin(aiohttp_client: ClientFactory, standin_libs: dict[str, Path], records: Records,
-            tmp_path: Path) -> Callable[..., Awaitable[Client]]:
+def standin(named_standin: Any) -> Any:
     """A client of a server on a stand-in model file called ``name``."""
-    async def make(name: str = "qwen2.5-test.rkllm", **keys: Any) -> Client:
-        model = model_file(tmp_path, name, record=records.path, **keys)
-        return await aiohttp_client(make_app(standin_settings(standin_libs["1.3"], model)))
-    return make
+    return named_standin
 
 
 def ask(prompt: str, /, **extra: Any) -> dict[str, Any]:

@@ -156,15 +156,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor_command(settings, json_output=args.json, root=args.root)
     if args.command == "config":
-        flat = _flatten(settings)
-        for key, default, help_text in describe_settings():
-            print(f"{key} = {flat[key]!r}    # {help_text} (default {default})")
-        return 0
+        return _print_config(settings)
     try:
         _serve(settings)
     except RkstreamError as exc:
         print(f"rkstream: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_config(settings: Settings) -> int:
+    """Every key with its effective value, then the models the server serves."""
+    from rkstream.models.table import ModelTable
+
+    flat = _flatten(settings)
+    rows = describe_settings()
+    for key, default, help_text in rows:
+        if "<name>" not in key:
+            print(f"{key} = {flat[key]!r}    # {help_text} (default {default})")
+    for name in settings.models:
+        for key, default, help_text in rows:
+            if key.startswith("models.<name>."):
+                real = f"models.{name}.{key.rpartition('.')[2]}"
+                print(f"{real} = {flat[real]!r}    # {help_text} (default {default})")
+    try:
+        table = ModelTable(settings)
+    except RkstreamError as exc:
+        print(f"rkstream: {exc}", file=sys.stderr)
+        return 2
+    print("# served models (rkstream doctor checks their files):")
+    for spec in table:
+        path = spec.model_file
+        state = "missing" if path is None or not path.is_file() else "found"
+        encoder = spec.encoder_file
+        vision = f", vision {encoder} ({'found' if encoder.is_file() else 'missing'})" \
+            if encoder is not None else ""
+        print(f"#   {spec.name}: {spec.engine}, {path or 'bundled model not installed'} "
+              f"({state}){vision}{', default' if spec.default else ''}")
     return 0
 
 
@@ -176,7 +204,10 @@ def _flatten(settings: Settings) -> dict[str, object]:
     def walk(obj: object, prefix: str) -> None:
         for f in fields(obj):  # type: ignore[arg-type]
             value = getattr(obj, f.name)
-            if is_dataclass(value):
+            if isinstance(value, dict):
+                for name, entry in value.items():
+                    walk(entry, f"{prefix}{f.name}.{name}.")
+            elif is_dataclass(value):
                 walk(value, f"{prefix}{f.name}.")
             else:
                 out[f"{prefix}{f.name}"] = value

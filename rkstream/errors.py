@@ -109,6 +109,11 @@ ERRORS: dict[str, ErrorSpec] = {
     "queue_full": ErrorSpec(429, "max_queue requests are already waiting for the model",
                             RETRY_AFTER_S, True),
     "model_loading": ErrorSpec(503, "the model is still loading", RETRY_AFTER_S, True),
+    "model_load_failed": ErrorSpec(500, "the named model could not be loaded (a missing file, "
+                                   "a runtime error); the message says why, and the next "
+                                   "request tries again", server_side=True),
+    "insufficient_memory": ErrorSpec(507, "the model does not fit pool.memory_budget even "
+                                     "with every other model unloaded", server_side=True),
     "shutting_down": ErrorSpec(503, "the server is stopping", RETRY_AFTER_S, True),
     "request_timeout": ErrorSpec(504, "the request ran longer than limits.request_timeout_s; "
                                  "the text produced so far was delivered", server_side=True),

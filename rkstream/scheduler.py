@@ -9,6 +9,10 @@ cancelling a running one asks the engine to abort.
 An instance that cannot serve (its worker restarts after a fault) is
 skipped; waiting requests stay queued, and go to it once it is back.
 
+Models that share the NPU share a gate (:class:`~rkstream.core.npu_gate.NpuGate`):
+a request starts only when the gate lets its model generate, and when the gate
+frees up, the model whose request has waited longest goes first.
+
 A request may carry a ``prepare`` step (the vision step: decode and encode
 its images). It runs once the request holds an instance, so a camera frame
 is taken as late as possible; a failure there fails the request and frees
@@ -23,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from rkstream.core.npu_gate import NpuGate
 from rkstream.engines.base import EngineInstance, Job, Outcome, Run, TextSink
 from rkstream.errors import SHUTTING_DOWN, QueueFullError, RequestError
 from rkstream.log import scheduler_log
@@ -95,8 +100,12 @@ class Scheduler:
     """
 
     def __init__(self, instances: list[EngineInstance], max_queue: int,
-                 observer: Observer | None = None, timeout_s: float = 0.0) -> None:
+                 observer: Observer | None = None, timeout_s: float = 0.0,
+                 gate: tuple[NpuGate, str] | None = None) -> None:
         self._observer = observer
+        self._gate = gate  # (the shared gate, this model's name in it)
+        self._unwatch_gate = gate[0].watch(gate[1], self._oldest_s, self._dispatch) if gate \
+            else None
         self._timeout_s = timeout_s
         self._free: collections.deque[EngineInstance] = collections.deque(instances)
         self._queue: collections.deque[Ticket] = collections.deque()
@@ -114,6 +123,13 @@ class Scheduler:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._running
+
+    def _oldest_s(self) -> float | None:
+        return self._queue[0].submitted_s if self._queue else None
 
     def submit(self, job: Job, sink: TextSink, prepare: Prepare | None = None) -> Ticket:
         """Start ``job`` now or queue it; its outcome arrives on ``ticket.outcome``.
@@ -166,6 +182,8 @@ class Scheduler:
         self._done(ticket, Outcome("cancelled"))
 
     def _start(self, ticket: Ticket, instance: EngineInstance) -> None:
+        if self._gate is not None:
+            self._gate[0].enter(self._gate[1])
         ticket.started_s = time.perf_counter()
         self._running[ticket] = asyncio.create_task(self._watch(ticket, instance))
 
@@ -182,6 +200,8 @@ class Scheduler:
                               error_message=f"the engine failed: {exc}")
         del self._running[ticket]
         self._free.append(instance)
+        if self._gate is not None:
+            self._gate[0].leave(self._gate[1])  # wakes the longest waiter, maybe us
         self._dispatch()
         self._done(ticket, outcome)
 
@@ -229,6 +249,8 @@ class Scheduler:
             return outcome
 
     def _serving_free(self) -> list[EngineInstance]:
+        if self._gate is not None and not self._gate[0].may_start(self._gate[1]):
+            return []
         return [instance for instance in self._free if instance.health().status == "ok"]
 
     def _take_instance(self, job: Job) -> EngineInstance:
@@ -253,6 +275,9 @@ class Scheduler:
     async def close(self) -> None:
         """Refuse new work, cancel queued jobs, abort running ones and wait for them."""
         self._closed = True
+        if self._unwatch_gate is not None:
+            self._unwatch_gate()
+            self._unwatch_gate = None
         while self._queue:
             self._done(self._queue.popleft(), Outcome("cancelled"))
         for ticket in list(self._running):

@@ -112,7 +112,7 @@ async def test_missing_model_is_reported_by_health(tmp_path: Path,
     finally:
         server.terminate()
         _, err = server.communicate(timeout=10)
-    assert "loading the model failed" in err and "nope.rkllm" in err
+    assert "loading the model 'nope' failed" in err and "nope.rkllm" in err
 
 
 async def test_json_logs_include_the_runtimes_own_lines(standin_libs: dict[str, Path]) -> None:

@@ -39,6 +39,7 @@ from rkstream.board.checks_models import (
     check_rkllm_model,
     check_vision_encoder,
 )
+from rkstream.board.checks_pool import check_models
 from rkstream.board.report import Check, Status, render_json, render_text
 from rkstream.board.sysfs import Root, compatible, meminfo
 from rkstream.config import Settings
@@ -113,6 +114,8 @@ def run_checks(
             "vision.encoder is an .onnx model" if kind == "onnx" else None,
             "only needed for an .onnx vision encoder",
             "pip install onnxruntime")),
+        ("models", lambda: check_models(settings, meminfo(root).get("MemAvailable"),
+                                        rockchip, bundled)),
         ("frequencies", lambda: check_frequencies(root, compat)),
     ]
     checks: list[Check] = []

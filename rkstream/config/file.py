@@ -12,6 +12,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from rkstream.config import Settings
+from rkstream.config.settings import ModelEntry
 
 HEADER = """\
 # rkstream's configuration: every key at its built-in default. Every key is
@@ -63,6 +64,18 @@ def _key_lines(name: str, value: Any, meta: Any) -> list[str]:
     return [*(f"# {line}" for line in comment), f"{name} = {toml_value(value)}"]
 
 
+def _models_example() -> list[str]:
+    """The [models.<name>] table, commented out: every key of an entry."""
+    lines = ["# More models, each served under its name and loaded when a request names it",
+             "# (README, \"Several models\"). Quote a name with a dot: [models.\"qwen2.5\"].",
+             "# Every key of an entry, at its default:", "#", "# [models.coder]"]
+    entry = ModelEntry()
+    for n, f in enumerate(fields(entry)):
+        lines += ["#"] * (n > 0) + [
+            f"# {line}" for line in _key_lines(f.name, getattr(entry, f.name), f.metadata)]
+    return lines
+
+
 def default_config_text() -> str:
     """The commented default config.toml, every key at its default."""
     defaults = Settings()
@@ -70,7 +83,9 @@ def default_config_text() -> str:
     tables: list[str] = []
     for f in fields(defaults):
         value = getattr(defaults, f.name)
-        if is_dataclass(value):
+        if isinstance(value, dict):
+            tables += ["", *_models_example()]
+        elif is_dataclass(value):
             tables += ["", f"[{f.name}]"]
             for n, inner in enumerate(fields(value)):
                 tables += [""] * (n > 0) + _key_lines(

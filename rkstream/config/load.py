@@ -10,7 +10,8 @@ from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rkstream.config.settings import ENV_KEYS, Settings, VisionSettings
+from rkstream.config.settings import ENV_KEYS, ModelEntry, Settings, VisionSettings
+from rkstream.config.values import MODEL_NAME
 from rkstream.errors import ConfigError
 from rkstream.vision.presets import VisionPreset, preset_with_overrides
 
@@ -78,6 +79,8 @@ def _parse(key: str, f: Any, value: Any) -> Any:
 def _field_at(key: str) -> Any:
     obj: Any = Settings()
     *sections, name = key.split(".")
+    if sections[:1] == ["models"]:  # models.<name>.<key>: the entry's fields
+        obj, sections = ModelEntry(), []
     for section in sections:
         obj = getattr(obj, section)
     return {f.name: f for f in fields(obj)}[name]
@@ -110,6 +113,23 @@ def _from_text(key: str, f: Any, text: str) -> Any:
     raise ConfigError(f"config: {key} = {text!r} is not allowed; use {_describe(f)}")
 
 
+def _apply_models(current: dict[str, ModelEntry], data: Any, *, from_text: bool
+                  ) -> dict[str, ModelEntry]:
+    if not isinstance(data, Mapping):
+        raise ConfigError("config: models must be a table of [models.<name>] entries")
+    out = dict(current)
+    for name, table in data.items():
+        if not MODEL_NAME.fullmatch(name):
+            raise ConfigError(
+                f"config: [models.{name}]: a model name is letters, digits and . _ : / + -, "
+                "starting with a letter or digit, at most 128 characters")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config: models.{name} must be a table [models.{name}]")
+        out[name] = _apply(out.get(name, ModelEntry()), table, f"models.{name}.",
+                           from_text=from_text)
+    return out
+
+
 def _apply(obj: Any, data: Mapping[str, Any], prefix: str, *, from_text: bool) -> Any:
     by_name = {f.name: f for f in fields(obj)}
     changes: dict[str, Any] = {}
@@ -120,7 +140,9 @@ def _apply(obj: Any, data: Mapping[str, Any], prefix: str, *, from_text: bool) -
             raise ConfigError(
                 f"config: unknown key {key}; known keys here: " + ", ".join(by_name))
         current = getattr(obj, name)
-        if is_dataclass(current):
+        if isinstance(current, dict):
+            changes[name] = _apply_models(current, value, from_text=from_text)
+        elif is_dataclass(current):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config: {key} must be a table [{key}]")
             changes[name] = _apply(current, value, f"{key}.", from_text=from_text)
@@ -140,8 +162,38 @@ def _overlay(settings: Settings, overrides: Mapping[str, str]) -> Settings:
     return settings
 
 
+def entry_engine(name: str, entry: ModelEntry) -> str:
+    """``rkllm`` or ``llamacpp``: the entry's engine, by its file's extension for auto.
+
+    Raises:
+        ConfigError: auto with a file that is neither .rkllm nor .gguf.
+    """
+    if entry.engine != "auto":
+        return entry.engine
+    suffix = Path(entry.model).suffix.lower()
+    if suffix in (".rkllm", ".gguf"):
+        return "rkllm" if suffix == ".rkllm" else "llamacpp"
+    raise ConfigError(
+        f"config: models.{name}.model = {entry.model!r}: engine auto needs a .rkllm or .gguf "
+        f"file; set models.{name}.engine to \"rkllm\" or \"llamacpp\"")
+
+
+def _check_models(settings: Settings) -> None:
+    for name, entry in settings.models.items():
+        if not entry.model:
+            raise ConfigError(f"config: [models.{name}] has no model file; set "
+                              f"models.{name}.model to a .rkllm or .gguf path")
+        entry_engine(name, entry)
+    default = settings.pool.default_model
+    if default and default not in settings.models:
+        known = ", ".join(settings.models) or "none are configured"
+        raise ConfigError(f"config: pool.default_model = {default!r} names no [models.<name>] "
+                          f"entry (entries: {known})")
+
+
 def _check_together(settings: Settings) -> Settings:
     """Rules between keys, checked once every layer is applied."""
+    _check_models(settings)
     default, cap = settings.sampling.max_tokens, settings.limits.max_tokens
     if default > cap:
         # Otherwise every request that does not name max_tokens is refused.
@@ -201,7 +253,9 @@ def describe_settings() -> list[tuple[str, str, str]]:
     def walk(obj: Any, prefix: str) -> None:
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if is_dataclass(value):
+            if isinstance(value, dict):
+                walk(ModelEntry(), f"{prefix}{f.name}.<name>.")
+            elif is_dataclass(value):
                 walk(value, f"{prefix}{f.name}.")
             else:
                 rows.append((f"{prefix}{f.name}", repr(value), f.metadata["help"]))

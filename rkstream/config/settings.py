@@ -7,13 +7,17 @@ from dataclasses import dataclass, field
 
 from rkstream.chat.presets import FAMILIES
 from rkstream.config.values import (
+    DURATION_ALLOWED,
     ORIGINS_ALLOWED,
     RGB_EXAMPLE,
+    SIZE_ALLOWED,
     opt,
     parse_api_keys,
+    parse_duration,
     parse_host,
     parse_mean,
     parse_origins,
+    parse_size,
     parse_std,
 )
 from rkstream.vision.presets import PRESETS
@@ -220,6 +224,46 @@ class ChatSettings:
 
 
 @dataclass(frozen=True)
+class PoolSettings:
+    default_model: str = opt("", "the model a request that names none gets: the name of a "
+                                 "[models.<name>] entry; empty = the model of the [rkllm] or "
+                                 "[llamacpp] section, served under its file name")
+    keep_alive: str = opt("5m", "how long a model stays loaded after its last request, as "
+                                "Ollama's keep_alive (a request's own keep_alive wins); the "
+                                "default model loads at start and is kept unless a request "
+                                "says otherwise", parse=parse_duration, allowed=DURATION_ALLOWED)
+    max_loaded: int = opt(3, "models loaded at once (0 = no limit but memory); a load past it "
+                             "first unloads an idle model", minimum=0, maximum=64)
+    memory_budget: str = opt("", "memory the loaded models may take, by their files' sizes; "
+                                 "empty = 90% of the memory available when the server starts",
+                             parse=parse_size, allowed=SIZE_ALLOWED)
+    npu_models_at_once: int = opt(1, "RKLLM models that may generate at the same time (they "
+                                     "share the NPU; one model's own instances always run "
+                                     "side by side)", minimum=1, maximum=16)
+
+
+# What a [models.<name>] entry says; everything else comes from the sections above.
+@dataclass(frozen=True)
+class ModelEntry:
+    model: str = opt("", "the model file: .rkllm (RKLLM runtime) or .gguf (llama.cpp)")
+    engine: str = opt("auto", "auto = by the file's extension", choices=("auto", "rkllm",
+                                                                         "llamacpp"))
+    vision_encoder: str = opt("", "the vision encoder (.rknn or .onnx); shared with every model "
+                                  "naming the same file; empty = no vision")
+    vision_preset: str = opt("", "the encoder's family (empty = [vision] preset)",
+                             choices=("", *PRESETS))
+    chat_template: str = opt("", "as [chat] template, for this model (empty = the family's)")
+    chat_family: str = opt("auto", "as [chat] family, for this model",
+                           choices=("auto", "none", *FAMILIES))
+    instances: int = opt(0, "model instances (0 = the top-level instances)", minimum=0,
+                         maximum=16)
+    context: int = opt(0, "context window in tokens (0 = [rkllm] max_context_len or [llamacpp] "
+                          "n_ctx)", minimum=0, maximum=1 << 18)
+    keep_alive: str = opt("", "as [pool] keep_alive, for this model (empty = [pool]'s)",
+                          parse=parse_duration, allowed=DURATION_ALLOWED)
+
+
+@dataclass(frozen=True)
 class Settings:
     engine: str = opt("auto", "which engine runs the model: auto = rkllm when its library "
                                "and .rkllm model load, else llamacpp",
@@ -238,6 +282,9 @@ class Settings:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     board: BoardSettings = field(default_factory=BoardSettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    # [models.<name>] entries, by name; see ModelEntry.
+    models: dict[str, ModelEntry] = field(default_factory=dict)
 
 
 # RKSTREAM_* variables that override one key each.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import field
 from typing import Any
 
+from rkstream.core.keep_alive import parse_keep_alive
 from rkstream.vision.presets import rgb
 
 # A parse hook takes a value that has passed the type check and returns its
@@ -98,6 +99,30 @@ def parse_host(text: str) -> str:
     return text
 
 
+def parse_duration(text: str) -> float | None:
+    """A keep-alive in seconds (inf = forever); None for empty (the default's)."""
+    return parse_keep_alive(text) if text.strip() else None
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes from ``"6G"``, ``"512MiB"``, ``"3000"``; None for empty (automatic)."""
+    if not text.strip():
+        return None
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise ValueError("it is not a size")
+    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).lower()])
+
+
+# Model names as the APIs carry them: Ollama's "qwen2.5:7b", "library/x".
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}")
+DURATION_ALLOWED = ('a number of seconds or a duration such as "5m", "1h", "30s"; negative '
+                    '= forever, 0 = unload after each answer')
+SIZE_ALLOWED = 'a size such as "6G", "512M" or a number of bytes (empty = automatic)'
 ORIGINS_ALLOWED = ("comma-separated origins such as \"https://app.example,"
                     "http://localhost:3000\" (scheme://host[:port], no path), or *")
 RGB_EXAMPLE = "such as \"127.5,127.5,127.5\" (empty = preset)"

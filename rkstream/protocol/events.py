@@ -20,6 +20,7 @@ class SessionUpdate:
     instructions: str | None = None
     params: Params = field(default_factory=Params)
     clear_instructions: bool = False
+    model: str | None = None  # the model the session's requests go to (None: unchanged)
     event_id: str | None = None
 
 

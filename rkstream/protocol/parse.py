@@ -108,9 +108,18 @@ def _session_update(f: Fields) -> SessionUpdate:
     instructions = s.string("instructions")
     raw_params = s.mapping("params")
     params = parse_params(s.child(raw_params, "session.params")) if raw_params else Params()
+    model = _model_name(s, "model")
     s.finish()
     return SessionUpdate(instructions=instructions, params=params, clear_instructions=clear,
-                         event_id=f.event_id)
+                         model=model, event_id=f.event_id)
+
+
+def _model_name(f: Fields, name: str) -> str | None:
+    value = f.string(name)
+    if value is not None and not 1 <= len(value) <= 256:
+        raise f.error("invalid_field", f"{name} must be a model name of 1 to 256 characters",
+                      name)
+    return value
 
 
 def _response_create(f: Fields) -> ResponseCreate:
@@ -125,10 +134,11 @@ def _response_create(f: Fields) -> ResponseCreate:
     choice = read_tool_choice(f, tools)
     parallel = f.flag("parallel_tool_calls", True)
     thinking = f.flag("enable_thinking")
+    model = _model_name(f, "model")
     assert f.request_id is not None and stream is not None  # request_id: read before dispatch
     request = GenerationRequest(parsed, params, stream=stream, tools=tools, tool_choice=choice,
                                 parallel_tool_calls=parallel is not False,
-                                enable_thinking=thinking)
+                                enable_thinking=thinking, model=model)
     return ResponseCreate(request_id=f.request_id, request=request, event_id=f.event_id)
 
 

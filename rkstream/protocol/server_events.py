@@ -33,16 +33,31 @@ def error(body: dict[str, Any], request_id: str | None = None) -> dict[str, Any]
 
 
 def session_created(
-    session_id: str, server_version: str, model: dict[str, Any], limits: dict[str, Any]
+    session_id: str, server_version: str, model: dict[str, Any], limits: dict[str, Any],
+    models: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``model`` is the default model; ``models`` every model the server serves."""
     return {
         "type": "session.created",
         "session_id": session_id,
         "protocol": PROTOCOL,
         "server": {"name": "rkstream", "version": server_version},
         "model": model,
+        "models": models if models is not None else [model],
         "limits": limits,
     }
+
+
+def model_loading(request_id: str, model: str, queue_position: int) -> dict[str, Any]:
+    """The request waits while its model loads (``queue_position`` loads ahead of it)."""
+    return {"type": "model.loading", "request_id": request_id, "model": model,
+            "queue_position": queue_position}
+
+
+def model_loaded(request_id: str, model: str, load_ms: float) -> dict[str, Any]:
+    """The model is loaded; the request goes to its queue."""
+    return {"type": "model.loaded", "request_id": request_id, "model": model,
+            "load_ms": round(load_ms, 3)}
 
 
 def session_updated(session: dict[str, Any]) -> dict[str, Any]:

@@ -1,21 +1,21 @@
 """The aiohttp application: routes, startup and shutdown.
 
-Startup (cleanup_ctx): load the engine off the loop, then the vision
-encoder, then make the scheduler (in the background for ``rkstream serve``).
+Startup (cleanup_ctx): make the model pool and load the default model
+(in the background for ``rkstream serve``); other models load on demand.
 Shutdown, in this order:
 1. on_shutdown: mark the server closing, cancel every connection's requests
    (each gets a response.done, status cancelled, code shutting_down), then
    close every WebSocket with 1001.
-2. cleanup: the scheduler refuses new work, cancels queued requests, aborts
-   running ones and waits for them.
-3. cleanup: the vision encoder is released (RKNNLite.release), then the
-   engine frees every native handle (rkllm_destroy) on its owner thread.
+2. cleanup: the pool stops loading; for each loaded model the scheduler
+   refuses new work, cancels queued requests, aborts running ones and waits
+   for them; its vision encoder is released (RKNNLite.release) and its engine
+   frees every native handle (rkllm_destroy) on its owner thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypedDict
 
@@ -23,9 +23,10 @@ from aiohttp import WSCloseCode, web
 
 from rkstream.config import Settings, parsed, vision_preset
 from rkstream.engines.base import Engine
+from rkstream.errors import EngineInitError, RequestError
 from rkstream.log import server_log
+from rkstream.models.pool import EngineFactory, ModelPool, VisionFactory
 from rkstream.resources import static_dir
-from rkstream.scheduler import Scheduler
 from rkstream.server.http.anthropic.routes import add_anthropic_routes
 from rkstream.server.http.ollama.routes import add_ollama_routes
 from rkstream.server.http.openai.routes import add_openai_routes
@@ -38,7 +39,6 @@ from rkstream.server.state import STATE, AppState
 from rkstream.server.ws.handler import websocket_handler
 from rkstream.vision.service import VisionService
 
-EngineFactory = Callable[[Settings], Engine]
 
 def default_engine(settings: Settings) -> Engine:
     from rkstream.engines.select import make_engine
@@ -48,69 +48,60 @@ def default_engine(settings: Settings) -> Engine:
     return make_engine(settings, tags)
 
 
-async def _load_vision(state: AppState) -> VisionService:
-    from rkstream.vision.loader import load_encoder
+def _vision_factory(state: AppState) -> VisionFactory:
+    def load(settings: Settings) -> VisionService:  # blocking: the pool runs it off the loop
+        from rkstream.vision.loader import load_encoder
 
-    settings = state.settings.vision
-    preset = vision_preset(settings)
-    encoder = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: load_encoder(settings.encoder, preset, core_mask=settings.core_mask,
-                                   threads=settings.threads))
-    server_log.info("vision encoder %s ready: %dx%d input, %d tokens x %d per image",
-                    settings.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
-    return VisionService(encoder, preset, cache_bytes=settings.cache_bytes,
-                         max_image_pixels=settings.max_image_pixels,
-                         encode_ahead=settings.encode_ahead,
-                         on_encode=state.metrics.vision_encode.observe)
+        vision = settings.vision
+        preset = vision_preset(vision)
+        encoder = load_encoder(vision.encoder, preset, core_mask=vision.core_mask,
+                               threads=vision.threads)
+        server_log.info("vision encoder %s ready: %dx%d input, %d tokens x %d per image",
+                        vision.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
+        return VisionService(encoder, preset, cache_bytes=vision.cache_bytes,
+                             max_image_pixels=vision.max_image_pixels,
+                             encode_ahead=vision.encode_ahead,
+                             on_encode=state.metrics.vision_encode.observe)
+
+    return load
 
 
-async def _load_models(app: web.Application) -> None:
-    """Load the language model, then the vision encoder (the official demo's
-    order), and only then open the scheduler."""
-    state = app[STATE]
-    # The factory may load a library to decide which engine fits: off the loop.
-    engine = await asyncio.get_running_loop().run_in_executor(
-        None, app[ENGINE_FACTORY], state.settings)
+async def _preload(pool: ModelPool) -> None:
+    """Load the default model, as at start: a failure is kept for /health and
+    the next request for the model tries again."""
     try:
-        await engine.load()
-        vision = await _load_vision(state) if state.settings.vision.encoder else None
-    except BaseException:
-        await engine.close()
-        raise
-    state.engine, state.vision = engine, vision
-    state.scheduler = Scheduler(engine.instances, state.settings.limits.max_queue,
-                                state.metrics, state.settings.limits.request_timeout_s)
-    server_log.info("model %s ready on %d instance(s)", engine.info.id,
-                    len(engine.instances))
-
-
-async def _load_in_background(app: web.Application) -> None:
-    state = app[STATE]
-    try:
-        await _load_models(app)
-    except Exception as exc:  # reported by /health; the server keeps answering
-        state.load_error = str(exc)
-        server_log.error("loading the model failed: %s", exc)
+        await pool.preload()
+    except RequestError as exc:
+        server_log.error("%s", exc.message)
 
 
 async def _models_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Make the model pool and load the default model (the language model, then
+    its vision encoder, as the official demo); other models load on demand."""
     state = app[STATE]
+    pool = ModelPool(state.settings, app[ENGINE_FACTORY], _vision_factory(state), state.metrics)
+    for spec in pool.table:
+        server_log.info("model %s: %s%s", spec.name, spec.model_file or "(bundled, missing)",
+                        " (default, loads now)" if spec.default else " (loads on request)")
     if app[LOAD_IN_BACKGROUND]:
-        task = asyncio.create_task(_load_in_background(app))
+        state.pool = pool
+        task = asyncio.create_task(_preload(pool))
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     else:
-        await _load_models(app)
+        try:
+            await pool.preload()
+        except RequestError as exc:
+            await pool.close()
+            if isinstance(exc.__cause__, Exception):
+                raise exc.__cause__ from None  # the load's own error (EngineInitError...)
+            raise EngineInitError(exc.message) from None
+        state.pool = pool
         yield
     state.closing = True
-    if state.scheduler is not None:
-        await state.scheduler.close()
-    if state.vision is not None:
-        await state.vision.close()
-    if state.engine is not None:
-        await state.engine.close()
-        server_log.info("engine closed")
+    await pool.close()
+    server_log.info("models closed")
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -145,10 +136,10 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
     Args:
         settings: the effective settings.
         engine_factory: builds (not loads) the engine; tests pass fakes.
-        load_in_background: serve at once and load meanwhile (``rkstream
-            serve`` does); /health answers 503 "loading", then 200, or 503
-            "failed" with the reason. Otherwise startup waits for the load
-            and a failure stops it.
+        load_in_background: serve at once and load the default model
+            meanwhile (``rkstream serve`` does); /health answers 503
+            "loading", then 200, or 503 "failed" with the reason. Otherwise
+            startup waits for the load and a failure stops it.
     """
     server = settings.server
     origins = frozenset(parsed("server.cors_origins", server.cors_origins))

@@ -59,14 +59,12 @@ def estimate_text_tokens(job: Job) -> int:
 
 
 class Media:
-    """Per-connection image and frame state; ``vision`` is None without an encoder."""
+    """Per-connection image and frame state. Each call names the vision service
+    of the model it is for (None: that model has no encoder)."""
 
-    def __init__(self, vision: VisionService | None, context_length: int,
-                 max_images: int, model_busy: Callable[[], bool],
+    def __init__(self, max_images: int, model_busy: Callable[[], bool],
                  on_frame: Callable[[bool], None] | None = None) -> None:
         self._on_frame = on_frame  # told whether each frame superseded another
-        self.vision = vision
-        self.context_length = context_length
         self.max_images = max_images
         self.frames = FrameStore()
         self.uploads: dict[str, str] = {}  # image_id -> cache key
@@ -74,12 +72,12 @@ class Media:
         self._ahead: dict[str, asyncio.Task[None]] = {}
 
     # -- checks at response.create -------------------------------------------------
-    def check(self, request: GenerationRequest) -> None:
+    def check(self, request: GenerationRequest, has_vision: bool) -> None:
         """Refuse at once what the vision step could never take."""
         media = request.media
         if not media:
             return
-        if self.vision is None:
+        if not has_vision:
             raise _unavailable()
         if len(media) > self.max_images:
             raise VisionError(
@@ -99,14 +97,14 @@ class Media:
 
     # -- the vision step -------------------------------------------------------------
     async def prepare(self, job: Job, request: GenerationRequest,
-                      on_frame: Callable[[FrameUse], None]) -> Job:
+                      on_frame: Callable[[FrameUse], None], vision: VisionService | None,
+                      context_length: int) -> Job:
         """Encode the request's images in order and return the job to run.
 
         Raises:
             VisionError: an image is unusable, or text + image tokens +
                 max_tokens do not fit the context (``context_overflow``).
         """
-        vision = self.vision
         if vision is None:
             raise _unavailable()
         images: list[ImageEmbedding] = []
@@ -114,13 +112,13 @@ class Media:
             images.append(await self._embedding(vision, part, on_frame))
         needed = (estimate_text_tokens(job) + sum(i.embedding.shape[0] for i in images)
                   + job.sampling.max_tokens)
-        if needed > self.context_length:
+        if needed > context_length:
             raise VisionError(
                 "context_overflow",
                 f"text (about {estimate_text_tokens(job)} tokens) + images "
                 f"({sum(i.embedding.shape[0] for i in images)} tokens) + max_tokens "
                 f"({job.sampling.max_tokens}) need {needed} tokens; the context holds "
-                f"{self.context_length}. Lower max_tokens or send fewer images")
+                f"{context_length}. Lower max_tokens or send fewer images")
         return replace(job, images=tuple(images), image_tags=vision.tags)
 
     async def _embedding(self, vision: VisionService, part: ImagePart | FramePart,
@@ -145,24 +143,26 @@ class Media:
                                     height=part.height)).embedding
 
     # -- image.upload and frame.append -------------------------------------------------
-    async def upload(self, event: ImageUpload) -> dict[str, Any]:
+    async def upload(self, event: ImageUpload, vision: VisionService | None) -> dict[str, Any]:
         """Encode an uploaded image; returns the ``image.stored`` event."""
-        if self.vision is None:
+        if vision is None:
             raise _unavailable()
         if event.image_id is None and len(self.uploads) >= MAX_UPLOADS:
             raise RequestError("too_many_images",
                                f"this connection already uploaded {MAX_UPLOADS} images")
-        encoded = await self.vision.encode(event.data, format=event.format, width=event.width,
-                                           height=event.height)
+        encoded = await vision.encode(event.data, format=event.format, width=event.width,
+                                      height=event.height)
         image_id = event.image_id or f"img_{encoded.key[:16]}"
         self.uploads[image_id] = encoded.key
         return {"type": "image.stored", "image_id": image_id,
                 "tokens": int(encoded.embedding.embedding.shape[0]),
                 "encode_ms": round(encoded.encode_ms, 3)}
 
-    def append_frame(self, event: FrameAppend) -> None:
-        """Keep the frame if it is the newest; start encoding ahead if useful."""
-        if self.vision is None:
+    def append_frame(self, event: FrameAppend, has_vision: bool,
+                     vision: VisionService | None) -> None:
+        """Keep the frame if it is the newest; start encoding ahead if useful
+        (with ``vision``, the encoder of the session's model when it is loaded)."""
+        if not has_vision:
             raise _unavailable()
         if self.frames.full_for(event.stream):
             raise VisionError("too_many_streams",
@@ -173,17 +173,15 @@ class Media:
                                             event.format, event.width, event.height))
         if self._on_frame is not None:
             self._on_frame(self.frames.superseded.get(event.stream, 0) > before)
-        if kept and self.vision.encode_ahead and self._model_busy():
-            self._encode_ahead(event.stream)
+        if kept and vision is not None and vision.encode_ahead and self._model_busy():
+            self._encode_ahead(event.stream, vision)
 
-    def _encode_ahead(self, stream: str) -> None:
+    def _encode_ahead(self, stream: str, vision: VisionService) -> None:
         if stream in self._ahead:  # one at a time; it picks the newest when it loops
             return
-        self._ahead[stream] = asyncio.create_task(self._ahead_loop(stream))
+        self._ahead[stream] = asyncio.create_task(self._ahead_loop(stream, vision))
 
-    async def _ahead_loop(self, stream: str) -> None:
-        vision = self.vision
-        assert vision is not None
+    async def _ahead_loop(self, stream: str, vision: VisionService) -> None:
         done_seq = -1
         try:
             while (frame := self.frames.newest(stream)) is not None and frame.seq > done_seq:

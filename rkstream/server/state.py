@@ -14,11 +14,9 @@ from typing import Protocol
 from aiohttp import web
 
 from rkstream.config import Settings
-from rkstream.engines.base import Engine
 from rkstream.errors import SHUTTING_DOWN, RequestError
-from rkstream.scheduler import Scheduler
+from rkstream.models.pool import ModelPool, Resident
 from rkstream.server.ops.metrics import Metrics
-from rkstream.vision.service import VisionService
 
 
 class Closable(Protocol):
@@ -30,29 +28,30 @@ class Closable(Protocol):
 @dataclass
 class AppState:
     settings: Settings
-    engine: Engine | None = None
-    scheduler: Scheduler | None = None
-    vision: VisionService | None = None
+    pool: ModelPool | None = None
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     connections: weakref.WeakSet[Closable] = field(default_factory=weakref.WeakSet)
     metrics: Metrics = field(default_factory=Metrics)
     per_address: Counter[str] = field(default_factory=Counter)
     closing: bool = False
-    load_error: str | None = None
+
+    @property
+    def residents(self) -> list[Resident]:
+        """The models loaded now (the metrics read them)."""
+        return self.pool.residents if self.pool is not None else []
 
 
 STATE = web.AppKey("rkstream_state", AppState)
 
 
-def ready(state: AppState) -> None:
-    """Refuse new work while the models load or the server stops.
+def ready(state: AppState) -> ModelPool:
+    """The model pool, refusing new work while the server starts or stops.
 
     Raises:
-        RequestError: ``shutting_down`` or ``model_loading`` (with the load
-            failure's reason, when loading failed).
+        RequestError: ``shutting_down``, or ``model_loading`` before the pool exists.
     """
     if state.closing:
         raise RequestError("shutting_down", SHUTTING_DOWN)
-    if state.engine is None or state.scheduler is None:
-        raise RequestError("model_loading", state.load_error
-                           or "the model is still loading; retry shortly")
+    if state.pool is None:
+        raise RequestError("model_loading", "the server is starting; retry shortly")
+    return state.pool

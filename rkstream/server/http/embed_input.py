@@ -1,15 +1,20 @@
 """What the embeddings endpoints of every API share: reading ``input`` and asking
-the loaded engine (no queue: the engine serialises embeddings on its own owner
-thread, apart from generation), counted in /metrics under the API's label."""
+the named model (loaded first if need be), counted in /metrics under the API's
+label.
+
+There is no queue: the engine serialises embeddings on its own owner thread,
+apart from generation. An RKLLM model takes its turn on the NPU first, as a
+generation would (:class:`~rkstream.core.npu_gate.NpuGate`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rkstream.core.fields import Fields
 from rkstream.engines.base import Embeddings, EmbedInput
 from rkstream.errors import RequestError
-from rkstream.server.state import AppState
+from rkstream.server.state import AppState, ready
 
 EmbedItem = EmbedInput
 
@@ -59,18 +64,41 @@ def read_input(f: Fields, key: str, *, tokens: bool, required: bool = True
     return items
 
 
-async def embed(state: AppState, api: str, items: list[EmbedItem]) -> Embeddings:
-    """The loaded engine's vectors for ``items``, counted as one request of ``api``.
+@dataclass(frozen=True)
+class Embedded:
+    """The vectors, the model that made them, and how long its load took."""
+
+    result: Embeddings
+    model: str
+    load_ms: float
+
+
+async def embed(state: AppState, api: str, model: str | None, items: list[EmbedItem],
+                keep_alive_s: float | None = None) -> Embedded:
+    """``model``'s vectors for ``items`` (no items: only load it), counted as one
+    request of ``api``.
 
     Raises:
-        RequestError: ``embeddings_unsupported`` (the engine gives none, or takes
-            no token ids), ``context_overflow``.
+        RequestError: ``model_not_found``, ``model_load_failed``,
+            ``embeddings_unsupported`` (the engine gives none, or takes no token
+            ids), ``context_overflow``.
     """
-    assert state.engine is not None
+    pool = ready(state)
+    lease = await pool.acquire(model, keep_alive_s)
     try:
-        result = await state.engine.embed_inputs(items)
-    except RequestError:
-        state.metrics.requests.labels(api, "failed").inc()
-        raise
-    state.metrics.requests.labels(api, "completed").inc()
-    return result
+        engine = lease.model.engine
+        if not items:
+            return Embedded(Embeddings([], 0), lease.model.name, lease.load_ms)
+        try:
+            if engine.info.engine == "rkllm":
+                async with pool.gate.hold(lease.model.name):
+                    result = await engine.embed_inputs(items)
+            else:
+                result = await engine.embed_inputs(items)
+        except RequestError:
+            state.metrics.requests.labels(api, "failed").inc()
+            raise
+        state.metrics.requests.labels(api, "completed").inc()
+        return Embedded(result, lease.model.name, lease.load_ms)
+    finally:
+        lease.release()

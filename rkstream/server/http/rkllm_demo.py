@@ -34,6 +34,7 @@ from rkstream.core.messages import ImagePart, Message, Part, TextPart
 from rkstream.core.params import SAMPLING_FIELDS, Params
 from rkstream.core.request import GenerationRequest
 from rkstream.errors import RequestError
+from rkstream.models.pool import ModelPool, Resident
 from rkstream.server.http.body import data_url, message_role, token_budget
 from rkstream.server.http.runner import Dialect, Result, serve, usage
 from rkstream.server.state import AppState
@@ -110,15 +111,20 @@ class DemoDialect(Dialect):
         return {"index": 0, "delta": {"role": "assistant", "content": text},
                 "logprobs": None, "finish_reason": finish_reason}
 
-    def parse(self, body: Fields, state: AppState) -> GenerationRequest:
-        # model, enable_thinking and tools are accepted and ignored, as in the demo.
-        model = body.string("model")
+    def model_name(self, body: Fields, pool: ModelPool) -> str | None:
+        # The demo serves one model and its clients send any name: a name this
+        # server serves picks that model, any other the default.
+        name = body.string("model")
+        return name if pool.table.lookup(name) is not None else None
+
+    def parse(self, body: Fields, state: AppState, model: Resident) -> GenerationRequest:
+        # enable_thinking and tools are accepted and ignored, as in the demo.
         messages = demo_messages(body)
         values = body.params(SAMPLING_FIELDS)
         values["max_tokens"] = token_budget(body, "max_tokens",
                                             state.settings.limits.max_tokens)
         return GenerationRequest(messages, Params(**values),
-                                 stream=bool(body.flag("stream", False)), model=model)
+                                 stream=bool(body.flag("stream", False)), model=model.name)
 
     def error_body(self, exc: RequestError) -> dict[str, Any]:
         return {"status": "error", "message": exc.message}

@@ -3,7 +3,10 @@
 A dialect parses its body into a :class:`GenerationRequest` and dresses the
 output (:class:`Dialect`); :func:`serve` does the rest, the same way for all:
 
-- refusals before anything was sent (bad body, model loading, queue full, a
+- the request names its model (:meth:`Dialect.model_name`); an unknown name
+  is refused, and a model that is not loaded is loaded first while the
+  request waits (its lease keeps the model loaded until the answer is done);
+- refusals before anything was sent (bad body, unknown model, queue full, a
   bad image found by the vision step before any text) are an HTTP status
   from the error table (:mod:`rkstream.errors`), in the dialect's shape;
 - a streamed answer opens on its first piece of text, so a refusal found
@@ -47,6 +50,7 @@ from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Job, Outcome, TextSink
 from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.log import server_log
+from rkstream.models.pool import Lease, ModelPool, Resident
 from rkstream.scheduler import Ticket
 from rkstream.server.jobs import make_job
 from rkstream.server.media import Media
@@ -68,6 +72,7 @@ class Result:
     reasoning: str = ""  # the reasoning, apart from the answer
     calls: list[ToolCall] = field(default_factory=list)  # the tool calls, in order
     reasoning_tokens: int = 0  # about: one per piece of reasoning
+    load_ms: float = 0.0  # waiting for the model to load (0: it was loaded)
 
     @property
     def finish_reason(self) -> str:
@@ -85,9 +90,22 @@ class Dialect(abc.ABC):
     api = "http"  # the label of its requests in /metrics (``openai_chat``, ...)
     keepalive_s: float | None = None  # while waiting, once opened; None = never
 
+    def model_name(self, body: Fields, pool: ModelPool) -> str | None:
+        """The model the body names (None: the default)."""
+        return body.string("model")
+
+    def keep_alive(self, body: Fields) -> float | None:
+        """The request's own keep-alive, in seconds (None: the model's)."""
+        return None
+
+    def without_model(self, body: Fields, pool: ModelPool) -> web.StreamResponse | None:
+        """An answer given before the model is loaded (Ollama's unload), else None."""
+        return None
+
     @abc.abstractmethod
-    def parse(self, body: Fields, state: AppState) -> GenerationRequest | web.StreamResponse:
-        """The request, or an answer that needs no generation (a preload)."""
+    def parse(self, body: Fields, state: AppState, model: Resident
+              ) -> GenerationRequest | web.StreamResponse:
+        """The request to ``model``, or an answer that needs no generation (a preload)."""
 
     @abc.abstractmethod
     def error_body(self, exc: RequestError) -> dict[str, Any]:
@@ -254,60 +272,81 @@ class _Pieces:
             self._waiter = None
 
 
-def submit(state: AppState, req: GenerationRequest, prefix: str, api: str = "http"
-           ) -> tuple[Ticket, _Pieces]:
-    """Queue ``req``; its images go through the vision step once it holds a model.
+def submit(state: AppState, model: Resident, req: GenerationRequest, prefix: str,
+           api: str = "http") -> tuple[Ticket, _Pieces]:
+    """Queue ``req`` on ``model``; its images go through the vision step once it
+    holds an instance.
 
     Raises:
-        RequestError: not ready, max_tokens over the cap, no FIM, queue full,
-            or images that can never be taken.
+        RequestError: max_tokens over the cap, no FIM, queue full, or images
+            that can never be taken.
     """
-    ready(state)
-    assert state.engine is not None and state.scheduler is not None
     settings = state.settings
+    engine = model.engine
     sampling = effective_sampling(settings.sampling, settings.limits.max_tokens, req.params)
-    job = make_job(state.engine, settings, f"{prefix}-{uuid.uuid4().hex[:12]}", req, sampling,
+    job = make_job(engine, settings, f"{prefix}-{uuid.uuid4().hex[:12]}", req, sampling,
                    api=api)
     prepare = None
     if req.has_media:
-        media = Media(state.vision, state.engine.info.context_length,
-                      settings.limits.max_images_per_request, lambda: False)
-        media.check(req)
+        media = Media(settings.limits.max_images_per_request, lambda: False)
+        media.check(req, model.vision is not None)
 
         async def prepare() -> Job:
-            return await media.prepare(job, req, lambda frame: None)
+            return await media.prepare(job, req, lambda frame: None, model.vision,
+                                       engine.info.context_length)
 
     sink = _Pieces()
-    parser = answer_parser(state.engine, req, job)
+    parser = answer_parser(engine, req, job)
     target: TextSink = sink
     if parser is not None:
         sink.parsing = ParsingSink(parser, sink, job.request_id)
         target = sink.parsing
-    ticket = state.scheduler.submit(job, target, prepare)
+    ticket = model.scheduler.submit(job, target, prepare)
     ticket.outcome.add_done_callback(sink.ended)
     return ticket, sink
+
+
+async def lease_for(request: web.Request, dialect: Dialect, body: Fields) -> Lease:
+    """The lease on the model ``body`` names, loading it if needed.
+
+    Raises:
+        RequestError: not ready, an unknown model, a failed load.
+    """
+    pool = ready(request.app[STATE])
+    return await pool.acquire(dialect.model_name(body, pool), dialect.keep_alive(body))
 
 
 async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     """Parse, run and answer one generation request in ``dialect``'s shape."""
     state = request.app[STATE]
+    lease: Lease | None = None
     try:
-        parsed = dialect.parse(await read_body(request), state)
+        body = await read_body(request)
+        early = dialect.without_model(body, ready(state))
+        if early is not None:
+            return early
+        lease = await lease_for(request, dialect, body)
+        parsed = dialect.parse(body, state, lease.model)
         if not isinstance(parsed, GenerationRequest):
             return parsed
-        ticket, pieces = submit(state, parsed, dialect.prefix, dialect.api)
+        ticket, pieces = submit(state, lease.model, parsed, dialect.prefix, dialect.api)
     except RequestError as exc:
+        if lease is not None:
+            lease.release()
         return dialect.error_response(exc)
-    scheduler = state.scheduler
-    assert scheduler is not None
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    ticket.outcome.add_done_callback(lambda _: lease.release())  # the model is kept till then
     try:
-        return await _answer(request, dialect, parsed.stream, ticket, pieces)
+        return await _answer(request, dialect, parsed.stream, ticket, pieces, lease.load_ms)
     finally:
-        scheduler.cancel(ticket)  # a no-op once finished; else the client left or we failed
+        lease.model.scheduler.cancel(ticket)  # a no-op once finished; else the client left
 
 
 async def _answer(request: web.Request, dialect: Dialect, stream: bool, ticket: Ticket,
-                  pieces: _Pieces) -> web.StreamResponse:
+                  pieces: _Pieces, load_ms: float = 0.0) -> web.StreamResponse:
     started = time.perf_counter()
     first_text: float | None = None
     text: list[str] = []
@@ -356,7 +395,7 @@ async def _answer(request: web.Request, dialect: Dialect, stream: bool, ticket: 
         result = Result(ticket.job.request_id, ticket.outcome.result(), "".join(text),
                         ticket.queued_ms, ticket.vision_ms, started, first_text,
                         "".join(reasoning), calls,
-                        pieces.parsing.reasoning_pieces if pieces.parsing else 0)
+                        pieces.parsing.reasoning_pieces if pieces.parsing else 0, load_ms)
         error = outcome_error(result.outcome)
         if error is not None:
             server_log.warning("%s %s: %s", result.request_id, error.code, error.message)

@@ -27,8 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rkstream.engines.base import STATUS_OF, Engine, Outcome
-from rkstream.scheduler import Scheduler
+from rkstream.engines.base import STATUS_OF, Outcome
+from rkstream.models.pool import Resident
 
 # The front ends, as the ``api`` label of rkstream_requests_total (each dialect's ``api``).
 APIS = ("ws", "openai_chat", "openai_completions", "openai_responses", "openai_embeddings",
@@ -42,10 +42,7 @@ class LiveSource(Protocol):
     """What the live gauges are read from at each scrape; the app state is one."""
 
     @property
-    def scheduler(self) -> Scheduler | None: ...
-
-    @property
-    def engine(self) -> Engine | None: ...
+    def residents(self) -> list[Resident]: ...
 
     @property
     def sockets(self) -> Sized: ...
@@ -136,13 +133,13 @@ class Metrics:
         self.generated_tokens.inc(outcome.output_tokens)
         self.busy_s += busy_s
 
-    def busy_ratio(self, scheduler: Scheduler | None) -> float:
-        """Share of the time since start that the model instances were generating."""
+    def busy_ratio(self, residents: list[Resident]) -> float:
+        """Share of the time since start that the loaded models' instances were
+        generating (over the instances loaded now)."""
         elapsed = max(time.perf_counter() - self.started_s, 1e-9)
-        if scheduler is None:
-            return self.busy_s / elapsed
-        busy = self.busy_s + scheduler.busy_now_s()
-        return busy / (elapsed * max(scheduler.instance_count, 1))
+        busy = self.busy_s + sum(r.scheduler.busy_now_s() for r in residents)
+        instances = sum(r.scheduler.instance_count for r in residents)
+        return busy / (elapsed * max(instances, 1))
 
 
 INSTANCE_COUNTERS = {
@@ -166,19 +163,22 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily("rkstream_model_busy_ratio", "")
         yield GaugeMetricFamily("rkstream_websocket_connections", "")
         yield GaugeMetricFamily("rkstream_npu_load_ratio", "")
+        yield GaugeMetricFamily("rkstream_models_loaded", "")
         yield GaugeMetricFamily("rkstream_instance_up", "")
         for name in INSTANCE_COUNTERS:
             yield CounterMetricFamily(name, "")
 
     def collect(self) -> Iterator[Metric]:
-        scheduler = self._live.scheduler
-        yield GaugeMetricFamily("rkstream_queue_depth", "Requests waiting for a model.",
-                                value=scheduler.queue_depth if scheduler is not None else 0)
+        residents = self._live.residents
+        yield GaugeMetricFamily("rkstream_queue_depth", "Requests waiting for a model instance.",
+                                value=sum(r.scheduler.queue_depth for r in residents))
         yield GaugeMetricFamily("rkstream_running_requests", "Requests being generated.",
-                                value=scheduler.running if scheduler is not None else 0)
+                                value=sum(r.scheduler.running for r in residents))
         yield GaugeMetricFamily("rkstream_model_busy_ratio",
                                 "Share of time the model instances were generating.",
-                                value=self._metrics.busy_ratio(scheduler))
+                                value=self._metrics.busy_ratio(residents))
+        yield GaugeMetricFamily("rkstream_models_loaded", "Models loaded now.",
+                                value=len(residents))
         yield GaugeMetricFamily("rkstream_websocket_connections", "Open WebSockets.",
                                 value=len(self._live.sockets))
         cores = read_npu_load(self._metrics.npu_load)
@@ -191,16 +191,16 @@ class _LiveGauges(Collector):
         yield from self._instances()
 
     def _instances(self) -> Iterator[Metric]:
-        engine = self._live.engine
-        if engine is None:
+        residents = self._live.residents
+        if not residents:
             return
         up = GaugeMetricFamily("rkstream_instance_up", "1 while the model instance can serve; "
                                "0 while its worker restarts, or after it failed.",
-                               labels=["instance"])
-        counters = {name: CounterMetricFamily(name, text, labels=["instance"])
+                               labels=["model", "instance"])
+        counters = {name: CounterMetricFamily(name, text, labels=["model", "instance"])
                     for name, text in INSTANCE_COUNTERS.items()}
-        for instance in engine.instances:
-            health, label = instance.health(), [str(instance.index)]
+        for resident, instance in ((r, i) for r in residents for i in r.engine.instances):
+            health, label = instance.health(), [resident.name, str(instance.index)]
             up.add_metric(label, 1.0 if health.status == "ok" else 0.0)
             counters["rkstream_runtime_crashes"].add_metric(label, health.crashes)
             counters["rkstream_runtime_hangs"].add_metric(label, health.hangs)

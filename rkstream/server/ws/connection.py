@@ -18,9 +18,11 @@ from rkstream import __version__
 from rkstream.config import Settings
 from rkstream.core.messages import ToolCall
 from rkstream.core.params import Params, SamplingSettings, effective_sampling
-from rkstream.engines.base import STATUS_OF, Engine, Job, Outcome, TextSink
+from rkstream.engines.base import STATUS_OF, Job, Outcome, TextSink
 from rkstream.errors import SHUTTING_DOWN, InflightLimitError, ProtocolError, RequestError
 from rkstream.log import ws_log
+from rkstream.models.pool import Lease, ModelPool
+from rkstream.models.table import ModelSpec
 from rkstream.protocol import server_events as ev
 from rkstream.protocol.codec import decode_binary, decode_text
 from rkstream.protocol.events import (
@@ -38,7 +40,6 @@ from rkstream.server.jobs import make_job
 from rkstream.server.media import FrameUse, Media
 from rkstream.server.output import ParsingSink, answer_parser
 from rkstream.server.ws.outbox import Outbox
-from rkstream.vision.service import VisionService
 
 
 def _event_id(event_id: str | None) -> dict[str, Any]:
@@ -57,12 +58,17 @@ class _Timing:
 class RequestStream:
     """One open request: the engine's text sink and its response.done."""
 
-    def __init__(self, conn: Connection, event: ResponseCreate) -> None:
+    def __init__(self, conn: Connection, event: ResponseCreate, model: str) -> None:
         self.conn = conn
         self.request_id = event.request_id
         self.stream = event.request.stream
+        self.model = model
         self.timing = _Timing(time.perf_counter())
         self.ticket: Ticket | None = None
+        self.scheduler: Scheduler | None = None  # its model's, once queued
+        self.loading: asyncio.Task[None] | None = None  # while its model loads
+        self.load_ms = 0.0
+        self.cancel_reason: tuple[str, str] | None = None
         self.frame: FrameUse | None = None
         self._seq = 0
         self._text: list[str] = []
@@ -72,6 +78,14 @@ class RequestStream:
 
     def use_frame(self, frame: FrameUse) -> None:
         self.frame = frame
+
+    def cancel(self, reason: tuple[str, str] | None) -> None:
+        """Stop the request, queued, running, or waiting for its model to load."""
+        if self.ticket is not None and self.scheduler is not None:
+            self.scheduler.cancel(self.ticket, reason)
+        elif self.loading is not None:
+            self.cancel_reason = reason
+            self.loading.cancel()
 
     def next_seq(self) -> int:
         seq, self._seq = self._seq, self._seq + 1
@@ -127,7 +141,9 @@ class RequestStream:
             "status": STATUS_OF[outcome.finish_reason],
             "finish_reason": finish,
             "usage": usage,
+            "model": self.model,
             "timings": {
+                "load_ms": round(self.load_ms, 3),
                 "queued_ms": round(queued_ms, 3),
                 "vision_ms": round(ticket.vision_ms, 3) if ticket is not None else 0.0,
                 "prompt_n": outcome.prompt_tokens,
@@ -162,7 +178,8 @@ def failed_done(request_id: str, error: RequestError) -> dict[str, Any]:
     return {
         "type": "response.done", "request_id": request_id, "status": "failed",
         "finish_reason": "error", "usage": {"input_tokens": 0, "output_tokens": 0},
-        "timings": {"queued_ms": 0.0, "vision_ms": 0.0, "prompt_n": 0, "cache_n": 0,
+        "timings": {"load_ms": 0.0, "queued_ms": 0.0, "vision_ms": 0.0, "prompt_n": 0,
+                    "cache_n": 0,
                     "prompt_ms": 0.0,
                     "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_second": 0.0,
                     "ttft_ms": None, "total_ms": 0.0},
@@ -173,19 +190,13 @@ def failed_done(request_id: str, error: RequestError) -> dict[str, Any]:
 class Connection:
     """Protocol state of one client: its session defaults and open requests."""
 
-    def __init__(self, settings: Settings, engine: Engine, scheduler: Scheduler,
-                 outbox: Outbox, vision: VisionService | None = None,
+    def __init__(self, settings: Settings, pool: ModelPool, outbox: Outbox,
                  on_frame: Callable[[bool], None] | None = None) -> None:
         self.settings = settings
-        self.engine = engine
-        model = engine.info
-        self.model = replace(model, vision=vision is not None)
-        self.scheduler = scheduler
+        self.pool = pool
         self.outbox = outbox
-        self.media = Media(vision, model.context_length,
-                           settings.limits.max_images_per_request,
-                           lambda: scheduler.running > 0 or scheduler.queue_depth > 0,
-                           on_frame)
+        self.model_name: str | None = None  # the session's model; None: the default
+        self.media = Media(settings.limits.max_images_per_request, self._model_busy, on_frame)
         self.session_id = "sess_" + uuid.uuid4().hex[:16]
         self.instructions: str | None = None
         self.params = Params()
@@ -193,11 +204,28 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
 
+    def _session_model(self) -> ModelSpec:
+        return self.pool.table.find(self.model_name)
+
+    def _model_busy(self) -> bool:
+        resident = self.pool.resident(self.model_name)
+        return resident is not None and not resident.scheduler.idle
+
+    def model_view(self, spec: ModelSpec) -> dict[str, Any]:
+        """What a client is told about one model: its engine's info when loaded."""
+        resident = self.pool.resident(spec.name)
+        if resident is None:
+            return {"id": spec.name, "engine": spec.engine, "loaded": False,
+                    "vision": spec.encoder_file is not None, "default": spec.default}
+        info = replace(resident.engine.info, id=spec.name,
+                       vision=resident.vision is not None).as_dict()
+        return {**info, "loaded": True, "default": spec.default}
+
     # -- lifecycle -------------------------------------------------------------
     def open(self) -> None:
         limits = self.settings.limits
         self.outbox.put(ev.session_created(
-            self.session_id, __version__, self.model.as_dict(),
+            self.session_id, __version__, self.model_view(self.pool.table.default),
             {"max_message_bytes": limits.max_message_bytes,
              "max_images_per_request": limits.max_images_per_request,
              "max_queue": limits.max_queue,
@@ -206,7 +234,8 @@ class Connection:
              "max_image_pixels": self.settings.vision.max_image_pixels,
              "max_connections_per_address": limits.max_connections_per_address,
              "request_timeout_s": limits.request_timeout_s,
-             "idle_timeout_s": limits.idle_timeout_s}))
+             "idle_timeout_s": limits.idle_timeout_s},
+            [self.model_view(spec) for spec in self.pool.table]))
 
     async def shutdown(self) -> None:
         """Server shutdown: end every request with its response.done, then send them."""
@@ -218,8 +247,7 @@ class Connection:
         """Cancel every open request (guarantee 4) and wait until each has ended."""
         reason = SHUTDOWN_REASON if self.shutting_down else None
         for stream in list(self.requests.values()):
-            if stream.ticket is not None:
-                self.scheduler.cancel(stream.ticket, reason)
+            stream.cancel(reason)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.media.close()
@@ -259,7 +287,10 @@ class Connection:
             self.outbox.put(ev.pong())
         elif isinstance(event, FrameAppend):
             try:
-                self.media.append_frame(event)
+                spec = self._session_model()
+                resident = self.pool.resident(spec.name)
+                self.media.append_frame(event, spec.encoder_file is not None,
+                                        resident.vision if resident is not None else None)
             except RequestError as exc:
                 self.outbox.put(ev.error(ev.error_body_of(exc) | _event_id(event.event_id)))
         elif isinstance(event, ImageUpload):
@@ -267,14 +298,20 @@ class Connection:
 
     async def _upload(self, event: ImageUpload) -> None:
         try:
-            self.outbox.put(await self.media.upload(event))
+            # The session's model encodes it; loaded first if need be.
+            lease = await self.pool.acquire(self.model_name)
+            try:
+                self.outbox.put(await self.media.upload(event, lease.model.vision))
+            finally:
+                lease.release()
         except RequestError as exc:
             self.outbox.put(ev.error(ev.error_body_of(exc) | _event_id(event.event_id)))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _sampling(self, params: Params, event_id: str | None,
                   request_id: str | None = None) -> SamplingSettings:
@@ -291,31 +328,77 @@ class Connection:
                 param="request_id", request_id=rid, event_id=event.event_id)
         try:
             request = event.request
-            self.media.check(request)
+            spec = self.pool.table.find(request.model or self.model_name)
+            self.media.check(request, spec.encoder_file is not None)
             limit = self.settings.limits.max_inflight_per_connection
             if len(self.requests) >= limit:
                 raise InflightLimitError(limit)
-            job = make_job(self.engine, self.settings, rid, request,
-                           self._sampling(request.params, event.event_id, rid),
-                           self.instructions, api="ws")
-            stream = RequestStream(self, event)
-            sink: TextSink = stream
-            parser = answer_parser(self.engine, request, job)
-            if parser is not None:
-                stream.parsing = sink = ParsingSink(parser, stream, rid)
-            prepare = None
-            if request.has_media:
-                def prepare() -> Awaitable[Job]:
-                    return self.media.prepare(job, request, stream.use_frame)
-            stream.ticket = self.scheduler.submit(job, sink, prepare)
+            self._sampling(request.params, event.event_id, rid)
+            stream = RequestStream(self, event, spec.name)
+            lease = self.pool.lease_now(spec.name)
+            if lease is not None:
+                self._submit(stream, event, lease)
         except RequestError as exc:
             if isinstance(exc, ProtocolError):
                 self.outbox.put(ev.error(ev.error_body_of(exc), rid))
             self.outbox.put(failed_done(rid, exc))
             return
         self.requests[rid] = stream
-        self.outbox.put(ev.response_created(rid, stream.ticket.queue_position))
-        self._spawn(self._finish(stream, stream.ticket))
+        ticket = stream.ticket
+        self.outbox.put(ev.response_created(rid, ticket.queue_position if ticket else 0))
+        if ticket is not None:
+            self._spawn(self._finish(stream, ticket))
+        else:  # its model loads first
+            stream.loading = self._spawn(self._load_then_run(stream, event))
+
+    def _submit(self, stream: RequestStream, event: ResponseCreate, lease: Lease) -> None:
+        """Queue the request on its leased model; the lease ends with the request."""
+        model, request = lease.model, event.request
+        try:
+            job = make_job(model.engine, self.settings, stream.request_id, request,
+                           self._sampling(request.params, event.event_id, stream.request_id),
+                           self.instructions, api="ws")
+            sink: TextSink = stream
+            parser = answer_parser(model.engine, request, job)
+            if parser is not None:
+                stream.parsing = sink = ParsingSink(parser, stream, stream.request_id)
+            prepare = None
+            if request.has_media:
+                def prepare() -> Awaitable[Job]:
+                    return self.media.prepare(job, request, stream.use_frame, model.vision,
+                                              model.engine.info.context_length)
+            ticket = model.scheduler.submit(job, sink, prepare)
+        except BaseException:
+            lease.release()
+            raise
+        ticket.outcome.add_done_callback(lambda _: lease.release())
+        stream.ticket, stream.scheduler = ticket, model.scheduler
+
+    async def _load_then_run(self, stream: RequestStream, event: ResponseCreate) -> None:
+        rid = stream.request_id
+
+        def waiting(position: int) -> None:
+            self.outbox.put(ev.model_loading(rid, stream.model, position))
+
+        try:
+            lease = await self.pool.acquire(stream.model, on_wait=waiting)
+            stream.load_ms = lease.load_ms
+            self.outbox.put(ev.model_loaded(rid, stream.model, lease.load_ms))
+            self._submit(stream, event, lease)
+        except asyncio.CancelledError:
+            self.requests.pop(rid, None)
+            outcome = Outcome("cancelled")
+            if stream.cancel_reason is not None:
+                outcome.error_code, outcome.error_message = stream.cancel_reason
+            self.outbox.put(stream.done_event(outcome))
+            return
+        except RequestError as exc:
+            self.requests.pop(rid, None)
+            ws_log.warning("request %s failed: %s", rid, exc.message)
+            self.outbox.put(failed_done(rid, exc))
+            return
+        assert stream.ticket is not None
+        await self._finish(stream, stream.ticket)
 
     async def _finish(self, stream: RequestStream, ticket: Ticket) -> None:
         outcome = await asyncio.shield(ticket.outcome)
@@ -328,18 +411,25 @@ class Connection:
 
     def _cancel(self, event: ResponseCancel) -> None:
         stream = self.requests.get(event.request_id)
-        if stream is None or stream.ticket is None:
+        if stream is None:
             raise ProtocolError(
                 "unknown_request",
                 f"no open request with request_id {event.request_id!r} on this connection"
                 " (it may have finished already)", param="request_id",
                 request_id=event.request_id, event_id=event.event_id)
-        self.scheduler.cancel(stream.ticket)
+        stream.cancel(None)
 
     def _update(self, event: SessionUpdate) -> None:
-        # Validate the merged result (max_tokens cap) before keeping it.
+        # Validate the merged result (max_tokens cap) and the model before keeping them.
         merged = event.params.over(self.params)
         self._sampling(merged, event.event_id)
+        if event.model is not None:
+            try:
+                spec = self.pool.table.find(event.model)
+            except RequestError as exc:
+                raise ProtocolError(exc.code, exc.message, param="session.model",
+                                    event_id=event.event_id) from None
+            self.model_name = spec.name
         self.params = merged
         if event.instructions is not None or event.clear_instructions:
             self.instructions = event.instructions
@@ -349,4 +439,4 @@ class Connection:
         effective = asdict(self._sampling(self.params, None))
         effective["stop"] = list(effective["stop"])
         return {"id": self.session_id, "instructions": self.instructions,
-                "params": effective}
+                "model": self._session_model().name, "params": effective}

@@ -82,14 +82,19 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     address = request.remote or "?"
     limit = settings.limits.max_connections_per_address
     try:
-        ready(state)
+        pool = ready(state)
+        default = pool.table.default.name
+        status = pool.status(default)
+        if status == "failed" or (status == "loading" and not pool.residents):
+            # As /health: 503 while the default model loads at start, or failed to.
+            raise RequestError("model_loading", pool.last_error(default)
+                               or "the model is loading; retry shortly")
         if state.per_address[address] >= limit:
             raise RequestError(
                 "too_many_connections", f"{address} already has {limit} open WebSocket "
                 "connections (limits.max_connections_per_address); close one first")
     except RequestError as exc:
         return refusal(exc)
-    assert state.engine is not None and state.scheduler is not None
     ws = LingeringWebSocket(
         protocols=(SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON),
         heartbeat=settings.server.heartbeat_s or None,
@@ -108,8 +113,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
     outbox = Outbox(send, encoding, max_bytes=settings.server.max_outbound_bytes,
                     slow_timeout_s=settings.server.slow_client_timeout_s)
-    conn = Connection(settings, state.engine, state.scheduler, outbox, state.vision,
-                      state.metrics.frame)
+    conn = Connection(settings, pool, outbox, state.metrics.frame)
     ws_log.info("%s connected (%s, %s)", address, conn.session_id, encoding)
     state.sockets.add(ws)
     state.per_address[address] += 1

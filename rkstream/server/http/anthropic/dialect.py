@@ -42,6 +42,7 @@ from rkstream.core.fields import Fields
 from rkstream.core.messages import ToolCall
 from rkstream.core.request import GenerationRequest
 from rkstream.errors import RequestError
+from rkstream.models.pool import Resident
 from rkstream.server.http.anthropic.errors import error_body, status_of
 from rkstream.server.http.anthropic.schema import INVALID_JSON, parse_messages
 from rkstream.server.http.runner import Dialect, Result
@@ -98,12 +99,11 @@ class AnthropicDialect(Dialect):
         self._index = -1  # the index of the latest block
         self._blank = ""  # blank text, held until a text block needs it
 
-    def parse(self, body: Fields, state: AppState) -> GenerationRequest:
-        engine = state.engine
-        fmt = engine.chat_format if engine is not None else None
+    def parse(self, body: Fields, state: AppState, model: Resident) -> GenerationRequest:
+        fmt = model.engine.chat_format
         parsed = parse_messages(body, state.settings.limits.max_tokens,
                                 fmt.markup.think if fmt is not None else None)
-        self.model = parsed.request.model or (engine.info.id if engine is not None else "")
+        self.model = parsed.request.model or model.name
         self.stops = parsed.request.params.stop or ()
         self.omit_thinking = parsed.omit_thinking
         return parsed.request

@@ -26,16 +26,18 @@ import uuid
 
 from aiohttp import web
 
+from rkstream.core.fields import Fields
 from rkstream.core.messages import IMAGE_PLACEHOLDER
 from rkstream.core.params import Params, effective_sampling
 from rkstream.engines.prompt import render_prompt
+from rkstream.models.pool import Resident
 from rkstream.server.http.anthropic.dialect import AnthropicDialect
 from rkstream.server.http.anthropic.errors import anthropic_error_middleware
 from rkstream.server.http.anthropic.schema import parse_messages
 from rkstream.server.http.runner import read_body, serve
 from rkstream.server.jobs import make_job
 from rkstream.server.media import Media
-from rkstream.server.state import STATE, ready
+from rkstream.server.state import STATE, AppState, ready
 
 COUNT_HEADER = "X-Rkstream-Token-Count"
 
@@ -50,13 +52,19 @@ async def count_tokens(request: web.Request) -> web.Response:
     Anthropic's shape by the middleware."""
     state = request.app[STATE]
     body = await read_body(request)
-    engine = state.engine
-    fmt = engine.chat_format if engine is not None else None
+    lease = await ready(state).acquire(body.string("model"))  # its tokenizer counts
+    try:
+        return await _count(state, body, lease.model)
+    finally:
+        lease.release()
+
+
+async def _count(state: AppState, body: Fields, model: Resident) -> web.Response:
+    engine = model.engine
+    fmt = engine.chat_format
     settings = state.settings
     req = parse_messages(body, settings.limits.max_tokens,
                          fmt.markup.think if fmt is not None else None, counting=True).request
-    ready(state)
-    assert engine is not None
     # max_tokens 1: the count is of the conversation as it is, not cut to leave room.
     sampling = effective_sampling(settings.sampling, settings.limits.max_tokens, req.params,
                                   Params(max_tokens=1))
@@ -64,10 +72,10 @@ async def count_tokens(request: web.Request) -> web.Response:
     images = len(req.media)
     rows = 0
     if images:  # refused as a generation would be: no encoder, too many images
-        Media(state.vision, engine.info.context_length,
-              settings.limits.max_images_per_request, lambda: False).check(req)
-        assert state.vision is not None
-        rows = images * state.vision.encoder.n_tokens  # each image is that many rows
+        Media(settings.limits.max_images_per_request, lambda: False).check(
+            req, model.vision is not None)
+        assert model.vision is not None
+        rows = images * model.vision.encoder.n_tokens  # each image is that many rows
     # Without a chat format the engine (RKLLM's runtime, llama.cpp's GGUF template)
     # wraps this transcript itself: a count of it is close, not exact.
     text = job.prompt.text if job.prompt is not None else \

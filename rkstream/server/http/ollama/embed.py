@@ -3,12 +3,15 @@
 - ``/api/embed``: ``input`` a string or a list of strings; ``truncate``,
   ``keep_alive`` and ``options`` are accepted (an input longer than the
   context is refused with ``context_overflow`` whatever ``truncate`` says:
-  this server does not cut texts). Missing or empty ``input`` loads nothing
-  and answers ``{"model", "embeddings": []}``, as Ollama does. The answer has
-  ``total_duration``, ``load_duration`` (0: the model is always loaded) and
-  ``prompt_eval_count``.
+  this server does not cut texts). Missing or empty ``input`` only loads
+  the model and answers ``{"model", "embeddings": []}``, as Ollama does.
+  The answer has ``total_duration``, ``load_duration`` (the model's load,
+  0 when it was loaded) and ``prompt_eval_count``.
 - ``/api/embeddings``: ``prompt`` → ``{"embedding": [...]}``; an empty or
-  missing prompt gives ``{"embedding": []}``.
+  missing prompt loads the model and gives ``{"embedding": []}``.
+
+``model`` names the model (404 ``model 'x' not found`` for an unknown one)
+and ``keep_alive`` works as on /api/chat.
 
 Vectors are L2-normalised. Errors are ``{"error": "..."}`` with the table's
 status.
@@ -22,9 +25,9 @@ from aiohttp import web
 
 from rkstream.errors import RequestError
 from rkstream.server.http.embed_input import embed, read_input
-from rkstream.server.http.ollama.models import model_name
+from rkstream.server.http.ollama.keep_alive import read_keep_alive
 from rkstream.server.http.runner import read_body
-from rkstream.server.state import STATE, ready
+from rkstream.server.state import STATE
 
 
 def _error(exc: RequestError) -> web.Response:
@@ -37,24 +40,25 @@ async def embed_route(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         f = await read_body(request)
-        ready(state)
-        assert state.engine is not None
-        model = model_name(state, f.string("model"))
+        model = f.string("model")
         raw = f.get("input")
-        if raw is None or raw == "" or raw == []:
-            return web.json_response({"model": model, "embeddings": []})
-        items = read_input(f, "input", tokens=False)
+        empty = raw is None or raw == "" or raw == []
+        items = [] if empty else read_input(f, "input", tokens=False)
         assert items is not None
         f.flag("truncate")
-        f.get("keep_alive")
+        keep = read_keep_alive(f)
         f.mapping("options")
-        result = await embed(state, "ollama_embed", items)
+        embedded = await embed(state, "ollama_embed", model, items, keep)
     except RequestError as exc:
         return _error(exc)
+    name = model or embedded.model
+    if empty:  # Ollama's way to load a model for embedding
+        return web.json_response({"model": name, "embeddings": []})
     return web.json_response({
-        "model": model, "embeddings": result.vectors,
-        "total_duration": time.perf_counter_ns() - started, "load_duration": 0,
-        "prompt_eval_count": result.tokens})
+        "model": name, "embeddings": embedded.result.vectors,
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": int(embedded.load_ms * 1e6),
+        "prompt_eval_count": embedded.result.tokens})
 
 
 async def embeddings_route(request: web.Request) -> web.Response:
@@ -62,18 +66,15 @@ async def embeddings_route(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         f = await read_body(request)
-        ready(state)
-        assert state.engine is not None
-        f.string("model")
-        f.get("keep_alive")
+        model = f.string("model")
+        keep = read_keep_alive(f)
         f.mapping("options")
         prompt = f.string("prompt")
-        if not prompt:
-            return web.json_response({"embedding": []})
-        result = await embed(state, "ollama_embed", [prompt])
+        embedded = await embed(state, "ollama_embed", model, [prompt] if prompt else [], keep)
     except RequestError as exc:
         return _error(exc)
-    return web.json_response({"embedding": result.vectors[0]})
+    vectors = embedded.result.vectors
+    return web.json_response({"embedding": vectors[0] if vectors else []})
 
 
 def add_embed_routes(app: web.Application) -> None:

@@ -1,8 +1,9 @@
 """The Ollama model endpoints: ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``.
 
-There is one model, the loaded one. What Ollama reads from its own model
-store (family, parameter size, quantization) is guessed here from the file
-name; anything not known is an empty string. The digest identifies the file
+Every served model is listed by /api/tags, the loaded ones by /api/ps (with
+when each expires). What Ollama reads from its own model store (family,
+parameter size, quantization) is guessed here from the file name; anything
+not known is an empty string. The digest identifies the file
 by name, size and modification time (hashing a multi-gigabyte model on every
 request would be too slow); it is not a content hash.
 """
@@ -10,22 +11,25 @@ request would be too slow); it is not a content hash.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from rkstream import __version__
+from rkstream.engines.base import Engine
 from rkstream.errors import RequestError
+from rkstream.models.pool import ModelPool, Resident
+from rkstream.models.table import ModelSpec
 from rkstream.server.http.runner import read_body
-from rkstream.server.state import STATE, AppState
+from rkstream.server.state import STATE, ready
 
 # A compatibility value: new enough for clients that check the server's version.
 OLLAMA_VERSION = "0.6.0"
-# The model never unloads; Ollama shows such a model with a far-off expiry.
+# A model kept loaded (keep_alive < 0); Ollama shows such a model with a far-off expiry.
 NEVER_EXPIRES = "9999-12-31T23:59:59Z"
 
 _PARAMETER_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)([BbMm])(?![A-Za-z0-9])")
@@ -50,16 +54,9 @@ def rfc3339(ns: int | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
 
 
-def model_name(state: AppState, requested: str | None) -> str:
-    """The name to echo: the client's own, else the loaded model's id."""
-    if requested:
-        return requested
-    return state.engine.info.id if state.engine is not None else ""
-
-
 @dataclass(frozen=True)
 class Described:
-    """What the model endpoints say about the loaded model."""
+    """What the model endpoints say about one model."""
 
     name: str
     size: int
@@ -69,82 +66,91 @@ class Described:
     family: str
 
 
-def model_file(state: AppState) -> Path | None:
-    """The loaded model's file, when it can be named."""
-    assert state.engine is not None
-    engine = state.engine.info.engine
-    if engine == "rkllm" and state.settings.rkllm.model:
-        return Path(state.settings.rkllm.model)
-    if engine == "llamacpp":
-        if state.settings.llamacpp.model:
-            return Path(state.settings.llamacpp.model)
-        from rkstream.engines.llamacpp.model import bundled_model
-
-        return bundled_model()
-    return None
-
-
 def _first(pattern: re.Pattern[str], text: str) -> str:
     found = pattern.search(text)
     return found.group(1) if found else ""
 
 
-def describe(state: AppState) -> Described:
-    """Name, size, digest, date and details of the loaded model."""
-    assert state.engine is not None
-    info = state.engine.info
-    path = model_file(state)
+def describe(spec: ModelSpec, resident: Resident | None) -> Described:
+    """Name, size, digest, date and details of a served model (loaded or not)."""
+    engine = resident.engine.info.engine if resident is not None else spec.engine
+    path = spec.model_file
     try:
         stat = path.stat() if path is not None else None
     except OSError:
         stat = None
-    size = stat.st_size if stat is not None else 0
+    size = resident.size if resident is not None else spec.size_bytes()
     mtime_ns = stat.st_mtime_ns if stat is not None else time.time_ns()
-    digest = hashlib.sha256(f"{info.id}:{size}:{mtime_ns}".encode()).hexdigest()
-    found = _PARAMETER_SIZE.search(info.id)
+    file_id = path.stem if path is not None else spec.name
+    digest = hashlib.sha256(f"{file_id}:{stat.st_size if stat else 0}:{mtime_ns}".encode()
+                            ).hexdigest()
+    found = _PARAMETER_SIZE.search(file_id)
     parameter_size = f"{found.group(1)}{found.group(2).upper()}" if found else ""
-    quant = _first(_RKLLM_QUANT if info.engine == "rkllm" else _GGUF_QUANT, info.id)
-    family = _first(_FAMILY, info.id).lower()
-    details = {"parent_model": "", "format": _FORMATS.get(info.engine, info.engine),
+    quant = _first(_RKLLM_QUANT if engine == "rkllm" else _GGUF_QUANT, file_id)
+    family = _first(_FAMILY, file_id).lower()
+    details = {"parent_model": "", "format": _FORMATS.get(engine, engine),
                "family": family, "families": [family] if family else None,
                "parameter_size": parameter_size,
-               "quantization_level": quant if info.engine == "rkllm" else quant.upper()}
-    return Described(info.id, size, digest, rfc3339(mtime_ns), details, family)
+               "quantization_level": quant if engine == "rkllm" else quant.upper()}
+    return Described(spec.name, size, digest, rfc3339(mtime_ns), details, family)
 
 
-def _unavailable() -> web.Response:
-    return web.json_response({"error": "the model is not loaded (starting or stopping)"},
-                             status=503, headers={"Retry-After": "1"})
+def _not_found(exc: RequestError) -> web.Response:
+    return web.json_response({"error": exc.message}, status=exc.spec.status)
+
+
+def _pool(request: web.Request) -> ModelPool | web.Response:
+    try:
+        return ready(request.app[STATE])
+    except RequestError as exc:
+        return web.json_response({"error": exc.message}, status=exc.spec.status,
+                                 headers={"Retry-After": "1"})
 
 
 async def tags(request: web.Request) -> web.Response:
-    """``GET /api/tags``: the loaded model, in Ollama's list shape."""
-    state = request.app[STATE]
-    if state.engine is None:
-        return _unavailable()
-    d = describe(state)
-    return web.json_response({"models": [{
-        "name": d.name, "model": d.name, "modified_at": d.modified_at, "size": d.size,
-        "digest": d.digest, "details": d.details}]})
+    """``GET /api/tags``: every served model, in Ollama's list shape."""
+    pool = _pool(request)
+    if isinstance(pool, web.Response):
+        return pool
+    out = []
+    for spec in pool.table:
+        d = describe(spec, pool.resident(spec.name))
+        out.append({"name": d.name, "model": d.name, "modified_at": d.modified_at,
+                    "size": d.size, "digest": d.digest, "details": d.details})
+    return web.json_response({"models": out})
+
+
+def expiry(pool: ModelPool, name: str) -> str:
+    """``expires_at`` as Ollama writes it; a kept model shows a far-off date, one
+    in use now its keep-alive from now."""
+    at = pool.expires_at(name)
+    if at is None:  # in use: it expires its keep-alive after the last request
+        keep = pool.keep_alive_s(name)
+        at = math.inf if keep == math.inf else time.time() + keep
+    return NEVER_EXPIRES if at == math.inf else rfc3339(int(at * 1e9))
 
 
 async def ps(request: web.Request) -> web.Response:
-    """``GET /api/ps``: the loaded model, which never expires."""
-    state = request.app[STATE]
-    if state.engine is None:
-        return web.json_response({"models": []})
-    d = describe(state)
-    return web.json_response({"models": [{
-        "name": d.name, "model": d.name, "size": d.size, "digest": d.digest,
-        "details": d.details, "expires_at": NEVER_EXPIRES, "size_vram": 0,
-        "context_length": state.engine.info.context_length}]})
+    """``GET /api/ps``: the loaded models, longest to live first, as Ollama sorts them."""
+    pool = _pool(request)
+    if isinstance(pool, web.Response):
+        return pool
+    rows = []
+    for resident in pool.residents:
+        d = describe(resident.spec, resident)
+        at = pool.expires_at(resident.name)
+        rows.append((-(at if at is not None else math.inf), {
+            "name": d.name, "model": d.name, "size": d.size, "digest": d.digest,
+            "details": d.details, "expires_at": expiry(pool, resident.name), "size_vram": 0,
+            "context_length": resident.engine.info.context_length}))
+    rows.sort(key=lambda row: row[0])
+    return web.json_response({"models": [row for _, row in rows]})
 
 
-def answer_capabilities(state: AppState) -> list[str]:
+def answer_capabilities(engine: Engine) -> list[str]:
     """``tools`` and ``thinking``, where the model's chat format marks them in
     its answers (so /api/chat can return ``tool_calls`` and ``thinking``)."""
-    assert state.engine is not None
-    fmt = state.engine.chat_format
+    fmt = engine.chat_format
     if fmt is None:
         return []
     markup = fmt.markup
@@ -153,25 +159,38 @@ def answer_capabilities(state: AppState) -> list[str]:
 
 
 async def show(request: web.Request) -> web.Response:
-    """``POST /api/show``: details, ``model_info`` and ``capabilities``, for any name."""
-    state = request.app[STATE]
+    """``POST /api/show``: details, ``model_info`` and ``capabilities`` of one model.
+
+    A model that is not loaded is described from its configuration and file;
+    its answer capabilities (tools, thinking) and context length are known
+    once it has loaded.
+    """
+    pool = _pool(request)
+    if isinstance(pool, web.Response):
+        return pool
     try:
         body = await read_body(request)
-        body.string("model")
-        body.string("name")  # the older spelling
+        name = body.string("model") or body.string("name")  # the older spelling
+        spec = pool.table.find(name)
     except RequestError as exc:
-        return web.json_response({"error": exc.message}, status=exc.spec.status)
-    if state.engine is None:
-        return _unavailable()
-    info = state.engine.info
-    d = describe(state)
-    arch = d.family or info.engine
-    model_info: dict[str, Any] = {
-        "general.architecture": arch, "general.basename": info.id,
-        f"{arch}.context_length": info.context_length,
-        "rkstream.engine": info.engine, "rkstream.runtime": info.runtime or ""}
-    capabilities = ["completion"] + (["vision"] if state.vision is not None else [])
-    capabilities += answer_capabilities(state)
+        return _not_found(exc)
+    resident = pool.resident(spec.name)
+    d = describe(spec, resident)
+    engine = resident.engine.info.engine if resident is not None else spec.engine
+    arch = d.family or engine
+    model_info: dict[str, Any] = {"general.architecture": arch, "general.basename": spec.name,
+                                  "rkstream.engine": engine,
+                                  "rkstream.loaded": resident is not None}
+    capabilities = ["completion"]
+    if resident is not None:
+        info = resident.engine.info
+        model_info[f"{arch}.context_length"] = info.context_length
+        model_info["rkstream.runtime"] = info.runtime or ""
+        capabilities += ["vision"] if resident.vision is not None else []
+        capabilities += answer_capabilities(resident.engine)
+        capabilities += ["embedding"] if resident.engine.can_embed else []
+    elif spec.encoder_file is not None:
+        capabilities.append("vision")
     return web.json_response({
         "license": "", "modelfile": "", "parameters": "", "template": "",
         "details": d.details, "model_info": model_info, "capabilities": capabilities,

@@ -5,8 +5,14 @@ The model endpoints (``/api/tags``, ``/api/ps``, ``/api/show``,
 ``/api/embeddings`` in embed.py. Written from Ollama's
 docs/api.md and checked with the official ``ollama`` Python client.
 
-- Any model name is accepted: there is one loaded model, and Ollama clients
-  often send a name of their own. The name is echoed back, as Ollama does.
+- ``model`` names one of the served models (``name:latest`` and any case
+  match too); an unknown name is a 404 ``{"error": "model 'x' not found"}``,
+  as Ollama answers. A model that is not loaded is loaded first, and
+  ``load_duration`` says how long that and the queue took.
+- ``keep_alive`` (seconds, or a duration such as "5m"; negative = keep, 0 =
+  unload after the answer) sets how long the model stays loaded afterwards;
+  a request with no prompt (no messages) loads the model, or with
+  ``keep_alive: 0`` unloads it, answering ``done_reason`` "load" or "unload".
 - ``stream`` defaults to true. Streaming answers are ``application/x-ndjson``,
   one object per line; the last has ``done: true`` and the statistics, with
   durations as integer nanoseconds.
@@ -44,9 +50,11 @@ from rkstream.core.params import SAMPLING_FIELDS, Params
 from rkstream.core.request import GenerationRequest, Tool
 from rkstream.core.tool_fields import read_tool_calls, read_tools
 from rkstream.errors import RequestError
+from rkstream.models.pool import ModelPool, Resident
 from rkstream.server.http.body import image_base64, message_role, token_budget
 from rkstream.server.http.ollama.embed import add_embed_routes
-from rkstream.server.http.ollama.models import add_model_routes, model_name, rfc3339
+from rkstream.server.http.ollama.keep_alive import empty_request, read_keep_alive
+from rkstream.server.http.ollama.models import add_model_routes, rfc3339
 from rkstream.server.http.runner import Dialect, Result, serve
 from rkstream.server.state import AppState
 
@@ -158,21 +166,18 @@ def chat_messages(f: Fields, markup: Markup | None = None) -> tuple[Message, ...
 def statistics(result: Result) -> dict[str, int]:
     """Ollama's counters: durations in integer nanoseconds, from the run's own timings.
 
-    ``load_duration`` is the wait for a free model instance (the model is
-    always loaded); ``prompt_eval_duration`` includes the vision encoder.
+    ``load_duration`` is, as Ollama's, the wait until the request had its
+    model: its load, if it was not loaded, and the wait for a free instance;
+    ``prompt_eval_duration`` includes the vision encoder.
     """
     outcome = result.outcome
-    return {"total_duration": nanoseconds((time.perf_counter() - result.started_s) * 1000.0),
-            "load_duration": nanoseconds(result.queued_ms),
+    return {"total_duration": nanoseconds((time.perf_counter() - result.started_s) * 1000.0
+                                          + result.load_ms),
+            "load_duration": nanoseconds(result.load_ms + result.queued_ms),
             "prompt_eval_count": outcome.prompt_tokens,
             "prompt_eval_duration": nanoseconds(result.vision_ms + outcome.prompt_ms),
             "eval_count": outcome.output_tokens,
             "eval_duration": nanoseconds(outcome.predicted_ms)}
-
-
-def _load_reason(f: Fields) -> str:
-    # keep_alive 0 asks Ollama to unload; the model here stays loaded either way.
-    return "unload" if f.get("keep_alive") in (0, "0", "0s", "0m") else "load"
 
 
 def call_object(call: ToolCall, index: int) -> dict[str, Any] | None:
@@ -220,9 +225,22 @@ class OllamaDialect(Dialect):
         (body["message"] if self.chat else body).update(fields)
         return ndjson({"model": self.model, "created_at": rfc3339(), **body, "done": False})
 
-    def parse(self, body: Fields, state: AppState) -> GenerationRequest | web.StreamResponse:
-        self.model = model_name(state, body.string("model"))
-        fmt = state.engine.chat_format if state.engine is not None else None
+    def keep_alive(self, body: Fields) -> float | None:
+        return read_keep_alive(body)
+
+    def without_model(self, body: Fields, pool: ModelPool) -> web.StreamResponse | None:
+        if not empty_request(body, self.chat) or read_keep_alive(body) != 0:
+            return None
+        name = body.string("model")
+        pool.unload_when_idle(name)  # refuses an unknown name
+        return web.json_response({"model": name or pool.table.default.name,
+                                  "created_at": rfc3339(), **self._text(""), "done": True,
+                                  "done_reason": "unload"})
+
+    def parse(self, body: Fields, state: AppState, model: Resident
+              ) -> GenerationRequest | web.StreamResponse:
+        self.model = body.string("model") or model.name
+        fmt = model.engine.chat_format
         self.markup = fmt.markup if fmt is not None else None
         params = parse_options(body, state.settings.limits.max_tokens)
         stream = bool(body.flag("stream", True))
@@ -245,7 +263,7 @@ class OllamaDialect(Dialect):
         if not messages:  # nothing to generate: Ollama's way to preload a model
             return web.json_response({"model": self.model, "created_at": rfc3339(),
                                       **self._text(""), "done": True,
-                                      "done_reason": _load_reason(body)})
+                                      "done_reason": "load"})
         return GenerationRequest(messages, params, instructions=instructions, stream=stream,
                                  model=self.model, tools=tools, enable_thinking=thinking)
 

@@ -36,6 +36,7 @@ from rkstream.core.messages import ToolCall
 from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Outcome
 from rkstream.errors import RequestError
+from rkstream.models.pool import Resident
 from rkstream.server.http.openai.schema import OpenAIRequest, parse_chat, parse_completion
 from rkstream.server.http.runner import Dialect, Result, usage
 from rkstream.server.state import AppState
@@ -84,13 +85,12 @@ class OpenAIDialect(Dialect):
         self.include_usage = False
         self.echo: str | None = None
 
-    def parse(self, body: Fields, state: AppState) -> GenerationRequest:
-        engine = state.engine
-        fmt = engine.chat_format if engine is not None else None
+    def parse(self, body: Fields, state: AppState, model: Resident) -> GenerationRequest:
+        fmt = model.engine.chat_format
         parsed: OpenAIRequest = (
             parse_chat(body, fmt.markup.think if fmt is not None else None) if self.chat
             else parse_completion(body))
-        self.model = parsed.request.model or (engine.info.id if engine is not None else "")
+        self.model = parsed.request.model or model.name
         self.include_usage = parsed.include_usage
         self.echo = parsed.echo
         return parsed.request

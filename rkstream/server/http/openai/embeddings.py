@@ -1,4 +1,5 @@
-"""``POST /v1/embeddings``: OpenAI embeddings over the loaded engine's ``embed``.
+"""``POST /v1/embeddings``: OpenAI embeddings from the model ``model`` names
+(the default when it names none; an unknown name is 404 ``model_not_found``).
 
 ``input`` is a string, a list of strings, a list of token ids or a list of
 such lists (token ids on llama.cpp only); ``encoding_format`` ``float`` or
@@ -18,7 +19,7 @@ from aiohttp import web
 from rkstream.errors import RequestError
 from rkstream.server.http.embed_input import embed, read_input
 from rkstream.server.http.runner import read_body
-from rkstream.server.state import STATE, ready
+from rkstream.server.state import STATE
 
 
 def _encode(vector: list[float], fmt: str) -> list[float] | str:
@@ -30,17 +31,15 @@ def _encode(vector: list[float], fmt: str) -> list[float] | str:
 async def embeddings(request: web.Request) -> web.Response:
     """``POST /v1/embeddings``."""
     state = request.app[STATE]
-    ready(state)
-    assert state.engine is not None
-    engine = state.engine
     f = await read_body(request)
-    model = f.string("model") or engine.info.id
+    model = f.string("model")
     items = read_input(f, "input", tokens=True)
     assert items is not None
     fmt = f.choice("encoding_format", ("float", "base64")) or "float"
     dimensions = f.integer("dimensions", minimum=1)
     f.string("user")
-    result = await embed(state, "openai_embeddings", items)
+    embedded = await embed(state, "openai_embeddings", model, items)
+    result = embedded.result
     size = len(result.vectors[0]) if result.vectors else 0
     if dimensions is not None and dimensions != size:
         raise RequestError("embeddings_unsupported",
@@ -51,5 +50,5 @@ async def embeddings(request: web.Request) -> web.Response:
         {"object": "embedding", "index": index, "embedding": _encode(vector, fmt)}
         for index, vector in enumerate(result.vectors)]
     return web.json_response({
-        "object": "list", "data": data, "model": model,
+        "object": "list", "data": data, "model": model or embedded.model,
         "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens}})

@@ -38,6 +38,7 @@ from rkstream.core.fields import Fields
 from rkstream.core.messages import ToolCall
 from rkstream.core.request import GenerationRequest
 from rkstream.errors import RequestError
+from rkstream.models.pool import Resident
 from rkstream.server.http.openai.dialect import PING_INTERVAL_S, error_object
 from rkstream.server.http.openai.responses_schema import STATELESS, parse_responses
 from rkstream.server.http.runner import Dialect, Result, serve
@@ -119,13 +120,12 @@ class ResponsesDialect(Dialect):
         self.calls: dict[int, _Item] = {}  # by the parser's call index
         self.blank = ""  # blank text not yet given to a message
 
-    def parse(self, body: Fields, state: AppState) -> GenerationRequest:
-        engine = state.engine
-        fmt = engine.chat_format if engine is not None else None
+    def parse(self, body: Fields, state: AppState, model: Resident) -> GenerationRequest:
+        fmt = model.engine.chat_format
         parsed = parse_responses(body, fmt.markup.think if fmt is not None else None,
                                  state.settings.limits.max_tokens)
         request = parsed.request
-        self.model = request.model or (engine.info.id if engine is not None else "")
+        self.model = request.model or model.name
         sampling = state.settings.sampling  # what the run uses when the request is silent
         self.echo = {**parsed.echo,
                      "temperature": request.params.temperature

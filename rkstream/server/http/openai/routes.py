@@ -43,8 +43,8 @@ from typing import Any
 
 from aiohttp import web
 
-from rkstream.engines.base import Engine
-from rkstream.errors import RequestError
+from rkstream.models.pool import ModelPool
+from rkstream.models.table import ModelSpec
 from rkstream.server.http.openai.dialect import OpenAIDialect
 from rkstream.server.http.openai.embeddings import embeddings
 from rkstream.server.http.openai.errors import openai_error_middleware
@@ -53,13 +53,6 @@ from rkstream.server.http.runner import serve
 from rkstream.server.state import STATE, ready
 
 CREATED: web.AppKey[int] = web.AppKey("rkstream_openai_created", int)
-
-
-def _engine(request: web.Request) -> Engine:
-    state = request.app[STATE]
-    ready(state)
-    assert state.engine is not None
-    return state.engine
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -72,34 +65,35 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await serve(request, OpenAIDialect(chat=False))
 
 
-def _model_object(request: web.Request, engine: Engine) -> dict[str, Any]:
-    state = request.app[STATE]
-    vision = engine.info.vision or state.vision is not None
+def _model_object(request: web.Request, pool: ModelPool, spec: ModelSpec) -> dict[str, Any]:
+    resident = pool.resident(spec.name)
+    vision = spec.encoder_file is not None or (resident is not None
+                                               and resident.engine.info.vision)
     return {
-        "id": engine.info.id,
+        "id": spec.name,
         "object": "model",
         "created": request.app[CREATED],
         "owned_by": "rkstream",
         # llama.cpp's way to say a model takes images; clients ignore what they don't know.
         "architecture": {"input_modalities": ["text", "image"] if vision else ["text"],
                          "output_modalities": ["text"]},
+        # llama-server's router says the same: loaded now, or loads on first use.
+        "status": {"value": pool.status(spec.name)},
     }
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the loaded model, as the only entry."""
-    engine = _engine(request)
-    return web.json_response({"object": "list", "data": [_model_object(request, engine)]})
+    """``GET /v1/models``: every served model, the default first."""
+    pool = ready(request.app[STATE])
+    return web.json_response({"object": "list",
+                              "data": [_model_object(request, pool, s) for s in pool.table]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """``GET /v1/models/{id}``: the loaded model, or 404 for any other id."""
-    engine = _engine(request)
-    wanted = request.match_info["model_id"]
-    if wanted != engine.info.id:
-        raise RequestError("model_not_found", f"the model {wanted!r} does not exist; this "
-                           f"server serves {engine.info.id!r}", param="model")
-    return web.json_response(_model_object(request, engine))
+    """``GET /v1/models/{id}``: one served model, or 404 ``model_not_found``."""
+    pool = ready(request.app[STATE])
+    spec = pool.table.find(request.match_info["model_id"])
+    return web.json_response(_model_object(request, pool, spec))
 
 
 def add_openai_routes(app: web.Application) -> None:

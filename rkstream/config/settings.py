@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 
 from rkstream.chat.presets import FAMILIES
 from rkstream.config.values import (
+    ALIASES_ALLOWED,
     DURATION_ALLOWED,
     ORIGINS_ALLOWED,
     RGB_EXAMPLE,
     SIZE_ALLOWED,
     opt,
+    parse_aliases,
     parse_api_keys,
     parse_duration,
     parse_host,
@@ -237,6 +239,10 @@ class PoolSettings:
     memory_budget: str = opt("", "memory the loaded models may take, by their files' sizes; "
                                  "empty = 90% of the memory available when the server starts",
                              parse=parse_size, allowed=SIZE_ALLOWED)
+    default_aliases: str = opt("", "more names for the default model, comma-separated; * "
+                                   "matches anything (claude-* for Claude Code, which sends "
+                                   "its own model names); other unknown names are refused",
+                               parse=parse_aliases, allowed=ALIASES_ALLOWED)
     npu_models_at_once: int = opt(1, "RKLLM models that may generate at the same time (they "
                                      "share the NPU; one model's own instances always run "
                                      "side by side)", minimum=1, maximum=16)
@@ -261,6 +267,9 @@ class ModelEntry:
                           "n_ctx)", minimum=0, maximum=1 << 18)
     keep_alive: str = opt("", "as [pool] keep_alive, for this model (empty = [pool]'s)",
                           parse=parse_duration, allowed=DURATION_ALLOWED)
+    aliases: str = opt("", "more names for this model, comma-separated; * matches anything "
+                           "(gpt-* for a client that sends its own names)",
+                       parse=parse_aliases, allowed=ALIASES_ALLOWED)
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,20 @@ def parse_size(text: str) -> int | None:
 
 # Model names as the APIs carry them: Ollama's "qwen2.5:7b", "library/x".
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}")
+_ALIAS = re.compile(r"[A-Za-z0-9*][A-Za-z0-9._:/+*-]{0,127}")
+
+
+def parse_aliases(text: str) -> tuple[str, ...]:
+    """Comma-separated model names, ``*`` matching any run of characters."""
+    aliases = _items(text)
+    for alias in aliases:
+        if not _ALIAS.fullmatch(alias):
+            raise ValueError(f"{alias!r} is not a model name or pattern")
+    return aliases
 DURATION_ALLOWED = ('a number of seconds or a duration such as "5m", "1h", "30s"; negative '
                     '= forever, 0 = unload after each answer')
+ALIASES_ALLOWED = ('comma-separated model names such as "gpt-4o,claude-*" (* matches '
+                   'anything)')
 SIZE_ALLOWED = 'a size such as "6G", "512M" or a number of bytes (empty = automatic)'
 ORIGINS_ALLOWED = ("comma-separated origins such as \"https://app.example,"
                     "http://localhost:3000\" (scheme://host[:port], no path), or *")

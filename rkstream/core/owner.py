@@ -43,6 +43,10 @@ class OwnerThread:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def job() -> None:
+            # A call whose awaiter was cancelled before it began is skipped (as an
+            # executor does); once begun it runs to the end and keeps its result.
+            if not future.set_running_or_notify_cancel():
+                return
             try:
                 future.set_result(fn())
             except BaseException as exc:  # handed to whoever awaits the future

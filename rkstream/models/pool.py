@@ -10,10 +10,14 @@
 - A load that does not fit (``pool.max_loaded`` models, or the
   ``pool.memory_budget`` against the models' file sizes) first unloads idle
   models, the one that expires first going first (kept ones last, then by
-  name); while every other model is busy it waits for one to become idle.
+  name). While every other model is busy the load waits: the busy model with
+  the shortest keep-alive takes no new requests (they wait behind the load)
+  and unloads when its last one ends, so steady traffic to one model cannot
+  starve a load.
 - Each resident RKLLM model gets its own NPU memory domain when more than
-  one is configured; RKLLM models take turns on the NPU (:mod:`rkstream.core.npu_gate`);
-  vision encoders are loaded once per file and shared.
+  one is configured; RKLLM models take turns on the NPU
+  (:mod:`rkstream.core.npu_gate`); vision encoders are loaded once per file
+  and shared.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class _Slot:
     expires_at: float | None = None  # time.time(); inf = kept; None while in use
     timer: asyncio.TimerHandle | None = None
     last_error: str | None = None
+    # Chosen to make room while busy: it takes no new requests, unloads when its
+    # last one ends, and ``gone`` is set then (new requests wait for it).
+    draining: bool = False
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Lease:
@@ -182,7 +190,7 @@ class ModelPool:
             RequestError: ``model_not_found``, ``shutting_down``.
         """
         slot = self._slot(name)
-        if slot.resident is None or slot.unloading is not None:
+        if slot.resident is None or slot.unloading is not None or slot.draining:
             return None
         self._use(slot, keep_alive_s)
         return Lease(self, slot, 0.0)
@@ -192,7 +200,8 @@ class ModelPool:
         """A lease on ``name``, loading it first if needed.
 
         Args:
-            keep_alive_s: the request's keep_alive, replacing the model's.
+            keep_alive_s: the request's keep_alive (None: the model's default); the
+                latest request's decides how long the model stays after it.
             on_wait: called once if the request has to wait for a load, with the
                 number of loads ahead of it (0 = its model is loading now).
 
@@ -201,10 +210,17 @@ class ModelPool:
                 ``insufficient_memory``, ``shutting_down``.
         """
         slot = self._slot(name)
-        self._use(slot, keep_alive_s)
         started = time.perf_counter()
+        told = False
+        while slot.draining:  # it makes room for an earlier load: after that, again
+            if on_wait is not None and not told:
+                told = True
+                on_wait(len(self._loads))
+            await slot.gone.wait()
+            if self.closing:
+                raise RequestError("shutting_down", SHUTTING_DOWN)
+        self._use(slot, keep_alive_s)
         try:
-            told = False
             while slot.resident is None or slot.unloading is not None:
                 if self.closing:
                     raise RequestError("shutting_down", SHUTTING_DOWN)
@@ -244,8 +260,8 @@ class ModelPool:
         return self._slots[self.table.find(name).name]
 
     def _use(self, slot: _Slot, keep_alive_s: float | None) -> None:
-        if keep_alive_s is not None:
-            slot.keep_alive_s = keep_alive_s
+        # As Ollama: each request sets the keep-alive, its own or the model's default.
+        slot.keep_alive_s = keep_alive_s if keep_alive_s is not None else slot.spec.keep_alive_s
         slot.users += 1
         slot.expires_at = None
         if slot.timer is not None:
@@ -258,7 +274,10 @@ class ModelPool:
         if slot.users > 0 or slot.resident is None:
             return
         keep = slot.keep_alive_s
-        if keep == 0:
+        if slot.draining:
+            slot.expires_at = time.time()
+            self._unload_later(slot, "to make room for a waiting load")
+        elif keep == 0:
             slot.expires_at = time.time()
             self._unload_later(slot, "keep_alive 0")
         elif keep == FOREVER:
@@ -374,23 +393,32 @@ class ModelPool:
             if victim is not None:
                 await self._unload(victim, "to make room for " + slot.spec.name)
             else:
-                server_log.info("model %s waits for a busy model to become idle",
-                                slot.spec.name)
+                # Every loaded model is busy: the one that would expire first takes
+                # no new requests and unloads when its last one ends, so a busy
+                # model cannot keep this load waiting for ever.
+                busy = self.victim(busy=True)
+                if busy is not None and not busy.draining:
+                    busy.draining, busy.gone = True, asyncio.Event()
+                    server_log.info("model %s waits for %s to finish its requests",
+                                    slot.spec.name, busy.spec.name)
                 self._changed.clear()
                 await self._changed.wait()
             if self.closing:
                 raise RequestError("shutting_down", SHUTTING_DOWN)
             fits, need = self._fits(slot)
 
-    def victim(self) -> _Slot | None:
+    def victim(self, *, busy: bool = False) -> _Slot | None:
         """The idle model to unload first: the one that expires first, kept ones
-        last, then by name (what Ollama does)."""
-        idle = [s for s in self._slots.values()
-                if s.resident is not None and s.users == 0 and s.unloading is None]
-        if not idle:
+        last, then by name (what Ollama does). With ``busy``, among the models in
+        use, by their keep-alive."""
+        found = [s for s in self._slots.values()
+                 if s.resident is not None and (s.users > 0) == busy and s.unloading is None]
+        if not found:
             return None
-        return min(idle, key=lambda s: (s.expires_at if s.expires_at is not None else math.inf,
-                                        s.spec.name))
+        if busy:
+            return min(found, key=lambda s: (s.keep_alive_s, s.spec.name))
+        return min(found, key=lambda s: (s.expires_at if s.expires_at is not None else math.inf,
+                                         s.spec.name))
 
     # -- unloading --------------------------------------------------------------------
     def _unload_later(self, slot: _Slot, why: str) -> None:
@@ -412,6 +440,8 @@ class ModelPool:
             server_log.info("model %s unloaded (%s)", resident.name, why)
         finally:
             slot.resident, slot.unloading, slot.expires_at = None, None, None
+            slot.draining = False
+            slot.gone.set()
             self._changed.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -426,6 +456,7 @@ class ModelPool:
         self.closing = True
         self._changed.set()
         for slot in self._slots.values():
+            slot.gone.set()
             if slot.timer is not None:
                 slot.timer.cancel()
             if slot.loading is not None:

@@ -8,6 +8,7 @@ encoder), so the engines still see one :class:`Settings` per model.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -34,6 +35,7 @@ class ModelSpec:
         keep_alive_s: seconds it stays loaded after its last request
             (``math.inf`` = kept) unless a request says otherwise.
         default: requests that name no model get this one.
+        aliases: more names it answers to (``*`` matches anything).
     """
 
     name: str
@@ -41,6 +43,7 @@ class ModelSpec:
     engine: str
     keep_alive_s: float
     default: bool = False
+    aliases: tuple[str, ...] = ()  # more names, * matching anything
 
     @property
     def model_file(self) -> Path | None:
@@ -135,10 +138,11 @@ class ModelTable:
         pool = settings.pool
         keep = parsed("pool.keep_alive", pool.keep_alive)
         specs: list[ModelSpec] = []
+        default_aliases: tuple[str, ...] = parsed("pool.default_aliases", pool.default_aliases)
         if not pool.default_model:
             specs.append(ModelSpec(top_level_name(settings), replace(settings, models={}),
                                    "auto" if settings.engine == "auto" else settings.engine,
-                                   FOREVER, default=True))
+                                   FOREVER, default=True, aliases=default_aliases))
         for name, entry in settings.models.items():
             own = parsed(f"models.{name}.keep_alive", entry.keep_alive)
             default = name == pool.default_model
@@ -149,8 +153,10 @@ class ModelTable:
                     f"config: [models.{name}] has the name the [rkllm]/[llamacpp] model is "
                     f"served under ({name!r}, its file name); rename the entry, or set "
                     "pool.default_model to serve only the entries")
+            aliases: tuple[str, ...] = parsed(f"models.{name}.aliases", entry.aliases)
             spec = ModelSpec(name, entry_settings(settings, name, entry),
-                             entry_engine(name, entry), keep_s, default=default)
+                             entry_engine(name, entry), keep_s, default=default,
+                             aliases=aliases + (default_aliases if default else ()))
             specs.insert(0, spec) if default else specs.append(spec)
         self._specs = {spec.name: spec for spec in specs}
         self.default = specs[0]
@@ -163,7 +169,8 @@ class ModelTable:
 
     def lookup(self, name: str | None) -> ModelSpec | None:
         """The model ``name`` means: exact, then ignoring case and an Ollama
-        ``:latest`` tag; the default for no name."""
+        ``:latest`` tag, then the configured aliases in table order; the default
+        for no name."""
         if not name:
             return self.default
         found = self._specs.get(name)
@@ -172,6 +179,9 @@ class ModelTable:
         wanted = _plain(name)
         for spec in self._specs.values():
             if _plain(spec.name) == wanted:
+                return spec
+        for spec in self._specs.values():
+            if any(fnmatch.fnmatchcase(wanted, _plain(alias)) for alias in spec.aliases):
                 return spec
         return None
 

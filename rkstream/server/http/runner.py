@@ -328,6 +328,7 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         lease = await lease_for(request, dialect, body)
         parsed = dialect.parse(body, state, lease.model)
         if not isinstance(parsed, GenerationRequest):
+            lease.release()  # answered without a generation (Ollama's load)
             return parsed
         ticket, pieces = submit(state, lease.model, parsed, dialect.prefix, dialect.api)
     except RequestError as exc:

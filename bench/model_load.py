@@ -50,7 +50,7 @@ keep_alive = "0"
 """
 
 
-async def ask(ws: aiohttp.ClientWebSocketResponse, model: str, request_id: str,
+async def ask(ws: aiohttp.ClientWebSocketResponse[bool], model: str, request_id: str,
               text: str, tokens: int) -> tuple[float, dict[str, Any]]:
     """(client TTFT in ms, the response.done event)."""
     started = time.perf_counter()

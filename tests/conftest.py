@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from rkstream.config import LimitSettings, ServerSettings, Settings
+from rkstream.config import LimitSettings, ServerSettings
 from rkstream.server.app import SERVER_OPTIONS, make_app
 
 from fakes import Calls, FakeEngine
-from helpers import MS, model_file, standin_settings
+from helpers import MS, fake_settings, model_file, standin_settings
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = {line: REPO / "lib" / "build" / f"librkllmrt-standin-{line}.so"
@@ -86,12 +86,12 @@ def calls() -> Calls:
 
 @pytest.fixture
 def fake(aiohttp_client: Any, calls: Calls) -> Callable[..., Any]:
-    """A client of a server on the fake engine (HTTP dialects' tests): ``delay_ms``
-    a word, ``server`` settings, and any ``limits`` keys."""
+    """A client of a server on the fake engine (HTTP dialects' tests), its model
+    served as ``m``: ``delay_ms`` a word, ``server`` settings, and any ``limits`` keys."""
     async def make(delay_ms: float = 0, server: dict[str, Any] | None = None,
                    **limits: Any) -> Any:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits),
-                           server=replace(ServerSettings(), **(server or {})))
+        settings = fake_settings(limits=replace(LimitSettings(), **limits),
+                                 server=replace(ServerSettings(), **(server or {})))
         app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
         return await aiohttp_client(app)
     return make

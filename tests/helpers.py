@@ -1,5 +1,5 @@
-"""Shared test helpers: the timing unit, a protocol-v1 WebSocket client, a text sink
-and the stand-in's context reply."""
+"""Shared test helpers: the timing unit, a protocol-v1 WebSocket client, a text sink,
+the stand-in's context reply, and the names test servers serve their models under."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ import pytest
 from PIL import Image
 
 from rkstream.config import RKLLMSettings, Settings
+from rkstream.models.pool import Resident
+from rkstream.models.table import top_level_name
+from rkstream.server.state import STATE, AppState
 
 # One timing unit for every test timeout; raise RKSTREAM_TEST_TIMING on a slow machine.
 MS = float(os.environ.get("RKSTREAM_TEST_TIMING", "1")) / 1000.0
@@ -133,6 +136,35 @@ def context_reply(text: str) -> str:
     """What ``reply_mode = context`` answers when the stand-in's cache holds ``text``."""
     data = text.encode()
     return f"ctx:{fnv1a64(data):016x} len:{len(data)}"
+
+
+# -- the names the test servers serve their models under --------------------------------
+def fake_settings(base: Settings | None = None, **changes: Any) -> Settings:
+    """``base`` (default Settings()) with ``changes``, its top-level model file
+    ``m.gguf``, so an app on tests/fakes.py's FakeEngine serves it as ``m``
+    (the fake ignores the file: nothing loads from it)."""
+    base = base or Settings()
+    return replace(base, llamacpp=replace(base.llamacpp, model="m.gguf"), **changes)
+
+
+def served(model: Path | str) -> str:
+    """The name a model file is served under as the top-level model: its stem."""
+    return Path(model).stem
+
+
+def served_name(client: Any) -> str:
+    """The name a test client's server serves its top-level (default) model under."""
+    return top_level_name(client.app[STATE].settings)
+
+
+def resident(client: Any) -> Resident:
+    """The loaded default model of a test client's server."""
+    state: AppState = client.app[STATE]
+    pool = state.pool
+    assert pool is not None, "the model pool is not up"
+    model = pool.resident(None)
+    assert model is not None, "the default model is not loaded"
+    return model
 
 
 # -- the stand-in runtime behind the HTTP APIs ------------------------------------------

@@ -220,6 +220,8 @@ class ModelPool:
             if self.closing:
                 raise RequestError("shutting_down", SHUTTING_DOWN)
         self._use(slot, keep_alive_s)
+        if slot.resident is not None and slot.unloading is None and not told:
+            return Lease(self, slot, 0.0)  # loaded: no wait
         try:
             while slot.resident is None or slot.unloading is not None:
                 if self.closing:

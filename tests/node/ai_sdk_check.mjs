@@ -2,20 +2,21 @@
 // provider (the client OpenCode uses). It validates every chunk with a zod
 // schema, so any shape mistake shows up as an "error" part.
 //
-// Usage: node ai_sdk_check.mjs <baseURL> [prompt]
+// Usage: node ai_sdk_check.mjs <baseURL> <model> [prompt]
+// <model> is the name the server serves its model under.
 // Prints one JSON summary line; exits 1 on an error part or when no text arrived.
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { streamText } from "ai";
 
-const [baseURL, prompt = "Say hello"] = process.argv.slice(2);
-if (!baseURL) {
-  console.error("usage: node ai_sdk_check.mjs <baseURL> [prompt]");
+const [baseURL, model, prompt = "Say hello"] = process.argv.slice(2);
+if (!baseURL || !model) {
+  console.error("usage: node ai_sdk_check.mjs <baseURL> <model> [prompt]");
   process.exit(2);
 }
 
 const provider = createOpenAICompatible({ name: "rkstream", baseURL, includeUsage: true });
 const result = streamText({
-  model: provider("x"),
+  model: provider(model),
   prompt,
   maxRetries: 0,
   onError: () => {}, // errors are collected from fullStream below

@@ -4,7 +4,8 @@
 // The SDK validates every response (and chunk) with zod and the call's input
 // with the tool's schema, so any shape mistake shows up as an error.
 //
-// Usage: node ai_sdk_tools_check.mjs <baseURL> <prompt> [generate|stream] [required-first]
+// Usage: node ai_sdk_tools_check.mjs <baseURL> <model> <prompt> [generate|stream] [required-first]
+// <model> is the name the server serves its model under.
 // `generate` uses generateText (whole answers), `stream` uses streamText
 // (tool calls as argument deltas). Both loop with stopWhen: stepCountIs(3).
 // `required-first` sets toolChoice "required" on the first step and "none"
@@ -16,10 +17,10 @@ import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
 
-const [baseURL, prompt, mode = "generate", choice = ""] = process.argv.slice(2);
-if (!baseURL || !prompt || !["generate", "stream"].includes(mode)
+const [baseURL, model, prompt, mode = "generate", choice = ""] = process.argv.slice(2);
+if (!baseURL || !model || !prompt || !["generate", "stream"].includes(mode)
     || !["", "required-first"].includes(choice)) {
-  console.error("usage: node ai_sdk_tools_check.mjs <baseURL> <prompt> [generate|stream] "
+  console.error("usage: node ai_sdk_tools_check.mjs <baseURL> <model> <prompt> [generate|stream] "
                 + "[required-first]");
   process.exit(2);
 }
@@ -40,7 +41,7 @@ const tools = {
 
 const provider = createOpenAICompatible({ name: "rkstream", baseURL, includeUsage: true });
 const options = {
-  model: provider("x"),
+  model: provider(model),
   prompt,
   tools,
   stopWhen: stepCountIs(3),

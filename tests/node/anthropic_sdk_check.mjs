@@ -4,7 +4,8 @@
 // (thinking blocks included), as Claude Code and the SDK's examples do. Then a
 // bad request, which the SDK must raise as a BadRequestError.
 //
-// Usage: node anthropic_sdk_check.mjs <baseURL> <prompt> [create|stream]
+// Usage: node anthropic_sdk_check.mjs <baseURL> <model> <prompt> [create|stream]
+// <model> is the name the server serves its model under.
 // `create` uses messages.create (whole messages), `stream` messages.stream (the
 // SDK rebuilds each message from the typed events, tool input from its
 // input_json_delta pieces).
@@ -12,9 +13,9 @@
 // final text arrived.
 import Anthropic from "@anthropic-ai/sdk";
 
-const [baseURL, prompt, mode = "create"] = process.argv.slice(2);
-if (!baseURL || !prompt || !["create", "stream"].includes(mode)) {
-  console.error("usage: node anthropic_sdk_check.mjs <baseURL> <prompt> [create|stream]");
+const [baseURL, model, prompt, mode = "create"] = process.argv.slice(2);
+if (!baseURL || !model || !prompt || !["create", "stream"].includes(mode)) {
+  console.error("usage: node anthropic_sdk_check.mjs <baseURL> <model> <prompt> [create|stream]");
   process.exit(2);
 }
 
@@ -31,7 +32,7 @@ const steps = [];
 let text = "";
 
 async function step() {
-  const params = { model: "m", max_tokens: 256, tools, messages };
+  const params = { model, max_tokens: 256, tools, messages };
   if (mode === "create") return { message: await client.messages.create(params), events: [] };
   const events = [];
   const stream = client.messages.stream(params);
@@ -75,7 +76,7 @@ try {
 
 let badRequest = null;
 try {
-  await client.messages.create({ model: "m", max_tokens: 0,
+  await client.messages.create({ model, max_tokens: 0,
                                 messages: [{ role: "user", content: "x" }] });
   errors.push("max_tokens 0 was not refused");
 } catch (error) {

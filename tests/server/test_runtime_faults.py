@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -22,15 +21,15 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from rkstream.config import RKLLMSettings, Settings
 from rkstream.engines.rkllm.faults import read_faults
 from rkstream.engines.rkllm.worker.instance import WorkerInstance
 from rkstream.server.app import make_app
-from rkstream.server.state import STATE
 
 from conftest import ModelFactory
-from helpers import MS, WSClient, create
+from helpers import MS, WSClient, create, resident, served_name
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 LONG = "go [[n_tokens=40]] [[token_delay_us=20000]]"  # about 0.8 s
@@ -51,9 +50,7 @@ class Faulty:
 
     @property
     def instance(self) -> WorkerInstance:
-        engine = self.client.app[STATE].engine
-        assert engine is not None
-        instance = engine.instances[0]
+        instance = resident(self.client).engine.instances[0]
         assert isinstance(instance, WorkerInstance)
         return instance
 
@@ -74,10 +71,14 @@ class Faulty:
         raise AssertionError("the instance did not come back")
 
     async def metric(self, name: str) -> float:
+        """The value of instance 0 of the (default) model in /metrics."""
         text = await (await self.client.get("/metrics")).text()
-        found = re.search(rf'^{name}\{{instance="0"\}} (\S+)$', text, re.M)
-        assert found is not None, name
-        return float(found[1])
+        labels = {"model": served_name(self.client), "instance": "0"}
+        found = [sample.value for family in text_string_to_metric_families(text)
+                 for sample in family.samples
+                 if sample.name == name and sample.labels == labels]
+        assert len(found) == 1, name
+        return float(found[0])
 
 
 @pytest.fixture
@@ -173,7 +174,8 @@ async def test_cancel_the_runtime_ignores_ends_with_a_kill(faulty: Any) -> None:
 
 async def test_openai_gets_the_codes(faulty: Any) -> None:
     server: Faulty = await faulty()
-    body = {"model": "m", "messages": [{"role": "user", "content": LONG}]}
+    body = {"model": served_name(server.client),
+            "messages": [{"role": "user", "content": LONG}]}
     server.arm("crash 2")
     whole = await server.client.post("/v1/chat/completions", json=body)
     assert whole.status == 502 and whole.headers["Retry-After"] == "1"

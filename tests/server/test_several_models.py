@@ -170,6 +170,8 @@ async def test_unknown_names_are_refused_on_every_api(board: Any) -> None:
                       "input": [{"role": "user", "content": "hi"}]})
         done = (await c.until_done({"r"}))["r"]
         assert done["status"] == "failed" and done["error"]["code"] == "model_not_found"
+        refusal = next(e for e in c.events if e["type"] == "error")
+        assert refusal["request_id"] == "r" and refusal["error"]["param"] == "model"
         await c.send({"type": "session.update", "session": {"model": "nope"}})
         error = await c.recv_type("error")
         assert error["error"]["code"] == "model_not_found"

@@ -328,7 +328,7 @@ class Connection:
                 param="request_id", request_id=rid, event_id=event.event_id)
         try:
             request = event.request
-            spec = self.pool.table.find(request.model or self.model_name)
+            spec = self._model_of(event)
             self.media.check(request, spec.encoder_file is not None)
             limit = self.settings.limits.max_inflight_per_connection
             if len(self.requests) >= limit:
@@ -350,6 +350,19 @@ class Connection:
             self._spawn(self._finish(stream, ticket))
         else:  # its model loads first
             stream.loading = self._spawn(self._load_then_run(stream, event))
+
+    def _model_of(self, event: ResponseCreate) -> ModelSpec:
+        """The request's model: its own, else the session's, else the default.
+
+        Raises:
+            ProtocolError: ``model_not_found`` (an error event and a failed
+                response.done, as for any bad field).
+        """
+        try:
+            return self.pool.table.find(event.request.model or self.model_name)
+        except RequestError as exc:
+            raise ProtocolError(exc.code, exc.message, param="model",
+                                request_id=event.request_id, event_id=event.event_id) from None
 
     def _submit(self, stream: RequestStream, event: ResponseCreate, lease: Lease) -> None:
         """Queue the request on its leased model; the lease ends with the request."""

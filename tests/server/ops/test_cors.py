@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from rkstream.config import ServerSettings, Settings
+from rkstream.config import ServerSettings
 from rkstream.server.app import make_app
 
 from fakes import FakeEngine
+from helpers import fake_settings
 
 
 def app_with(origins: str) -> Any:
-    settings = replace(Settings(), server=replace(ServerSettings(), cors_origins=origins))
+    """An app on the fake engine, its model served as ``m``."""
+    settings = fake_settings(server=replace(ServerSettings(), cors_origins=origins))
     return make_app(settings, lambda s: FakeEngine(s))
 
 
@@ -46,7 +48,7 @@ async def test_streamed_answers_carry_the_header(aiohttp_client: Any) -> None:
 
     client = await aiohttp_client(app_with("https://app.example"))
     response = await client.post("/api/chat", headers={"Origin": "https://app.example"},
-                                 json={"model": "x", "messages": [
+                                 json={"model": "m", "messages": [
                                      {"role": "user", "content": "a b"}]})
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"

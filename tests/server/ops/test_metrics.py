@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from rkstream.config import Settings
 from rkstream.core.messages import Message, TextPart
 from rkstream.core.params import SamplingSettings
 from rkstream.engines.base import Engine, Job, Outcome
+from rkstream.models.pool import Resident
+from rkstream.models.table import ModelSpec
 from rkstream.scheduler import Scheduler
 from rkstream.server.app import make_app
 from rkstream.server.ops.metrics import (
@@ -60,9 +63,15 @@ def requests(samples: Samples, status: str) -> float:
 
 @dataclass
 class Live:
-    scheduler: Scheduler | None = None
+    residents: list[Resident] = field(default_factory=list)
     sockets: list[object] = field(default_factory=list)
-    engine: Engine | None = None
+
+
+def loaded(engine: Engine, scheduler: Scheduler | None = None, name: str = "m") -> Resident:
+    """``engine`` as a loaded model called ``name``, with its own queue."""
+    spec = ModelSpec(name, Settings(), "fake", math.inf, default=True)
+    return Resident(spec, engine, scheduler or Scheduler(engine.instances, max_queue=5),
+                    None, 0, None)
 
 
 def job(rid: str, text: str) -> Job:
@@ -172,7 +181,7 @@ async def test_live_gauges_are_read_at_scrape_time() -> None:
     metrics = Metrics()
     fake = FakeEngine(Settings(), delay_s=20 * MS)
     scheduler = Scheduler(fake.instances, max_queue=5, observer=metrics)
-    metrics.watch(Live(scheduler=scheduler))
+    metrics.watch(Live(residents=[loaded(fake, scheduler)]))
     tickets = [scheduler.submit(job(f"r{i}", "a b c"), Sink()) for i in range(3)]
     await asyncio.sleep(30 * MS)
     _, during = scrape(metrics)
@@ -223,6 +232,7 @@ async def test_metrics_follow_traffic(aiohttp_client: Any) -> None:
     assert value(after, "rkstream_websocket_connections") == 1
     assert value(after, "rkstream_queue_depth") == 0
     assert value(after, "rkstream_running_requests") == 0
+    assert value(after, "rkstream_models_loaded") == 1  # the default model
     assert value(after, "rkstream_time_to_first_token_seconds_count") == 1  # b never ran
     assert value(after, "rkstream_inter_token_seconds_count") >= 2
     assert 0 < value(after, "rkstream_model_busy_ratio") <= 1
@@ -247,16 +257,27 @@ async def test_two_apps_keep_separate_counts(aiohttp_client: Any) -> None:
 def test_instance_health_is_read_at_scrape_time() -> None:
     engine = FakeEngine(replace(Settings(), instances=2))
     metrics = Metrics()
-    metrics.watch(Live(engine=engine))
+    live = Live(residents=[loaded(engine, name="chat")])
+    metrics.watch(live)
     engine._instances[1].state.crashes = 3
     engine._instances[1].state.restarts = 3
     engine._instances[1].set_status("restarting")
-    text = generate_latest(metrics.registry).decode()
-    assert 'rkstream_instance_up{instance="0"} 1.0' in text
-    assert 'rkstream_instance_up{instance="1"} 0.0' in text
-    assert 'rkstream_runtime_crashes_total{instance="1"} 3.0' in text
-    assert 'rkstream_worker_restarts_total{instance="1"} 3.0' in text
-    assert 'rkstream_runtime_hangs_total{instance="0"} 0.0' in text
+    _, samples = scrape(metrics)
+    assert value(samples, "rkstream_instance_up", model="chat", instance="0") == 1
+    assert value(samples, "rkstream_instance_up", model="chat", instance="1") == 0
+    assert value(samples, "rkstream_runtime_crashes_total", model="chat", instance="1") == 3
+    assert value(samples, "rkstream_worker_restarts_total", model="chat", instance="1") == 3
+    assert value(samples, "rkstream_runtime_hangs_total", model="chat", instance="0") == 0
+    assert value(samples, "rkstream_models_loaded") == 1
+    # Each loaded model's instances are labelled with its name; none when none is loaded.
+    live.residents.append(loaded(FakeEngine(Settings()), name="vision"))
+    _, samples = scrape(metrics)
+    assert value(samples, "rkstream_instance_up", model="vision", instance="0") == 1
+    assert value(samples, "rkstream_models_loaded") == 2
+    live.residents.clear()
+    _, samples = scrape(metrics)
+    assert value(samples, "rkstream_models_loaded") == 0
+    assert not any(name == "rkstream_instance_up" for name, _ in samples)
 
 
 def test_requests_are_counted_by_api() -> None:

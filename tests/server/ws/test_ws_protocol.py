@@ -20,7 +20,7 @@ from rkstream.config import LimitSettings, Settings
 from rkstream.server.app import make_app
 
 from fakes import Calls, FakeEngine
-from helpers import MS, WSClient, create
+from helpers import MS, WSClient, create, fake_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -34,7 +34,7 @@ def calls() -> Calls:
 def make_server(aiohttp_client: ClientFactory, calls: Calls
                 ) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
     async def make(delay_ms: float = 1, **limits: Any) -> TestClient[Any, Any]:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits))
+        settings = fake_settings(limits=replace(LimitSettings(), **limits))  # served as "m"
         app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
         return await aiohttp_client(app)
     return make
@@ -59,7 +59,10 @@ async def test_session_created_announces_limits(make_server: Any) -> None:
     assert event["type"] == "session.created"
     assert event["protocol"] == "rkstream.v1"
     assert event["server"]["name"] == "rkstream"
-    assert event["model"]["id"] == "fake" and event["model"]["vision"] is False
+    model = event["model"]  # the default model, under the name it is served as
+    assert model["id"] == "m" and model["engine"] == "fake" and model["vision"] is False
+    assert model["loaded"] is True and model["default"] is True
+    assert event["models"] == [model]  # every served model
     assert event["limits"]["max_queue"] == 7
     assert event["limits"]["max_message_bytes"] == Settings().limits.max_message_bytes
 
@@ -75,9 +78,12 @@ async def test_stream_and_done_json_subprotocol(make_server: Any) -> None:
     assert conn.text("a") == "one two three "
     assert done["status"] == "completed" and done["finish_reason"] == "stop"
     assert done["usage"] == {"input_tokens": 3, "output_tokens": 3}
-    assert set(done["timings"]) == {"queued_ms", "vision_ms", "prompt_n", "cache_n", "prompt_ms",
-                                    "predicted_n", "predicted_ms", "predicted_per_second",
-                                    "ttft_ms", "total_ms"}
+    assert done["model"] == "m"
+    assert set(done["timings"]) == {"load_ms", "queued_ms", "vision_ms", "prompt_n", "cache_n",
+                                    "prompt_ms", "predicted_n", "predicted_ms",
+                                    "predicted_per_second", "ttft_ms", "total_ms"}
+    assert done["timings"]["load_ms"] == 0.0  # the model was loaded
+    assert not any(e["type"].startswith("model.") for e in conn.events)  # no load events
     assert "text" not in done
 
 
@@ -129,6 +135,7 @@ async def test_session_update(make_server: Any, calls: Calls) -> None:
     updated = await conn.recv()
     assert updated["type"] == "session.updated"
     assert updated["session"]["instructions"] == "be brief"
+    assert updated["session"]["model"] == "m"  # the default model
     assert updated["session"]["params"]["max_tokens"] == 1
     assert updated["session"]["params"]["temperature"] == Settings().sampling.temperature
     await conn.send(create("a", "x y z"))

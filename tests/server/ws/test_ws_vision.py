@@ -28,7 +28,7 @@ from rkstream.vision.preprocess import background_from, prepare_image_sync
 from rkstream.vision.presets import PRESETS
 
 from conftest import ModelFactory, Records
-from helpers import MS, WSClient, create, jpeg
+from helpers import MS, WSClient, create, jpeg, resident
 from tiny_encoder import build_tiny_encoder
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -127,7 +127,7 @@ async def test_several_images_in_order(server: Any, records: Records,
 async def test_upload_once_and_cache(server: Any, records: Records) -> None:
     client = await server()
     conn = await connect(client)
-    vision = client.server.app[STATE].vision
+    vision = resident(client).vision
     assert vision is not None
     photo = jpeg(4)
     await conn.send({"type": "image.upload", "data": photo, "image_id": "cat", "event_id": "u"})
@@ -147,7 +147,7 @@ async def test_upload_once_and_cache(server: Any, records: Records) -> None:
 async def test_latest_frame_wins_while_busy(server: Any, records: Records) -> None:
     client = await server()
     conn = await connect(client)
-    vision = client.server.app[STATE].vision
+    vision = resident(client).vision
     assert vision is not None
     # Keep the model busy so frames are encoded ahead.
     await conn.send(create("busy", "x [[n_tokens=200]] [[token_delay_us=5000]]"))
@@ -172,7 +172,7 @@ async def test_latest_frame_wins_while_busy(server: Any, records: Records) -> No
 async def test_burst_faster_than_encoding_skips_superseded_frames(server: Any) -> None:
     client = await server()
     conn = await connect(client)
-    vision = client.server.app[STATE].vision
+    vision = resident(client).vision
     assert vision is not None
     await conn.send(create("busy", "x [[n_tokens=200]] [[token_delay_us=5000]]"))
     await conn.recv_type("response.output_text.delta")

@@ -33,7 +33,16 @@ from rkstream.server.state import STATE
 from anthropic_support import COUNT, MESSAGES, QWEN3, WEATHER, rebuild, sse, user
 from conftest import ModelFactory, Records
 from fakes import Calls
-from helpers import MS, aborted_in_prefill, eventually, model_file, post_and_leave, standin_settings
+from helpers import (
+    MS,
+    aborted_in_prefill,
+    eventually,
+    model_file,
+    post_and_leave,
+    resident,
+    served_name,
+    standin_settings,
+)
 from tiny_encoder import build_tiny_encoder
 
 Client = TestClient[Any, Any]
@@ -84,15 +93,18 @@ def anthropic_error(body: Any, kind: str) -> str:
 
 async def test_whole_message_shape(fake: Any) -> None:
     client = await fake()
-    body = await whole(client, user("one two three", model="claude-x"))
+    body = await whole(client, user("one two three", model="m"))
     assert body["id"].startswith("msg_") and len(body["id"]) == 28
     assert body == {"id": body["id"], "type": "message", "role": "assistant",
-                    "model": "claude-x", "content": [{"type": "text", "text": "one two three "}],
+                    "model": "m", "content": [{"type": "text", "text": "one two three "}],
                     "stop_reason": "end_turn", "stop_sequence": None,
                     "usage": {"input_tokens": 3, "cache_creation_input_tokens": 0,
                               "cache_read_input_tokens": 0, "output_tokens": 3}}
     unnamed = await whole(client, {k: v for k, v in user("hi").items() if k != "model"})
-    assert unnamed["model"] == "fake"  # the loaded model
+    assert unnamed["model"] == "m"  # the default model
+    unknown = await client.post(MESSAGES, json=user("hi", model="claude-x"))
+    assert unknown.status == 404
+    assert "claude-x" in anthropic_error(await unknown.json(), "not_found_error")
 
 
 async def test_stream_events_in_order(fake: Any) -> None:
@@ -184,21 +196,25 @@ async def test_conversation_becomes_project_messages(fake: Any, calls: Calls) ->
 
 async def test_stop_sequence_on_standin(standin: Any) -> None:
     client = await standin(reply="alpha beta gamma delta")
-    body = await whole(client, user("x", stop_sequences=["nope", "gamma"]))
+    model = served_name(client)
+    body = await whole(client, user("x", model=model, stop_sequences=["nope", "gamma"]))
     assert body["content"] == [{"type": "text", "text": "alpha beta "}]
     assert (body["stop_reason"], body["stop_sequence"]) == ("stop_sequence", "gamma")
-    _, blocks, delta = rebuild(await streamed(client, user("x", stop_sequences=["gamma"])))
+    _, blocks, delta = rebuild(await streamed(client, user("x", model=model,
+                                                           stop_sequences=["gamma"])))
     assert blocks == [{"type": "text", "text": "alpha beta "}]
     assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "gamma"}
-    body = await whole(client, user("x", stop_sequences=["omega"]))
+    body = await whole(client, user("x", model=model, stop_sequences=["omega"]))
     assert (body["stop_reason"], body["stop_sequence"]) == ("end_turn", None)
 
 
 async def test_empty_answer_has_an_empty_text_block(standin: Any) -> None:
     client = await standin(reply="alpha beta")
-    body = await whole(client, user("x", stop_sequences=["alpha"]))
+    model = served_name(client)
+    body = await whole(client, user("x", model=model, stop_sequences=["alpha"]))
     assert body["content"] == [{"type": "text", "text": ""}]
-    _, blocks, _ = rebuild(await streamed(client, user("x", stop_sequences=["alpha"])))
+    _, blocks, _ = rebuild(await streamed(client, user("x", model=model,
+                                                      stop_sequences=["alpha"])))
     assert blocks == [{"type": "text", "text": ""}]
 
 
@@ -212,8 +228,8 @@ def image_block(source: Any) -> dict[str, Any]:
     return {"type": "image", "source": source}
 
 
-def with_image(source: Any) -> dict[str, Any]:
-    return user([{"type": "text", "text": "what is this?"}, image_block(source)])
+def with_image(source: Any, model: str = "m") -> dict[str, Any]:
+    return user([{"type": "text", "text": "what is this?"}, image_block(source)], model=model)
 
 
 PNG_SOURCE = {"type": "base64", "media_type": "image/png", "data": png()}
@@ -221,15 +237,16 @@ PNG_SOURCE = {"type": "base64", "media_type": "image/png", "data": png()}
 
 async def test_base64_image_reaches_the_runtime(standin: Any, records: Records) -> None:
     client = await standin(vision=True, embed_width=16)
-    await whole(client, with_image(PNG_SOURCE))
+    model = served_name(client)
+    await whole(client, with_image(PNG_SOURCE, model))
     run = records.all("run")[-1]
     assert run["input_type"] == "multimodal" and run["n_image"] == 1
     assert "<image>" in run["prompt"]
     broken = {**PNG_SOURCE, "data": base64.b64encode(b"junk").decode()}
-    response = await client.post(MESSAGES, json=with_image(broken))  # the vision step
+    response = await client.post(MESSAGES, json=with_image(broken, model))  # the vision step
     assert response.status == 400
     anthropic_error(await response.json(), "invalid_request_error")
-    events = await streamed(client, with_image(broken))
+    events = await streamed(client, with_image(broken, model))
     assert events[-1]["type"] == "error"  # the stream had opened (message_start)
     anthropic_error(events[-1], "invalid_request_error")
 
@@ -343,11 +360,17 @@ async def test_never_a_500_for_wrong_types(fake: Any) -> None:
     bodies += [with_image({"type": "base64", key: v}) for key in ("media_type", "data")
                for v in values]
     for body in bodies:
+        # A model named as a string that is not served is not found: 404, not a 500.
+        unknown = isinstance(body, dict) and body.get("model") not in (None, "", "m") \
+            and isinstance(body.get("model"), str)
         for path in (MESSAGES, COUNT):
             response = await client.post(path, json=body)
-            assert response.status in (200, 400), (path, body, await response.text())
+            assert response.status in ((404,) if unknown else (200, 400)), \
+                (path, body, await response.text())
             if response.status == 400:
                 anthropic_error(await response.json(), "invalid_request_error")
+            elif unknown:
+                anthropic_error(await response.json(), "not_found_error")
 
 
 async def test_oversize_body_is_413(fake: Any) -> None:
@@ -385,14 +408,14 @@ async def test_routes_and_methods(fake: Any) -> None:
 async def test_model_loading_is_503_overloaded(fake: Any) -> None:
     client = await fake()
     state = client.app[STATE]
-    scheduler, state.scheduler = state.scheduler, None
+    pool, state.pool = state.pool, None  # as while the server starts
     try:
         for path in (MESSAGES, COUNT):
             response = await client.post(path, json=user("x"))
             assert response.status == 503 and response.headers["Retry-After"] == "1"
             anthropic_error(await response.json(), "overloaded_error")
     finally:
-        state.scheduler = scheduler
+        state.pool = pool
 
 
 async def test_failure_mid_stream_is_an_error_event(fake: Any) -> None:
@@ -464,7 +487,8 @@ async def test_disconnect_during_prefill_aborts_at_once(standin: Any, records: R
                                                         stream: bool) -> None:
     client = await standin(prefill_delay_us=3000000)
     # streamed, message_start goes out before the first token
-    gone_ns = await post_and_leave(client, MESSAGES, user("slow", stream=stream),
+    gone_ns = await post_and_leave(client, MESSAGES, user("slow", model=served_name(client),
+                                                          stream=stream),
                                    stream=stream, after_s=0.2)
     await aborted_in_prefill(records, gone_ns)
 
@@ -473,7 +497,7 @@ async def test_disconnect_during_prefill_aborts_at_once(standin: Any, records: R
 
 async def test_count_tokens_estimates_on_rkllm(standin: Any, records: Records) -> None:
     client = await standin()
-    response = await client.post(COUNT, json={"model": "m", "messages": [
+    response = await client.post(COUNT, json={"model": served_name(client), "messages": [
         {"role": "user", "content": "What is the weather in Oslo today?"}]})
     assert response.status == 200, await response.text()
     assert response.headers["X-Rkstream-Token-Count"] == "estimate"
@@ -492,8 +516,8 @@ async def test_count_tokens_follows_the_chat_format(aiohttp_client: ClientFactor
                                                     tmp_path: Path) -> None:
     model = model_file(tmp_path, QWEN3)
     client = await aiohttp_client(make_app(standin_settings(standin_libs["1.3"], model)))
-    engine = client.app[STATE].engine
-    assert engine is not None and engine.chat_format is not None
+    engine = resident(client).engine
+    assert engine.chat_format is not None
     body = {"system": "sys", "tools": [WEATHER],
             "messages": [{"role": "user", "content": "hi"}]}
     got = await (await client.post(COUNT, json=body)).json()
@@ -508,10 +532,11 @@ async def test_count_tokens_follows_the_chat_format(aiohttp_client: ClientFactor
 
 async def test_count_tokens_counts_image_rows(standin: Any, fake: Any) -> None:
     client = await standin(vision=True, embed_width=16)
-    text_only = await (await client.post(COUNT, json=user("what is this?"))).json()
-    response = await client.post(COUNT, json=with_image(PNG_SOURCE))
+    model = served_name(client)
+    text_only = await (await client.post(COUNT, json=user("what is this?", model=model))).json()
+    response = await client.post(COUNT, json=with_image(PNG_SOURCE, model))
     assert response.headers["X-Rkstream-Token-Count"] == "estimate"
-    vision = client.app[STATE].vision
+    vision = resident(client).vision
     assert vision is not None
     got = (await response.json())["input_tokens"]
     assert got == text_only["input_tokens"] + vision.encoder.n_tokens

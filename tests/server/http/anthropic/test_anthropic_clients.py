@@ -23,11 +23,12 @@ from anthropic import AsyncAnthropic
 from anthropic.types import ToolParam
 
 from rkstream.config import LimitSettings, ServerSettings, Settings
+from rkstream.models.table import top_level_name
 from rkstream.server.app import make_app
 
 from anthropic_support import QWEN2, QWEN3, WEATHER
 from fakes import FakeEngine
-from helpers import MS, call, reply, run_node_check
+from helpers import MS, call, fake_settings, reply, run_node_check, served
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOOLS = [cast(ToolParam, WEATHER)]
@@ -43,11 +44,12 @@ def hello(text: str) -> list[Any]:
 
 @pytest.fixture
 def fake_url(aiohttp_server: ServerFactory) -> Callable[..., Awaitable[str]]:
-    """Start a server on the fake engine; its base URL (the SDK adds /v1/messages)."""
+    """Start a server on the fake engine, its model served as ``m``; its base URL
+    (the SDK adds /v1/messages)."""
     async def make(delay_ms: float = 1, server: dict[str, Any] | None = None,
                    **limits: Any) -> str:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits),
-                           server=replace(ServerSettings(), **(server or {})))
+        settings = fake_settings(limits=replace(LimitSettings(), **limits),
+                                 server=replace(ServerSettings(), **(server or {})))
         app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS))
         return str((await aiohttp_server(app)).make_url(""))
     return make
@@ -55,7 +57,8 @@ def fake_url(aiohttp_server: ServerFactory) -> Callable[..., Awaitable[str]]:
 
 @pytest.fixture
 def standin_url(named_standin_url: Any) -> Any:
-    """Start a server on a stand-in model file called ``name``; its base URL."""
+    """Start a server on a stand-in model file called ``name``; its base URL. The
+    model is served under the file's stem (``served(name)``)."""
     return named_standin_url
 
 
@@ -68,11 +71,11 @@ def weather(city: str) -> str:
 
 async def test_create_and_stream_text(fake_url: Any) -> None:
     async with AsyncAnthropic(base_url=await fake_url(), api_key="x", max_retries=0) as client:
-        message = await client.messages.create(model="claude-x", max_tokens=64,
+        message = await client.messages.create(model="m", max_tokens=64,
                                                messages=hello("one two three"))
         assert message.content[0].type == "text"
         assert message.content[0].text == "one two three "
-        assert (message.stop_reason, message.model) == ("end_turn", "claude-x")
+        assert (message.stop_reason, message.model) == ("end_turn", "m")
         assert (message.usage.input_tokens, message.usage.output_tokens) == (3, 3)
         async with client.messages.stream(model="m", max_tokens=2,
                                           messages=hello("a b c d")) as stream:
@@ -93,8 +96,8 @@ async def test_tool_round_trip_whole(standin_url: Any) -> None:
     async with AsyncAnthropic(base_url=await standin_url(), api_key="x",
                               max_retries=0) as client:
         messages: list[Any] = hello(ASK)
-        first = await client.messages.create(model="m", max_tokens=256, tools=TOOLS,
-                                             messages=messages)
+        first = await client.messages.create(model=served(QWEN2), max_tokens=256,
+                                             tools=TOOLS, messages=messages)
         assert first.stop_reason == "tool_use"
         (tool,) = first.content
         assert tool.type == "tool_use" and tool.id.startswith("toolu_")
@@ -102,8 +105,8 @@ async def test_tool_round_trip_whole(standin_url: Any) -> None:
         messages.append(first.to_param())  # as the SDK's examples send it back
         messages.append({"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": tool.id, "content": weather("Zürich")}]})
-        second = await client.messages.create(model="m", max_tokens=256, tools=TOOLS,
-                                              messages=messages)
+        second = await client.messages.create(model=served(QWEN2), max_tokens=256,
+                                              tools=TOOLS, messages=messages)
     assert second.stop_reason == "end_turn"
     assert [(b.type, getattr(b, "text", None)) for b in second.content] == [
         ("text", "It is sunny in Zürich.")]
@@ -114,7 +117,7 @@ async def test_tool_round_trip_streamed_with_thinking(standin_url: Any) -> None:
     async with AsyncAnthropic(base_url=await standin_url(QWEN3, token_bytes=1),
                               api_key="x", max_retries=0) as client:
         messages: list[Any] = hello(THINK_ASK)
-        async with client.messages.stream(model="m", max_tokens=256, tools=TOOLS,
+        async with client.messages.stream(model=served(QWEN3), max_tokens=256, tools=TOOLS,
                                           messages=messages) as stream:
             seen = [event async for event in stream]
             first = await stream.get_final_message()
@@ -134,7 +137,7 @@ async def test_tool_round_trip_streamed_with_thinking(standin_url: Any) -> None:
         messages.append(first.to_param())  # the thinking block goes back too
         messages.append({"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": tool.id, "content": weather("Zürich")}]})
-        async with client.messages.stream(model="m", max_tokens=256, tools=TOOLS,
+        async with client.messages.stream(model=served(QWEN3), max_tokens=256, tools=TOOLS,
                                           messages=messages) as stream:
             text = await stream.get_final_text()
     assert text == "It is sunny in Zürich."
@@ -188,7 +191,7 @@ async def test_keys_and_failures_mid_stream(fake_url: Any, standin_url: Any) -> 
     async with AsyncAnthropic(base_url=await standin_url(), api_key="x",
                               max_retries=0) as client:
         stream = await client.messages.create(
-            model="m", max_tokens=64, stream=True,
+            model=served(QWEN2), max_tokens=64, stream=True,
             messages=hello("tell me a story [[error_after=2]]"))
         with pytest.raises(anthropic.APIStatusError) as caught:
             async for _ in stream:
@@ -207,7 +210,8 @@ async def test_keys_and_failures_mid_stream(fake_url: Any, standin_url: Any) -> 
 ])
 async def test_node_sdk_tool_loop(standin_url: Any, mode: str, name: str, prompt: str) -> None:
     code, summary = await run_node_check("anthropic_sdk_check.mjs",
-                                         await standin_url(name, token_bytes=1), prompt, mode)
+                                         await standin_url(name, token_bytes=1), served(name),
+                                         prompt, mode)
     assert code == 0 and summary["errors"] == [], summary
     assert summary["executed"] == ["Zürich"] and summary["text"] == "It is sunny in Zürich."
     first, second = summary["steps"]
@@ -230,9 +234,9 @@ async def test_node_sdk_tool_loop(standin_url: Any, mode: str, name: str, prompt
 # -- the CPU engine: a real model, an exact count ------------------------------------------
 
 async def test_real_model_answers_and_counts_exactly(aiohttp_server: ServerFactory) -> None:
-    app = make_app(replace(Settings(), engine="llamacpp"))  # the bundled SmolLM2
-    base_url = str((await aiohttp_server(app)).make_url(""))
-    body: dict[str, Any] = {"model": "smol", "system": "Answer in one sentence.",
+    settings = replace(Settings(), engine="llamacpp")  # the bundled SmolLM2
+    base_url = str((await aiohttp_server(make_app(settings))).make_url(""))
+    body: dict[str, Any] = {"model": top_level_name(settings), "system": "Answer in one sentence.",
                             "messages": hello("What is the capital of France?")}
     async with AsyncAnthropic(base_url=base_url, api_key="x", max_retries=0) as client:
         raw = await client.messages.with_raw_response.count_tokens(**body)

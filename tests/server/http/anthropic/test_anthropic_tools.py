@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from anthropic_support import MESSAGES, QWEN2, QWEN3, TIME, WEATHER, kinds, rebuild, sse
 from conftest import Records
-from helpers import call, reply
+from helpers import call, reply, served_name
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
@@ -34,18 +34,20 @@ def server(named_standin: Any) -> Any:
 
 
 def ask(text: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "m", "max_tokens": 256, "tools": [WEATHER],
+    """A request; :func:`streamed` and :func:`whole` name the server's model in it."""
+    return {"max_tokens": 256, "tools": [WEATHER],
             "messages": [{"role": "user", "content": text}], **extra}
 
 
 async def streamed(client: Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    response = await client.post(MESSAGES, json={**body, "stream": True})
+    response = await client.post(MESSAGES, json={"model": served_name(client), **body,
+                                                 "stream": True})
     assert response.status == 200, await response.text()
     return sse(await response.text())
 
 
 async def whole(client: Client, body: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post(MESSAGES, json=body)
+    response = await client.post(MESSAGES, json={"model": served_name(client), **body})
     assert response.status == 200, await response.text()
     answer: dict[str, Any] = await response.json()
     return answer

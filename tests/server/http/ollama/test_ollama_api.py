@@ -25,7 +25,7 @@ from rkstream.server.app import make_app
 from rkstream.server.http.ollama.routes import ndjson
 
 from fakes import Calls, FakeEngine
-from helpers import MS
+from helpers import MS, fake_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Server = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -42,13 +42,13 @@ def build_app(settings: Settings, calls: Calls, delay_ms: float) -> web.Applicat
 @pytest.fixture
 def server(aiohttp_client: ClientFactory, calls: Calls) -> Server:
     async def make(delay_ms: float = 1, **limits: Any) -> TestClient[Any, Any]:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits))
+        settings = fake_settings(limits=replace(LimitSettings(), **limits))  # served as "m"
         return await aiohttp_client(build_app(settings, calls, delay_ms))
     return make
 
 
 def chat_body(text: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "my-own-name", "messages": [{"role": "user", "content": text}], **extra}
+    return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
 
 
 async def read_ndjson(resp: aiohttp.ClientResponse) -> list[dict[str, Any]]:
@@ -83,7 +83,7 @@ async def test_chat_streams_ndjson(server: Server) -> None:
     *pieces, final = lines
     assert [p["message"]["content"] for p in pieces] == ["one ", "two ", "three "]
     for piece in pieces:
-        assert piece["done"] is False and piece["model"] == "my-own-name"
+        assert piece["done"] is False and piece["model"] == "m"
         assert piece["message"]["role"] == "assistant"
         assert CREATED_AT.match(piece["created_at"])
     assert final["message"] == {"role": "assistant", "content": ""}
@@ -140,7 +140,7 @@ async def test_generate_streams_and_uses_system(server: Server, calls: Calls) ->
     assert job.instructions == "sys" and job.messages[0].text == "hi there"
     body = await (await client.post("/api/generate", json={"prompt": "x y",
                                                            "stream": False})).json()
-    assert body["response"] == "x y " and body["model"] == "fake"
+    assert body["response"] == "x y " and body["model"] == "m"  # the default model
     check_final(body, "stop")
 
 
@@ -262,17 +262,22 @@ async def test_model_endpoints(server: Server) -> None:
                                                                "rkstream": __version__}
     [model] = (await (await client.get("/api/tags")).json())["models"]
     assert set(model) == {"name", "model", "modified_at", "size", "digest", "details"}
-    assert model["name"] == model["model"] == "fake"
-    assert len(model["digest"]) == 64 and model["size"] == 0
+    assert model["name"] == model["model"] == "m"
+    assert len(model["digest"]) == 64 and model["size"] == 0  # m.gguf is not there
     assert CREATED_AT.match(model["modified_at"])
     assert set(model["details"]) >= {"format", "family", "parameter_size",
                                      "quantization_level"}
-    shown = await (await client.post("/api/show", json={"name": "old-spelling"})).json()
-    assert shown["model_info"]["general.architecture"] == "fake"
-    assert shown["model_info"]["fake.context_length"] == 1024
+    shown = await (await client.post("/api/show", json={"name": "m"})).json()  # old spelling
+    info = shown["model_info"]
+    assert info["rkstream.engine"] == "fake" and info["rkstream.loaded"] is True
+    assert info[f"{info['general.architecture']}.context_length"] == 1024
     assert shown["capabilities"] == ["completion"]
+    tagged = await (await client.post("/api/show", json={"model": "M:latest"})).json()
+    assert tagged["model_info"] == info  # the name matches ignoring case and ":latest"
     resp = await client.post("/api/show", json={"model": 5})
     assert resp.status == 400 and "model" in (await resp.json())["error"]
+    resp = await client.post("/api/show", json={"model": "llama3.2"})
+    assert resp.status == 404 and "'llama3.2' not found" in (await resp.json())["error"]
     [running] = (await (await client.get("/api/ps")).json())["models"]
     assert running["size_vram"] == 0 and running["expires_at"].startswith("9999")
     assert running["context_length"] == 1024

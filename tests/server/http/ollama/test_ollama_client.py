@@ -21,11 +21,12 @@ from PIL import Image
 
 from rkstream.config import LimitSettings, RKLLMSettings, Settings, VisionSettings
 from rkstream.engines.base import Engine
+from rkstream.models.table import top_level_name
 from rkstream.server.app import make_app
 
 from conftest import ModelFactory
 from fakes import Calls, FakeEngine
-from helpers import MS
+from helpers import MS, fake_settings, served
 from tiny_encoder import build_tiny_encoder
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -37,14 +38,18 @@ USER = [{"role": "user", "content": "one two three"}]
 
 @pytest.fixture
 def serve(aiohttp_server: ServerFactory, calls: Calls) -> Serve:
-    """Start a server on 127.0.0.1; returns its base URL."""
+    """Start a server on 127.0.0.1; returns its base URL. On the fake engine
+    (``fake``) its model is served as ``m``."""
     async def start(settings: Settings | None = None, *, fake: bool = True,
                     delay_ms: float = 1) -> str:
         factory: Callable[[Settings], Engine] | None = None
+        settings = settings or Settings()
         if fake:
+            settings = fake_settings(settings)
+
             def factory(s: Settings) -> Engine:
                 return FakeEngine(s, delay_ms * MS, calls)
-        app = make_app(settings or Settings(), *([factory] if factory else []))
+        app = make_app(settings, *([factory] if factory else []))
         server = await aiohttp_server(app, host="127.0.0.1")
         return f"http://127.0.0.1:{server.port}"
     return start
@@ -86,22 +91,26 @@ async def test_sync_client(clients: Clients, serve: Serve) -> None:
     client = clients.make(await serve())
 
     def run() -> None:
-        reply = client.chat(model="llama3.2", messages=USER)
+        reply = client.chat(model="m", messages=USER)
         assert reply.message.content == "one two three " and reply.done
-        assert reply.done_reason == "stop" and reply.model == "llama3.2"
+        assert reply.done_reason == "stop" and reply.model == "m"
         check_stats(reply)
-        parts = list(client.chat(model="x", messages=USER, stream=True))
+        parts = list(client.chat(model="m", messages=USER, stream=True))
         assert "".join(p.message.content or "" for p in parts) == "one two three "
         assert [p.done for p in parts] == [False, False, False, True]
         check_stats(parts[-1])
-        generated = client.generate(model="x", prompt="a b c", options={"num_predict": 2})
+        generated = client.generate(model="m", prompt="a b c", options={"num_predict": 2})
         assert generated.response == "a b " and generated.done_reason == "length"
         assert generated.eval_count == 2
         listed = client.list()
-        assert [m.model for m in listed.models] == ["fake"]
-        shown = client.show("anything")
+        assert [m.model for m in listed.models] == ["m"]
+        shown = client.show("m:latest")  # Ollama's tag matches too
         assert shown.capabilities == ["completion"]
-        assert shown.modelinfo is not None and shown.modelinfo["fake.context_length"] == 1024
+        info = shown.modelinfo
+        assert info is not None and info[f"{info['general.architecture']}.context_length"] == 1024
+        with pytest.raises(ollama.ResponseError) as unknown:
+            client.chat(model="llama3.2", messages=USER)
+        assert unknown.value.status_code == 404 and "'llama3.2' not found" in unknown.value.error
         running = client.ps()
         assert running.models[0].context_length == 1024
         assert running.models[0].expires_at is not None
@@ -185,7 +194,8 @@ async def test_standin_split_utf8_and_timings(clients: Clients, serve: Serve,
     client = clients.make_async(await serve(settings, fake=False))
     reply = "你好\u2028世界\u2029🎉\x85naïve"
     parts = [p async for p in await client.chat(
-        model="m", stream=True, messages=[{"role": "user", "content": f"[[reply={reply}]]"}])]
+        model=served(model), stream=True,
+        messages=[{"role": "user", "content": f"[[reply={reply}]]"}])]
     assert "".join(p.message.content or "" for p in parts) == reply
     final = parts[-1]
     check_stats(final)
@@ -197,9 +207,10 @@ async def test_standin_split_utf8_and_timings(clients: Clients, serve: Serve,
 
 
 async def test_llamacpp_answers_through_the_client(clients: Clients, serve: Serve) -> None:
-    client = clients.make_async(await serve(replace(Settings(), engine="llamacpp"),
-                                                 fake=False))
-    reply = await client.chat(model="smollm2", options={"num_predict": 30, "temperature": 0},
+    settings = replace(Settings(), engine="llamacpp")
+    client = clients.make_async(await serve(settings, fake=False))
+    name = top_level_name(settings)  # the bundled model's file name
+    reply = await client.chat(model=name, options={"num_predict": 30, "temperature": 0},
                               messages=[{"role": "user", "content": "What is the capital "
                                          "of France? Answer in one sentence."}])
     assert (reply.message.content or "").strip()
@@ -210,6 +221,6 @@ async def test_llamacpp_answers_through_the_client(clients: Clients, serve: Serv
     assert listed.details is not None and listed.details.format == "gguf"
     assert listed.details.quantization_level == "Q4_1"
     assert listed.details.parameter_size == "135M" and listed.size and listed.size > 10**6
-    shown = await client.show("smollm2")
+    shown = await client.show(name)
     assert shown.modelinfo is not None and shown.modelinfo["smollm2.context_length"] > 0
 

@@ -29,7 +29,7 @@ from rkstream.server.app import make_app
 
 from conftest import Records
 from fakes import Calls, FakeEngine
-from helpers import MS
+from helpers import MS, fake_settings, served_name
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -95,14 +95,17 @@ async def lines_of(resp: aiohttp.ClientResponse) -> list[dict[str, Any]]:
     return out
 
 
-def ask(text: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+def ask(client: TestClient[Any, Any], text: str, **extra: Any) -> dict[str, Any]:
+    """A chat request to the model ``client``'s server serves."""
+    return {"model": served_name(client), "messages": [{"role": "user", "content": text}],
+            **extra}
 
 
 # -- tool calls -------------------------------------------------------------------------
 
 async def test_a_call_split_into_bytes_arrives_whole(qwen25: TestClient[Any, Any]) -> None:
-    body = ask(f"weather in Paris? {directive('Let me look. ' + CALL)}", tools=[WEATHER])
+    body = ask(qwen25, f"weather in Paris? {directive('Let me look. ' + CALL)}",
+               tools=[WEATHER])
     chunks = await lines_of(await qwen25.post("/api/chat", json=body))
     *pieces, final = chunks
     with_calls = [c for c in pieces if "tool_calls" in c["message"]]
@@ -127,7 +130,7 @@ async def test_a_call_split_into_bytes_arrives_whole(qwen25: TestClient[Any, Any
 
 async def test_parallel_calls_are_numbered(qwen25: TestClient[Any, Any]) -> None:
     second = CALL.replace("Paris", "Oslo")
-    body = ask(directive(CALL + r"\n" + second), tools=[WEATHER], stream=False)
+    body = ask(qwen25, directive(CALL + r"\n" + second), tools=[WEATHER], stream=False)
     whole = await (await qwen25.post("/api/chat", json=body)).json()
     calls = whole["message"]["tool_calls"]
     assert [(c["function"]["index"], c["function"]["arguments"]["city"]) for c in calls] \
@@ -139,7 +142,7 @@ async def test_broken_arguments_come_back_as_text(qwen25: TestClient[Any, Any]) 
     """The ollama client takes only an object as arguments: a call whose JSON is
     broken is not a call, and never a 500; its text goes to content."""
     broken = r'<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>'
-    body = ask(directive("Hm. " + broken), tools=[WEATHER])
+    body = ask(qwen25, directive("Hm. " + broken), tools=[WEATHER])
     chunks = await lines_of(await qwen25.post("/api/chat", json=body))
     assert not any("tool_calls" in c["message"] for c in chunks)
     text = "".join(c["message"]["content"] for c in chunks)
@@ -150,12 +153,12 @@ async def test_broken_arguments_come_back_as_text(qwen25: TestClient[Any, Any]) 
     # Valid JSON that is not an object cannot be arguments either.
     listed = r'<tool_call>\n{"name": "get_weather", "arguments": ["Paris"]}\n</tool_call>'
     whole = await (await qwen25.post("/api/chat", json={
-        **ask(directive(listed), tools=[WEATHER]), "stream": False})).json()
+        **ask(qwen25, directive(listed), tools=[WEATHER]), "stream": False})).json()
     assert "tool_calls" not in whole["message"] and '["Paris"]' in whole["message"]["content"]
     # Cut off by num_predict inside the call (tokens of one byte): its text, and "length".
     for cut, written in ((30, '{"name": "get_weat'), (60, '{"name": "get_weather", '
                                                           '"arguments": {"city": "P')):
-        body = ask(directive(CALL), tools=[WEATHER], options={"num_predict": cut})
+        body = ask(qwen25, directive(CALL), tools=[WEATHER], options={"num_predict": cut})
         chunks = await lines_of(await qwen25.post("/api/chat", json=body))
         assert chunks[-1]["done_reason"] == "length"
         assert not any("tool_calls" in c["message"] for c in chunks)
@@ -164,7 +167,7 @@ async def test_broken_arguments_come_back_as_text(qwen25: TestClient[Any, Any]) 
 
 
 async def test_without_tools_the_markup_is_text(qwen25: TestClient[Any, Any]) -> None:
-    whole = await (await qwen25.post("/api/chat", json=ask(directive(CALL),
+    whole = await (await qwen25.post("/api/chat", json=ask(qwen25, directive(CALL),
                                                             stream=False))).json()
     assert whole["message"]["content"].startswith("<tool_call>\n{")
     assert "tool_calls" not in whole["message"]
@@ -173,7 +176,7 @@ async def test_without_tools_the_markup_is_text(qwen25: TestClient[Any, Any]) ->
 async def test_the_tool_turns_reach_the_template(qwen25: TestClient[Any, Any],
                                                  standin: Standin) -> None:
     """An earlier call (arguments an object, no id) and its result (tool_name)."""
-    body = {"model": "m", "stream": False, "tools": [WEATHER], "messages": [
+    body = {"model": served_name(qwen25), "stream": False, "tools": [WEATHER], "messages": [
         {"role": "user", "content": "weather in Paris?"},
         {"role": "assistant", "content": "", "tool_calls": [
             {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
@@ -194,7 +197,7 @@ async def test_the_tool_turns_reach_the_template(qwen25: TestClient[Any, Any],
 
 async def test_thinking_goes_to_message_thinking(qwen3: TestClient[Any, Any],
                                                  standin: Standin) -> None:
-    body = ask(directive(THOUGHT + "Take an umbrella."), think=True)
+    body = ask(qwen3, directive(THOUGHT + "Take an umbrella."), think=True)
     chunks = await lines_of(await qwen3.post("/api/chat", json=body))
     thinking = "".join(c["message"].get("thinking", "") for c in chunks)
     content = "".join(c["message"]["content"] for c in chunks)
@@ -211,30 +214,32 @@ async def test_thinking_goes_to_message_thinking(qwen3: TestClient[Any, Any],
                                 "thinking": "The user wants the weather."}
 
     generated = await (await qwen3.post("/api/generate", json={
-        "model": "m", "prompt": directive(THOUGHT + "Yes."), "think": "high",
+        "model": served_name(qwen3), "prompt": directive(THOUGHT + "Yes."), "think": "high",
         "stream": False})).json()
     assert generated["response"] == "Yes."
     assert generated["thinking"] == "The user wants the weather."
     streamed = await lines_of(await qwen3.post("/api/generate", json={
-        "model": "m", "prompt": directive(THOUGHT + "Yes."), "think": True}))
+        "model": served_name(qwen3), "prompt": directive(THOUGHT + "Yes."), "think": True}))
     assert "".join(c.get("thinking", "") for c in streamed) == "The user wants the weather."
     assert "".join(c["response"] for c in streamed) == "Yes."
 
 
 async def test_think_false_reaches_the_template(qwen3: TestClient[Any, Any],
                                                 standin: Standin) -> None:
-    await lines_of(await qwen3.post("/api/chat", json=ask(directive("Hi."), think=False)))
+    await lines_of(await qwen3.post("/api/chat",
+                                    json=ask(qwen3, directive("Hi."), think=False)))
     assert standin.prompts()[-1].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    await lines_of(await qwen3.post("/api/chat", json=ask(directive("Hi."), think="low")))
+    await lines_of(await qwen3.post("/api/chat",
+                                    json=ask(qwen3, directive("Hi."), think="low")))
     assert standin.prompts()[-1].endswith("<|im_start|>assistant\n")
     await lines_of(await qwen3.post("/api/generate", json={
-        "model": "m", "prompt": directive("Hi."), "think": False}))
+        "model": served_name(qwen3), "prompt": directive("Hi."), "think": False}))
     assert standin.prompts()[-1].endswith("<think>\n\n</think>\n\n")
 
 
 async def test_thinking_and_a_call_in_one_answer(qwen3: TestClient[Any, Any],
                                                  standin: Standin) -> None:
-    body = ask(directive(THOUGHT + CALL), think=True, tools=[WEATHER])
+    body = ask(qwen3, directive(THOUGHT + CALL), think=True, tools=[WEATHER])
     chunks = await lines_of(await qwen3.post("/api/chat", json=body))
     assert "".join(c["message"].get("thinking", "") for c in chunks) \
         == "The user wants the weather."
@@ -247,7 +252,7 @@ async def test_thinking_and_a_call_in_one_answer(qwen3: TestClient[Any, Any],
                {"role": "tool", "tool_name": "get_weather",
                 "content": "18 degrees " + directive("Mild.")}]
     whole = await (await qwen3.post("/api/chat", json={
-        "model": "m", "messages": history, "tools": [WEATHER], "think": True,
+        "model": served_name(qwen3), "messages": history, "tools": [WEATHER], "think": True,
         "stream": False})).json()
     assert whole["message"]["content"] == "Mild."
     # Re-rendered, the turn is byte for byte what the model wrote, so the KV
@@ -261,7 +266,7 @@ async def test_thinking_and_a_call_in_one_answer(qwen3: TestClient[Any, Any],
 
 @pytest.fixture
 async def fake(aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
-    return await aiohttp_client(make_app(Settings(),
+    return await aiohttp_client(make_app(fake_settings(),
                                          lambda s: FakeEngine(s, 1 * MS, Calls())))
 
 
@@ -294,32 +299,36 @@ BAD = [
 @pytest.mark.parametrize(("change", "message"), BAD)
 async def test_bad_tools_and_think_are_400(fake: TestClient[Any, Any], change: dict[str, Any],
                                            message: str) -> None:
-    resp = await fake.post("/api/chat", json={**ask("hi"), **change})
+    resp = await fake.post("/api/chat", json={**ask(fake, "hi"), **change})
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert message in error, error
 
 
 async def test_think_is_checked_on_generate_too(fake: TestClient[Any, Any]) -> None:
-    resp = await fake.post("/api/generate", json={"model": "m", "prompt": "x",
+    resp = await fake.post("/api/generate", json={"model": served_name(fake), "prompt": "x",
                                                   "think": "yes"})
     assert resp.status == 400 and "think must be" in (await resp.json())["error"]
 
 
 async def test_show_names_the_capabilities(qwen3: TestClient[Any, Any],
                                            fake: TestClient[Any, Any]) -> None:
-    shown = await (await qwen3.post("/api/show", json={"model": "m"})).json()
-    assert shown["capabilities"] == ["completion", "tools", "thinking"]
-    shown = await (await fake.post("/api/show", json={"model": "m"})).json()
+    shown = await (await qwen3.post("/api/show", json={"model": served_name(qwen3)})).json()
+    # The RKLLM engine also embeds (its last hidden layer); the fake does not.
+    assert shown["capabilities"] == ["completion", "tools", "thinking", "embedding"]
+    shown = await (await fake.post("/api/show", json={"model": served_name(fake)})).json()
     assert shown["capabilities"] == ["completion"]
 
 
 # -- the ollama Python client -----------------------------------------------------------
 
+QWEN3 = "qwen3-test"  # what the server calls the model in qwen3-test.rkllm
+
+
 @pytest.fixture
 async def client(aiohttp_server: ServerFactory, standin: Standin
                  ) -> AsyncIterator[ollama.AsyncClient]:
-    app = make_app(standin.settings("qwen3-test.rkllm", token_bytes=1))
+    app = make_app(standin.settings(f"{QWEN3}.rkllm", token_bytes=1))
     server = await aiohttp_server(app, host="127.0.0.1")
     made = ollama.AsyncClient(host=f"http://127.0.0.1:{server.port}")
     yield made
@@ -338,7 +347,7 @@ def get_weather(city: str) -> str:
 async def test_client_round_trip(client: ollama.AsyncClient, standin: Standin) -> None:
     messages: list[Any] = [{"role": "user", "content": "weather in Paris? "
                             + directive("Checking. " + CALL)}]
-    first = await client.chat(model="qwen3", messages=messages, tools=[get_weather],
+    first = await client.chat(model=QWEN3, messages=messages, tools=[get_weather],
                               think=False)
     assert first.message.content == "Checking. "
     calls = first.message.tool_calls or []
@@ -350,7 +359,7 @@ async def test_client_round_trip(client: ollama.AsyncClient, standin: Standin) -
         result = get_weather(call.function.arguments["city"])
         messages.append({"role": "tool", "tool_name": call.function.name,
                          "content": result + " " + directive("It is 18 degrees in Paris.")})
-    final = await client.chat(model="qwen3", messages=messages, tools=[get_weather],
+    final = await client.chat(model=QWEN3, messages=messages, tools=[get_weather],
                               think=False)
     assert final.message.content == "It is 18 degrees in Paris."
     assert not final.message.tool_calls
@@ -358,21 +367,21 @@ async def test_client_round_trip(client: ollama.AsyncClient, standin: Standin) -
 
 
 async def test_client_thinking_and_streamed_calls(client: ollama.AsyncClient) -> None:
-    reply = await client.chat(model="qwen3", think=True, messages=[
+    reply = await client.chat(model=QWEN3, think=True, messages=[
         {"role": "user", "content": directive(THOUGHT + "Sunny.")}])
     assert reply.message.thinking == "The user wants the weather."
     assert reply.message.content == "Sunny."
     thinking = content = ""
     calls: list[ollama.Message.ToolCall] = []
     async for part in await client.chat(
-            model="qwen3", think=True, stream=True, tools=[WEATHER], messages=[
+            model=QWEN3, think=True, stream=True, tools=[WEATHER], messages=[
                 {"role": "user", "content": directive(THOUGHT + "Let me see. " + CALL)}]):
         thinking += part.message.thinking or ""
         content += part.message.content or ""
         calls += part.message.tool_calls or []
     assert thinking == "The user wants the weather." and content == "Let me see. "
     assert [c.function.arguments for c in calls] == [{"city": "Paris", "days": 2}]
-    generated = await client.generate(model="qwen3", think="medium",
+    generated = await client.generate(model=QWEN3, think="medium",
                                       prompt=directive(THOUGHT + "Yes."))
     assert generated.thinking == "The user wants the weather."
     assert generated.response == "Yes."

@@ -61,10 +61,11 @@ def reasoning_of(ds: list[dict[str, Any]]) -> str:
     return "".join(d.get("reasoning_content") or "" for d in ds)
 
 
-async def run_tools_check(url: str, prompt: str, mode: str, *extra: str
+async def run_tools_check(url: str, model: str, prompt: str, mode: str, *extra: str
                           ) -> tuple[int, dict[str, Any]]:
-    """The AI SDK's tool loop (ai_sdk_tools_check.mjs) against ``url``."""
-    return await run_node_check("ai_sdk_tools_check.mjs", url, prompt, mode, *extra)
+    """The AI SDK's tool loop (ai_sdk_tools_check.mjs) against ``url``, asking for
+    ``model`` (the name the server serves it under)."""
+    return await run_node_check("ai_sdk_tools_check.mjs", url, model, prompt, mode, *extra)
 
 
 # -- /v1/responses ---------------------------------------------------------------------

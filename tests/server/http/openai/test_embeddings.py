@@ -16,17 +16,20 @@ from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI, BadRequestError
 
 from rkstream.config import LlamaCppSettings, Settings
+from rkstream.models.table import top_level_name
 from rkstream.server.app import make_app
 
 CPU = pytest.mark.asyncio(loop_scope="module")
 
 
+SETTINGS = replace(Settings(), engine="llamacpp", llamacpp=replace(LlamaCppSettings(), n_ctx=512))
+SMOL = top_level_name(SETTINGS)  # the name the bundled model is served under
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def base() -> AsyncIterator[str]:
     """The base URL of one server on llama.cpp (context 512) for the module."""
-    settings = replace(Settings(), engine="llamacpp",
-                       llamacpp=replace(LlamaCppSettings(), n_ctx=512))
-    server = TestServer(make_app(settings), host="127.0.0.1")
+    server = TestServer(make_app(SETTINGS), host="127.0.0.1")
     await server.start_server()
     yield f"http://127.0.0.1:{server.port}"
     await server.close()
@@ -41,9 +44,9 @@ async def _post(base: str, body: dict[str, Any]) -> tuple[int, Any]:
 @CPU
 async def test_shapes_norms_order_and_usage(base: str) -> None:
     texts = ["the cat sat on the mat", "quarterly revenue grew", "the cat sat on the mat"]
-    status, body = await _post(base, {"model": "smol", "input": texts, "user": "u1"})
+    status, body = await _post(base, {"model": SMOL, "input": texts, "user": "u1"})
     assert status == 200, body
-    assert body["object"] == "list" and body["model"] == "smol"
+    assert body["object"] == "list" and body["model"] == SMOL
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     assert all(d["object"] == "embedding" for d in body["data"])
     vectors = [np.asarray(d["embedding"]) for d in body["data"]]
@@ -55,7 +58,7 @@ async def test_shapes_norms_order_and_usage(base: str) -> None:
     usage = body["usage"]
     assert usage["prompt_tokens"] == usage["total_tokens"] > 6
     # batch order: each one alone gives the same vector
-    status, alone = await _post(base, {"model": "smol", "input": texts[1]})
+    status, alone = await _post(base, {"model": SMOL, "input": texts[1]})
     assert np.allclose(alone["data"][0]["embedding"], vectors[1], atol=1e-5)
 
 
@@ -106,15 +109,15 @@ async def test_dimensions_equal_to_the_model_size_is_fine(base: str) -> None:
 @CPU
 async def test_openai_sdk(base: str) -> None:
     async with AsyncOpenAI(base_url=f"{base}/v1", api_key="none") as client:
-        reply = await client.embeddings.create(model="smol", input=["a", "b c"])
+        reply = await client.embeddings.create(model=SMOL, input=["a", "b c"])
         assert len(reply.data) == 2 and len(reply.data[0].embedding) == 576
         assert reply.usage.prompt_tokens > 0
         # the SDK asks for base64 by default and decodes it; check an explicit float too
-        plain = await client.embeddings.create(model="smol", input="a",
+        plain = await client.embeddings.create(model=SMOL, input="a",
                                                encoding_format="float")
         assert np.allclose(plain.data[0].embedding, reply.data[0].embedding, atol=1e-6)
         with pytest.raises(BadRequestError) as caught:
-            await client.embeddings.create(model="smol", input="a", dimensions=8)
+            await client.embeddings.create(model=SMOL, input="a", dimensions=8)
         assert "dimensions" in str(caught.value)
 
 
@@ -136,9 +139,9 @@ async def test_counted_in_metrics_by_api(base: str) -> None:
 
     async with ClientSession() as session:
         before = await (await session.get(f"{base}/metrics")).text()
-        await _post(base, {"model": "smol", "input": "count me"})
-        await _post(base, {"model": "smol", "input": ""})  # refused before the engine
-        await _post(base, {"model": "smol", "input": "word " * 2000})  # context_overflow
+        await _post(base, {"model": SMOL, "input": "count me"})
+        await _post(base, {"model": SMOL, "input": ""})  # refused before the engine
+        await _post(base, {"model": SMOL, "input": "word " * 2000})  # context_overflow
         after = await (await session.get(f"{base}/metrics")).text()
     assert counted(after, "completed") == counted(before, "completed") + 1
     assert counted(after, "failed") == counted(before, "failed") + 1

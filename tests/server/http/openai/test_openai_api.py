@@ -30,7 +30,7 @@ from rkstream.server.state import STATE
 
 from conftest import ModelFactory, Records
 from fakes import Calls, FakeEngine
-from helpers import MS, aborted_in_prefill, eventually, post_and_leave
+from helpers import MS, aborted_in_prefill, eventually, fake_settings, post_and_leave
 from openai_support import sse_events
 from tiny_encoder import build_tiny_encoder
 
@@ -46,7 +46,7 @@ def user(text: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def fake(aiohttp_client: ClientFactory, calls: Calls) -> Callable[..., Awaitable[Client]]:
     async def make(delay_ms: float = 0, **limits: Any) -> Client:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits))
+        settings = fake_settings(limits=replace(LimitSettings(), **limits))  # served as "m"
         app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS, calls))
         return await aiohttp_client(app)
     return make
@@ -118,11 +118,11 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
 
 async def test_chat_whole_shape(fake: Any) -> None:
     client = await fake()
-    response = await client.post(CHAT, json=user("one two three", model="my-model"))
+    response = await client.post(CHAT, json=user("one two three", model="m"))
     assert response.status == 200 and response.content_type == "application/json"
     body = await response.json()
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
-    assert isinstance(body["created"], int) and body["model"] == "my-model"
+    assert isinstance(body["created"], int) and body["model"] == "m"
     assert body["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "stop",
                                 "message": {"role": "assistant",
                                             "content": "one two three "}}]
@@ -132,8 +132,16 @@ async def test_chat_whole_shape(fake: Any) -> None:
 
 
 async def test_model_defaults_to_the_loaded_one(fake: Any) -> None:
-    body = await (await (await fake()).post(CHAT, json=user("hi"))).json()
-    assert body["model"] == "fake"
+    client = await fake()
+    body = await (await client.post(CHAT, json=user("hi"))).json()
+    assert body["model"] == "m"
+    for path, body in [(CHAT, user("hi", model="my-model")),
+                       ("/v1/completions", {"prompt": "hi", "model": "my-model"})]:
+        unknown = await client.post(path, json=body)
+        assert unknown.status == 404
+        error = (await unknown.json())["error"]
+        assert (error["code"], error["param"]) == ("model_not_found", "model")
+        assert "my-model" in error["message"]
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
@@ -207,7 +215,7 @@ async def test_messages_become_project_messages(fake: Any, calls: Calls) -> None
              "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]
-    response = await client.post(CHAT, json={"messages": messages, "model": "x"})
+    response = await client.post(CHAT, json={"messages": messages, "model": "m"})
     assert response.status == 200
     got = calls.jobs[-1].messages
     assert [m.role for m in got] == ["system", "user", "assistant", "tool"]
@@ -250,9 +258,10 @@ async def test_models(fake: Any) -> None:
     listing = await (await client.get("/v1/models")).json()
     assert listing["object"] == "list"
     (model,) = listing["data"]
-    assert model["id"] == "fake" and model["object"] == "model"
+    assert model["id"] == "m" and model["object"] == "model"
     assert model["owned_by"] == "rkstream" and isinstance(model["created"], int)
-    assert await (await client.get("/v1/models/fake")).json() == model
+    assert model["status"] == {"value": "loaded"}  # the default model loads at start
+    assert await (await client.get("/v1/models/m")).json() == model
     missing = await client.get("/v1/models/gpt-4o")
     assert missing.status == 404
     assert (await missing.json())["error"]["code"] == "model_not_found"
@@ -277,7 +286,7 @@ BAD_REQUESTS: list[tuple[str, Any, str, str | None]] = [
     ("not utf-8", b"\xff\xfe{}", "invalid_encoding", None),
     ("too deep", b"[" * 100000, "invalid_encoding", None),
     ("not an object", [1, 2], "invalid_event", None),
-    ("no messages", {"model": "x"}, "missing_field", "messages"),
+    ("no messages", {"model": "m"}, "missing_field", "messages"),
     ("messages not a list", {"messages": "hi"}, "invalid_field", "messages"),
     ("empty messages", {"messages": []}, "invalid_field", "messages"),
     ("message not an object", {"messages": ["hi"]}, "invalid_field", "messages[0]"),
@@ -387,10 +396,13 @@ async def test_never_a_500_for_wrong_types(fake: Any) -> None:
     bodies += [image(v) for v in values] + [image({"url": v}) for v in values]
     bodies += [{"prompt": v, "suffix": v} for v in values]
     for body in bodies:
+        # A model named as a string that is not served is not found: 404, not a 500.
+        unknown = isinstance(body.get("model"), str) and body["model"] not in ("", "m")
         for path in (CHAT, "/v1/completions"):
             response = await client.post(path, json=body)
-            assert response.status in (200, 400), (path, body, await response.text())
-            if response.status == 400:
+            assert response.status in ((404,) if unknown else (200, 400)), \
+                (path, body, await response.text())
+            if response.status != 200:
                 assert (await response.json())["error"]["message"]
 
 
@@ -430,14 +442,14 @@ async def test_routes_and_methods_under_v1(fake: Any) -> None:
 async def test_model_loading_is_503(fake: Any) -> None:
     client = await fake()
     state = client.app[STATE]
-    scheduler, state.scheduler = state.scheduler, None
+    pool, state.pool = state.pool, None  # as while the server starts
     try:
         for method, path in [("POST", CHAT), ("GET", "/v1/models")]:
             response = await client.request(method, path, json=user("x"))
             assert response.status == 503 and response.headers["Retry-After"] == "1"
             assert (await response.json())["error"]["code"] == "model_loading"
     finally:
-        state.scheduler = scheduler
+        state.pool = pool
 
 
 async def test_failure_mid_stream_is_an_error_event(fake: Any) -> None:

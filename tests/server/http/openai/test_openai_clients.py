@@ -21,12 +21,13 @@ from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI, OpenAI
 
 from rkstream.config import LimitSettings, RKLLMSettings, Settings
+from rkstream.models.table import top_level_name
 from rkstream.server.app import make_app
 from rkstream.server.http.openai.dialect import OpenAIDialect
 
 from conftest import ModelFactory
 from fakes import FakeEngine
-from helpers import MS, run_node_check
+from helpers import MS, fake_settings, run_node_check, served
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
@@ -70,9 +71,10 @@ class _Tee(httpx2.AsyncByteStream):
 
 @pytest.fixture
 def fake_url(aiohttp_server: ServerFactory) -> Callable[..., Awaitable[str]]:
-    """Start a server on the fake engine; return its /v1 base URL."""
+    """Start a server on the fake engine, its model served as ``m``; return its
+    /v1 base URL."""
     async def make(delay_ms: float = 1, **limits: Any) -> str:
-        settings = replace(Settings(), limits=replace(LimitSettings(), **limits))
+        settings = fake_settings(limits=replace(LimitSettings(), **limits))
         app = make_app(settings, lambda s: FakeEngine(s, delay_ms * MS))
         server = await aiohttp_server(app)
         return str(server.make_url("/v1"))
@@ -81,14 +83,15 @@ def fake_url(aiohttp_server: ServerFactory) -> Callable[..., Awaitable[str]]:
 
 @pytest.fixture
 def standin_url(aiohttp_server: ServerFactory, standin_libs: dict[str, Path],
-                standin_model: ModelFactory) -> Callable[..., Awaitable[str]]:
-    """Start a server on the RKLLM binding and the stand-in runtime (line 1.3)."""
-    async def make(**keys: Any) -> str:
+                standin_model: ModelFactory) -> Callable[..., Awaitable[tuple[str, str]]]:
+    """Start a server on the RKLLM binding and the stand-in runtime (line 1.3);
+    return its /v1 base URL and the name its model is served under."""
+    async def make(**keys: Any) -> tuple[str, str]:
+        model = standin_model(**keys)
         settings = replace(Settings(), engine="rkllm", rkllm=replace(
-            RKLLMSettings(), library=str(standin_libs["1.3"]),
-            model=str(standin_model(**keys))))
+            RKLLMSettings(), library=str(standin_libs["1.3"]), model=str(model)))
         app = make_app(settings)
-        return str((await aiohttp_server(app)).make_url("/v1"))
+        return str((await aiohttp_server(app)).make_url("/v1")), served(model)
     return make
 
 
@@ -160,10 +163,10 @@ async def test_sdk_skips_keepalive_pings(fake_url: Any, monkeypatch: pytest.Monk
 
 
 async def test_error_mid_stream_raises_api_error(standin_url: Any) -> None:
-    async with AsyncOpenAI(base_url=await standin_url(), api_key="x",
-                           max_retries=0) as client:
+    base_url, model = await standin_url()
+    async with AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
         stream = await client.chat.completions.create(
-            model="m", messages=hello("tell me a story [[error_after=2]]"), stream=True)
+            model=model, messages=hello("tell me a story [[error_after=2]]"), stream=True)
         pieces: list[str] = []
         with pytest.raises(openai.APIError) as caught:
             async for chunk in stream:
@@ -193,8 +196,8 @@ async def test_queue_full_is_a_rate_limit_error(fake_url: Any) -> None:
 
 async def test_models_and_bad_requests(fake_url: Any) -> None:
     async with AsyncOpenAI(base_url=await fake_url(), api_key="x", max_retries=0) as client:
-        assert [m.id async for m in client.models.list()] == ["fake"]
-        model = await client.models.retrieve("fake")
+        assert [m.id async for m in client.models.list()] == ["m"]
+        model = await client.models.retrieve("m")
         assert model.owned_by == "rkstream"
         with pytest.raises(openai.NotFoundError):
             await client.models.retrieve("gpt-4o")
@@ -209,12 +212,12 @@ async def test_models_and_bad_requests(fake_url: Any) -> None:
 
 
 async def test_real_model_streams_an_answer(aiohttp_server: ServerFactory) -> None:
-    app = make_app(replace(Settings(), engine="llamacpp"))  # the bundled SmolLM2
-    base_url = str((await aiohttp_server(app)).make_url("/v1"))
+    settings = replace(Settings(), engine="llamacpp")  # the bundled SmolLM2
+    base_url = str((await aiohttp_server(make_app(settings))).make_url("/v1"))
     async with AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
         stream = await client.chat.completions.create(
-            model="smol", messages=hello("What is the capital of France?"), stream=True,
-            max_tokens=40, temperature=0, stream_options={"include_usage": True})
+            model=top_level_name(settings), messages=hello("What is the capital of France?"),
+            stream=True, max_tokens=40, temperature=0, stream_options={"include_usage": True})
         chunks = [chunk async for chunk in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
@@ -223,12 +226,12 @@ async def test_real_model_streams_an_answer(aiohttp_server: ServerFactory) -> No
     assert usage is not None and usage.prompt_tokens > 10 and usage.completion_tokens > 0
 
 
-async def run_node(base_url: str, prompt: str) -> tuple[int, dict[str, Any]]:
-    return await run_node_check("ai_sdk_check.mjs", base_url, prompt)
+async def run_node(base_url: str, model: str, prompt: str) -> tuple[int, dict[str, Any]]:
+    return await run_node_check("ai_sdk_check.mjs", base_url, model, prompt)
 
 
 async def test_ai_sdk_streams_without_errors(fake_url: Any) -> None:
-    code, summary = await run_node(await fake_url(), "hello from node")
+    code, summary = await run_node(await fake_url(), "m", "hello from node")
     assert code == 0, summary
     assert summary["text"] == "hello from node " and summary["errors"] == []
     assert summary["finishReason"] == "stop"
@@ -236,7 +239,8 @@ async def test_ai_sdk_streams_without_errors(fake_url: Any) -> None:
 
 
 async def test_ai_sdk_reads_a_mid_stream_error(standin_url: Any) -> None:
-    code, summary = await run_node(await standin_url(), "story [[error_after=1]]")
+    base_url, model = await standin_url()
+    code, summary = await run_node(base_url, model, "story [[error_after=1]]")
     assert code == 1
     (error,) = summary["errors"]
     assert "runtime_error" in error  # our error object, not a schema failure

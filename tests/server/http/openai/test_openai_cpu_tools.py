@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 
 from rkstream.chat.presets import FAMILIES
 from rkstream.config import Settings
+from rkstream.models.table import top_level_name
 from rkstream.server.app import make_app
 
 from conftest import REPO
@@ -32,15 +33,15 @@ WEATHER: Any = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"]}}}
 ASK = "What is the weather in Paris?"
+SETTINGS = replace(Settings(), engine="llamacpp",
+                   chat=replace(Settings().chat, family="qwen2", template=str(TEMPLATE)))
+SMOL = top_level_name(SETTINGS)  # the name the bundled model is served under
 
 
 @pytest.fixture
 async def cpu_url(aiohttp_server: ServerFactory) -> str:
-    settings = replace(Settings(), engine="llamacpp")
-    settings = replace(settings, chat=replace(settings.chat, family="qwen2",
-                                              template=str(TEMPLATE)))
     assert FAMILIES["qwen2"].markup.call is not None
-    server = await aiohttp_server(make_app(settings))
+    server = await aiohttp_server(make_app(SETTINGS))
     return str(server.make_url("/v1"))
 
 
@@ -52,7 +53,7 @@ async def test_openai_sdk_round_trip(cpu_url: str) -> None:
 async def round_trip(client: AsyncOpenAI) -> None:
     messages: list[Any] = [{"role": "user", "content": ASK}]
     first = await client.chat.completions.create(
-        model="m", messages=messages, tools=[WEATHER], tool_choice="required",
+        model=SMOL, messages=messages, tools=[WEATHER], tool_choice="required",
         temperature=0, max_tokens=60)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -63,7 +64,7 @@ async def round_trip(client: AsyncOpenAI) -> None:
     messages += [choice.message.model_dump(exclude_none=True),
                  {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 °C"}]
     second = await client.chat.completions.create(
-        model="m", messages=messages, tools=[WEATHER], temperature=0, max_tokens=30)
+        model=SMOL, messages=messages, tools=[WEATHER], temperature=0, max_tokens=30)
     assert second.choices[0].finish_reason in ("stop", "length")
     assert second.choices[0].message.content
 
@@ -75,7 +76,7 @@ async def test_a_named_tool_streams_its_call(cpu_url: str) -> None:
 
 async def named_call(client: AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": ASK}], tools=[WEATHER],
+        model=SMOL, messages=[{"role": "user", "content": ASK}], tools=[WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         temperature=0, max_tokens=60, stream=True)
     pieces, names, finish = [], [], None
@@ -92,7 +93,7 @@ async def named_call(client: AsyncOpenAI) -> None:
 
 
 async def test_ai_sdk_tool_loop(cpu_url: str) -> None:
-    code, summary = await run_tools_check(cpu_url, ASK, "generate", "required-first")
+    code, summary = await run_tools_check(cpu_url, SMOL, ASK, "generate", "required-first")
     assert code == 0 and summary["errors"] == [], summary
     assert len(summary["executed"]) == 1  # the SDK ran the tool with the model's input
     first, second = summary["steps"]

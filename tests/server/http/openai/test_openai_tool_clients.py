@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
-from helpers import call, reply
+from helpers import call, reply, served
 from openai_support import WEATHER, run_tools_check
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -27,10 +27,13 @@ THINK_ASK = "What is the weather in Zürich? " + reply(
     "<think>\nThe user wants the weather.\n</think>\n\n" + call("get_weather", ZURICH))
 
 
+QWEN2, QWEN3 = "qwen2.5-test.rkllm", "qwen3-test.rkllm"  # served as their stems
+
+
 @pytest.fixture
 def base_url(named_standin_url: Any) -> Callable[..., Awaitable[str]]:
     """Start a server on a stand-in model file called ``name``; its /v1 URL."""
-    async def make(name: str = "qwen2.5-test.rkllm", **keys: Any) -> str:
+    async def make(name: str = QWEN2, **keys: Any) -> str:
         return str(await named_standin_url(name, **keys)) + "/v1"
     return make
 
@@ -46,7 +49,7 @@ async def test_openai_sdk_round_trip_whole(base_url: Any) -> None:
     async with AsyncOpenAI(base_url=await base_url(), api_key="x", max_retries=0) as client:
         messages: list[Any] = [{"role": "user", "content": ASK}]
         first = await client.chat.completions.create(
-            model="m", messages=messages, tools=[WEATHER])  # type: ignore[list-item]
+            model=served(QWEN2), messages=messages, tools=[WEATHER])  # type: ignore[list-item]
         choice = first.choices[0]
         assert choice.finish_reason == "tool_calls"
         assert choice.message.content is None and choice.message.tool_calls
@@ -60,7 +63,7 @@ async def test_openai_sdk_round_trip_whole(base_url: Any) -> None:
         messages.append({"role": "tool", "tool_call_id": tool_call.id,
                          "content": weather(arguments["city"])})
         second = await client.chat.completions.create(
-            model="m", messages=messages, tools=[WEATHER])  # type: ignore[list-item]
+            model=served(QWEN2), messages=messages, tools=[WEATHER])  # type: ignore[list-item]
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content == "It is sunny in Zürich."
     assert not second.choices[0].message.tool_calls
@@ -75,7 +78,7 @@ async def test_openai_sdk_round_trip_streamed(base_url: Any) -> None:
         # The SDK's stream helper rebuilds the calls from the deltas and reports
         # each call's arguments as they grow.
         async with client.chat.completions.stream(
-                model="m", messages=messages, tools=[WEATHER]) as stream:  # type: ignore
+                model=served(QWEN2), messages=messages, tools=[WEATHER]) as stream:  # type: ignore
             kinds = [event.type async for event in stream]
             final = await stream.get_final_completion()
         # One event for the call's first delta (arguments ""), then one per character:
@@ -94,18 +97,18 @@ async def test_openai_sdk_round_trip_streamed(base_url: Any) -> None:
         messages.append({"role": "tool", "tool_call_id": tool_call.id,
                          "content": weather("Zürich")})
         chunks = [c async for c in await client.chat.completions.create(
-            model="m", messages=messages, tools=[WEATHER], stream=True)]  # type: ignore
+            model=served(QWEN2), messages=messages, tools=[WEATHER], stream=True)]  # type: ignore
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text == "It is sunny in Zürich."
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 async def test_openai_sdk_sees_reasoning_and_sends_it_back(base_url: Any) -> None:
-    async with AsyncOpenAI(base_url=await base_url("qwen3-test.rkllm", token_bytes=2),
+    async with AsyncOpenAI(base_url=await base_url(QWEN3, token_bytes=2),
                            api_key="x", max_retries=0) as client:
         messages: list[Any] = [{"role": "user", "content": THINK_ASK}]
         chunks = [c async for c in await client.chat.completions.create(
-            model="m", messages=messages, tools=[WEATHER], stream=True,  # type: ignore
+            model=served(QWEN3), messages=messages, tools=[WEATHER], stream=True,  # type: ignore
             stream_options={"include_usage": True})]
         deltas = [c.choices[0].delta for c in chunks if c.choices]
         # Fields the SDK does not declare stay on the object as extras.
@@ -115,7 +118,7 @@ async def test_openai_sdk_sees_reasoning_and_sends_it_back(base_url: Any) -> Non
         assert usage is not None and usage.completion_tokens_details is not None
         assert (usage.completion_tokens_details.reasoning_tokens or 0) > 0
         whole = await client.chat.completions.create(
-            model="m", messages=messages, tools=[WEATHER])  # type: ignore[list-item]
+            model=served(QWEN3), messages=messages, tools=[WEATHER])  # type: ignore[list-item]
         message = whole.choices[0].message
         assert getattr(message, "reasoning_content", None) == "The user wants the weather."
         assert message.tool_calls and whole.choices[0].finish_reason == "tool_calls"
@@ -123,19 +126,20 @@ async def test_openai_sdk_sees_reasoning_and_sends_it_back(base_url: Any) -> Non
         messages.append({"role": "tool", "tool_call_id": message.tool_calls[0].id,
                          "content": weather("Zürich")})
         final = await client.chat.completions.create(
-            model="m", messages=messages, tools=[WEATHER])  # type: ignore[list-item]
+            model=served(QWEN3), messages=messages, tools=[WEATHER])  # type: ignore[list-item]
     assert final.choices[0].message.content == "It is sunny in Zürich."
 
 
 # -- the Vercel AI SDK (Node) ---------------------------------------------------------
 
 @pytest.mark.parametrize(("mode", "name", "prompt"), [
-    ("generate", "qwen2.5-test.rkllm", ASK),
-    ("stream", "qwen2.5-test.rkllm", ASK),
-    ("stream", "qwen3-test.rkllm", THINK_ASK),
+    ("generate", QWEN2, ASK),
+    ("stream", QWEN2, ASK),
+    ("stream", QWEN3, THINK_ASK),
 ])
 async def test_ai_sdk_tool_loop(base_url: Any, mode: str, name: str, prompt: str) -> None:
-    code, summary = await run_tools_check(await base_url(name, token_bytes=1), prompt, mode)
+    code, summary = await run_tools_check(await base_url(name, token_bytes=1), served(name),
+                                          prompt, mode)
     assert code == 0 and summary["errors"] == [], summary
     assert summary["executed"] == ["Zürich"]
     assert summary["text"] == "It is sunny in Zürich."

@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from conftest import Records
-from helpers import call, reply
+from helpers import call, reply, served
 from openai_support import (
     TIME,
     WEATHER,
@@ -467,7 +467,7 @@ async def test_unknown_keys_inside_tools_and_calls_are_ignored(server: Any) -> N
     tool = {**WEATHER, "cache_control": {"type": "ephemeral"}}
     call = {"id": "call_1", "type": "function", "extra_content": {"google": {}},
             "function": {"name": "get_weather", "arguments": "{}"}}
-    body = {"model": "m", "tools": [tool], "messages": [
+    body = {"model": served(QWEN2), "tools": [tool], "messages": [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}

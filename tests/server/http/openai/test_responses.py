@@ -80,11 +80,11 @@ async def streamed(client: Client, body: dict[str, Any]) -> list[dict[str, Any]]
 
 async def test_whole_response_object(fake: Any) -> None:
     client = await fake()
-    body = await whole(client, ask("one two three", model="my-model", instructions="Be brief.",
+    body = await whole(client, ask("one two three", model="m", instructions="Be brief.",
                                    metadata={"k": "v"}, temperature=0.5))
     assert body["id"].startswith("resp_") and body["object"] == "response"
     assert isinstance(body["created_at"], int) and isinstance(body["completed_at"], int)
-    assert body["status"] == "completed" and body["model"] == "my-model"
+    assert body["status"] == "completed" and body["model"] == "m"
     assert body["error"] is None and body["incomplete_details"] is None
     (message,) = body["output"]
     assert message["id"].startswith("msg_")
@@ -104,7 +104,10 @@ async def test_whole_response_object(fake: Any) -> None:
     assert body["store"] is False and body["previous_response_id"] is None
     assert body["text"] == {"format": {"type": "text"}} and body["truncation"] == "disabled"
     default = await whole(client, ask("hi"))
-    assert default["model"] == "fake" and default["instructions"] is None
+    assert default["model"] == "m" and default["instructions"] is None
+    unknown = await client.post(RESPONSES, json=ask("hi", model="my-model"))
+    assert unknown.status == 404
+    assert (await unknown.json())["error"]["code"] == "model_not_found"
 
 
 async def test_stream_event_sequence(fake: Any) -> None:
@@ -258,7 +261,7 @@ BAD_REQUESTS: list[tuple[str, Any, str, str | None]] = [
     ("not json", b"{nope", "invalid_encoding", None),
     ("empty body", b"", "invalid_encoding", None),
     ("not an object", [1, 2], "invalid_event", None),
-    ("no input", {"model": "x"}, "missing_field", "input"),
+    ("no input", {"model": "m"}, "missing_field", "input"),
     ("input a number", {"input": 5}, "invalid_field", "input"),
     ("input empty", {"input": []}, "invalid_field", "input"),
     ("item not an object", items("hi"), "invalid_field", "input[0]"),
@@ -435,9 +438,12 @@ async def test_never_a_500_for_wrong_types(fake: Any) -> None:
                for v in values]
     bodies += [ask("x", reasoning={"effort": v}) for v in values]
     for body in bodies:
+        # A model named as a string that is not served is not found: 404, not a 500.
+        unknown = isinstance(body.get("model"), str) and body["model"] not in ("", "m")
         response = await client.post(RESPONSES, json=body)
-        assert response.status in (200, 400), (body, await response.text())
-        if response.status == 400:
+        assert response.status in ((404,) if unknown else (200, 400)), \
+            (body, await response.text())
+        if response.status != 200:
             assert (await response.json())["error"]["message"]
 
 
@@ -460,13 +466,13 @@ async def test_queue_full_is_429_and_loading_is_503(fake: Any) -> None:
         assert error["code"] == "queue_full" and error["type"] == "server_error"
     busy.close()
     state = client.app[STATE]
-    scheduler, state.scheduler = state.scheduler, None
+    pool, state.pool = state.pool, None  # as while the server starts
     try:
         response = await client.post(RESPONSES, json=ask("x"))
         assert response.status == 503 and response.headers["Retry-After"] == "1"
         assert (await response.json())["error"]["code"] == "model_loading"
     finally:
-        state.scheduler = scheduler
+        state.pool = pool
 
 
 async def test_failure_mid_stream_is_response_failed(fake: Any) -> None:

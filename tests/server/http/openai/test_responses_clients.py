@@ -27,12 +27,11 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
 )
 
-from rkstream.config import Settings
 from rkstream.server.app import make_app
 
 from conftest import Records
 from fakes import FakeEngine
-from helpers import call, reply
+from helpers import call, fake_settings, reply, served
 from openai_support import WEATHER_TOOL
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -42,10 +41,14 @@ THINK_ASK = "What is the weather in Zürich? " + reply(
     "<think>\nThe user wants the weather.\n</think>\n\n" + call("get_weather", ZURICH))
 
 
+QWEN2, QWEN3 = "qwen2.5-test.rkllm", "qwen3-test.rkllm"
+QWEN2_MODEL = served(QWEN2)  # what the server calls the model in that file
+
+
 @pytest.fixture
 def client(named_standin_url: Any) -> Callable[..., Awaitable[AsyncOpenAI]]:
     """An SDK client of a server on a stand-in model file called ``name``."""
-    async def make(name: str = "qwen2.5-test.rkllm", **keys: Any) -> AsyncOpenAI:
+    async def make(name: str = QWEN2, **keys: Any) -> AsyncOpenAI:
         base = await named_standin_url(name, **keys)
         return AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
     return make
@@ -58,13 +61,13 @@ def weather(city: str) -> str:
 
 async def test_create_whole_and_streamed(client: Any) -> None:
     async with await client(reply="Hello there.") as sdk:
-        response = await sdk.responses.create(model="m", input="hi",
+        response = await sdk.responses.create(model=QWEN2_MODEL, input="hi",
                                               instructions="Be brief.")
         assert response.output_text == "Hello there." and response.status == "completed"
         assert isinstance(response.output[0], ResponseOutputMessage)
         assert response.usage is not None and response.usage.total_tokens > 0
-        assert response.instructions == "Be brief." and response.model == "m"
-        events = [e async for e in await sdk.responses.create(model="m", input="hi",
+        assert response.instructions == "Be brief." and response.model == QWEN2_MODEL
+        events = [e async for e in await sdk.responses.create(model=QWEN2_MODEL, input="hi",
                                                               stream=True)]
     assert events[0].type == "response.created" and events[1].type == "response.in_progress"
     text = "".join(e.delta for e in events if isinstance(e, ResponseTextDeltaEvent))
@@ -77,7 +80,7 @@ async def test_create_whole_and_streamed(client: Any) -> None:
 async def test_function_call_round_trip_whole(client: Any) -> None:
     async with await client() as sdk:
         conversation: list[Any] = [{"role": "user", "content": ASK}]
-        first = await sdk.responses.create(model="m", input=conversation,
+        first = await sdk.responses.create(model=QWEN2_MODEL, input=conversation,
                                            tools=[WEATHER_TOOL])
         (fc,) = first.output
         assert isinstance(fc, ResponseFunctionToolCall) and fc.name == "get_weather"
@@ -87,7 +90,7 @@ async def test_function_call_round_trip_whole(client: Any) -> None:
         conversation += first.output
         conversation.append({"type": "function_call_output", "call_id": fc.call_id,
                              "output": weather("Zürich")})
-        second = await sdk.responses.create(model="m", input=conversation,
+        second = await sdk.responses.create(model=QWEN2_MODEL, input=conversation,
                                             tools=[WEATHER_TOOL])
     assert second.output_text == "It is sunny in Zürich."
     assert second.usage is not None
@@ -98,7 +101,7 @@ async def test_function_call_round_trip_streamed(client: Any) -> None:
     async with await client(token_bytes=1) as sdk:
         conversation: list[Any] = [{"role": "user", "content": ASK}]
         # The SDK's stream helper rebuilds the items from the events.
-        async with sdk.responses.stream(model="m", input=conversation,
+        async with sdk.responses.stream(model=QWEN2_MODEL, input=conversation,
                                         tools=[WEATHER_TOOL]) as stream:
             kinds = [event.type async for event in stream]
             first = await stream.get_final_response()
@@ -110,16 +113,16 @@ async def test_function_call_round_trip_streamed(client: Any) -> None:
         conversation.append({"type": "function_call_output", "call_id": fc.call_id,
                              "output": weather("Zürich")})
         events = [e async for e in await sdk.responses.create(
-            model="m", input=conversation, tools=[WEATHER_TOOL], stream=True)]
+            model=QWEN2_MODEL, input=conversation, tools=[WEATHER_TOOL], stream=True)]
     text = "".join(e.delta for e in events if isinstance(e, ResponseTextDeltaEvent))
     assert text == "It is sunny in Zürich."
     assert isinstance(events[-1], ResponseCompletedEvent)
 
 
 async def test_reasoning_comes_as_an_item_and_goes_back(client: Any, records: Records) -> None:
-    async with await client("qwen3-test.rkllm", token_bytes=2, record=records.path) as sdk:
+    async with await client(QWEN3, token_bytes=2, record=records.path) as sdk:
         conversation: list[Any] = [{"role": "user", "content": THINK_ASK}]
-        first = await sdk.responses.create(model="m", input=conversation,
+        first = await sdk.responses.create(model=served(QWEN3), input=conversation,
                                            tools=[WEATHER_TOOL],
                                            reasoning={"effort": "medium"})
         thought, fc = first.output
@@ -132,8 +135,8 @@ async def test_reasoning_comes_as_an_item_and_goes_back(client: Any, records: Re
         conversation.append({"type": "function_call_output", "call_id": fc.call_id,
                              "output": weather("Zürich")})
     # A second server, whose KV cache holds nothing: the whole conversation is rendered.
-    async with await client("qwen3-test.rkllm", record=records.path) as fresh:
-        async with fresh.responses.stream(model="m", input=conversation,
+    async with await client(QWEN3, record=records.path) as fresh:
+        async with fresh.responses.stream(model=served(QWEN3), input=conversation,
                                           tools=[WEATHER_TOOL]) as stream:
             final = await stream.get_final_response()
     assert final.output_text == "It is sunny in Zürich."
@@ -146,17 +149,17 @@ async def test_reasoning_comes_as_an_item_and_goes_back(client: Any, records: Re
 async def test_errors_are_raised_as_the_sdk_raises_them(client: Any) -> None:
     async with await client() as sdk:
         with pytest.raises(openai.BadRequestError) as info:
-            await sdk.responses.create(model="m", input="hi", previous_response_id="resp_1")
+            await sdk.responses.create(model=QWEN2_MODEL, input="hi", previous_response_id="resp_1")
         assert info.value.code == "invalid_field" and info.value.param == "previous_response_id"
         with pytest.raises(openai.NotFoundError):
             await sdk.responses.retrieve("resp_1")
         with pytest.raises(openai.BadRequestError) as info:
-            await sdk.responses.create(model="m", input=[], stream=True)
+            await sdk.responses.create(model=QWEN2_MODEL, input=[], stream=True)
         assert info.value.param == "input"
 
 
 async def test_a_failure_mid_stream_is_response_failed(aiohttp_server: ServerFactory) -> None:
-    server = await aiohttp_server(make_app(Settings(), lambda s: FakeEngine(s, 0.001)))
+    server = await aiohttp_server(make_app(fake_settings(), lambda s: FakeEngine(s, 0.001)))
     async with AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="x",
                            max_retries=0) as sdk:
         events = [e async for e in await sdk.responses.create(

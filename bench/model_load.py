@@ -68,8 +68,9 @@ async def ask(ws: aiohttp.ClientWebSocketResponse[bool], model: str, request_id:
             return (first - started) * 1000.0, event
 
 
-async def measure(model: Path, rounds: int, tokens: int) -> dict[str, list[tuple[float, float]]]:
-    """(client TTFT ms, server load_ms) per round, for warm and cold."""
+async def measure(model: Path, rounds: int, tokens: int
+                  ) -> dict[str, list[tuple[float, float, float]]]:
+    """(client TTFT ms, server load_ms, server prefill ms) per round, for warm and cold."""
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "config.toml"
@@ -77,7 +78,7 @@ async def measure(model: Path, rounds: int, tokens: int) -> dict[str, list[tuple
         server = subprocess.Popen(
             [sys.executable, "-m", "rkstream", "serve", "--config", str(path), "--host",
              "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO)
-        out: dict[str, list[tuple[float, float]]] = {"warm": [], "cold": []}
+        out: dict[str, list[tuple[float, float, float]]] = {"warm": [], "cold": []}
         try:
             await wait_ready(server, port, 120)
             async with aiohttp.ClientSession() as session:
@@ -87,7 +88,8 @@ async def measure(model: Path, rounds: int, tokens: int) -> dict[str, list[tuple
                     for name in ("warm", "cold"):
                         ttft, done = await ask(ws, name, f"{name}{n}", PROMPT.format(n), tokens)
                         if n:
-                            out[name].append((ttft, done["timings"]["load_ms"]))
+                            timings = done["timings"]
+                            out[name].append((ttft, timings["load_ms"], timings["prompt_ms"]))
                     await asyncio.sleep(0.2)  # the cold model's unload ends
                 await ws.close()
         finally:
@@ -106,16 +108,17 @@ def main() -> None:
     runs = asyncio.run(measure(model, args.rounds, args.tokens))
     print(f"model {model.name} ({model.stat().st_size / 2**20:.0f} MiB), CPU engine, "
           f"median of {args.rounds} rounds")
-    print("| request | TTFT ms (client) | load_ms (server) | TTFT p90 ms |")
-    print("|---|---|---|---|")
+    print("| request | TTFT ms (client) | TTFT p90 ms | load_ms (server) | prefill ms (server) |")
+    print("|---|---|---|---|---|")
     for name, label in (("warm", "model loaded"), ("cold", "model loads first")):
-        ttfts = sorted(t for t, _ in runs[name])
-        loads = [load for _, load in runs[name]]
+        ttfts = sorted(t for t, _, _ in runs[name])
+        loads = [load for _, load, _ in runs[name]]
+        prefills = [prefill for _, _, prefill in runs[name]]
         p90 = ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.9))]
-        print(f"| {label} | {statistics.median(ttfts):.1f} | {statistics.median(loads):.1f} | "
-              f"{p90:.1f} |")
-    cold = statistics.median(t for t, _ in runs["cold"])
-    warm = statistics.median(t for t, _ in runs["warm"])
+        print(f"| {label} | {statistics.median(ttfts):.1f} | {p90:.1f} | "
+              f"{statistics.median(loads):.1f} | {statistics.median(prefills):.1f} |")
+    cold = statistics.median(t for t, _, _ in runs["cold"])
+    warm = statistics.median(t for t, _, _ in runs["warm"])
     print(f"\nloading costs {cold - warm:.0f} ms of time to first token ({cold / warm:.1f}x)")
 
 

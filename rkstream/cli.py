@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from rkstream import __version__
 from rkstream.config import Settings, describe_settings, load_settings
-from rkstream.errors import RkstreamError
+from rkstream.errors import ConfigError, RkstreamError
 from rkstream.log import capture_native_stdout, server_log
 from rkstream.log import configure as configure_logging
 
@@ -111,6 +112,25 @@ async def _exit_on_second_signal(app: object) -> None:
         loop.add_signal_handler(sig, now)
 
 
+def event_loop(choice: str) -> asyncio.AbstractEventLoop | None:
+    """The loop ``server.event_loop`` asks for (None: Python's own, made by aiohttp).
+
+    Raises:
+        ConfigError: ``uvloop`` is asked for and not installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("config: server.event_loop = 'uvloop', but uvloop is not "
+                              "installed; pip install 'rkstream[uvloop]', or set it to "
+                              "auto") from None
+        return None
+    return uvloop.new_event_loop()
+
+
 def _serve(settings: Settings) -> None:
     from aiohttp import web
 
@@ -128,9 +148,10 @@ def _serve(settings: Settings) -> None:
     warning = exposure_warning(settings)
     if warning is not None:
         server_log.warning("%s", warning)
-    server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws)",
-                    __version__, host, port)
-    web.run_app(app, host=host, port=port, print=None,
+    loop = event_loop(settings.server.event_loop)
+    server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws; %s event loop)",
+                    __version__, host, port, "uvloop" if loop is not None else "asyncio")
+    web.run_app(app, host=host, port=port, print=None, loop=loop,
                 shutdown_timeout=settings.server.shutdown_timeout_s, **SERVER_OPTIONS)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rkstream.cli import main
+from rkstream.cli import event_loop, main
+from rkstream.errors import ConfigError
 
 from helpers import MS, WSClient, create
 
@@ -214,3 +215,18 @@ def test_config_default_is_the_repositorys_config_toml(
     assert text == (REPO / "config.toml").read_text(encoding="utf-8")
     (tmp_path / "c.toml").write_text(text, encoding="utf-8")
     assert load_settings(tmp_path / "c.toml", environ={}) == Settings()
+
+
+def test_the_event_loop_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop  # the test extra installs it
+
+    assert event_loop("asyncio") is None
+    for choice in ("auto", "uvloop"):
+        loop = event_loop(choice)
+        assert isinstance(loop, uvloop.Loop)
+        loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert event_loop("auto") is None
+    with pytest.raises(ConfigError) as refused:
+        event_loop("uvloop")
+    assert "pip install 'rkstream[uvloop]'" in str(refused.value)

@@ -52,6 +52,10 @@ class ServerSettings:
     allowed_origins: str = opt("", "web pages (origins) besides the server's own that may "
                                     "open /ws from a browser: comma-separated, or *",
                                 parse=parse_origins, allowed=ORIGINS_ALLOWED)
+    event_loop: str = opt("auto", "the asyncio event loop: auto = uvloop when it is installed "
+                                  "(pip install 'rkstream[uvloop]'), else Python's own; asyncio "
+                                  "= always Python's own; uvloop = uvloop or refuse to start",
+                          choices=("auto", "asyncio", "uvloop"))
 
 
 @dataclass(frozen=True)

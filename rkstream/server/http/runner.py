@@ -26,7 +26,6 @@ output (:class:`Dialect`); :func:`serve` does the rest, the same way for all:
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 import time
 import uuid
@@ -35,14 +34,6 @@ from typing import Any
 
 from aiohttp import web
 
-from rkstream.chat.output import (
-    CallArguments,
-    CallBegin,
-    CallDone,
-    Piece,
-    ReasoningPiece,
-    TextPiece,
-)
 from rkstream.core.fields import Fields, kind_of
 from rkstream.core.messages import ToolCall
 from rkstream.core.params import effective_sampling
@@ -52,6 +43,7 @@ from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.log import server_log
 from rkstream.models.pool import Lease, ModelPool, Resident
 from rkstream.scheduler import Ticket
+from rkstream.server.http.answer import Answer, Pieces
 from rkstream.server.jobs import make_job
 from rkstream.server.media import Media
 from rkstream.server.output import ParsingSink, answer_parser
@@ -207,73 +199,8 @@ async def read_body(request: web.Request) -> Fields:
     return Fields(value)
 
 
-class _Pieces:
-    """The job's sink: pieces (text, reasoning, tool calls) wait here until the
-    handler writes them."""
-
-    def __init__(self) -> None:
-        self.items: list[Piece] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self.parsing: ParsingSink | None = None
-
-    def on_text(self, text: str) -> None:
-        self.items.append(TextPiece(text))
-        self.wake()
-
-    def on_reasoning(self, text: str) -> None:
-        self.items.append(ReasoningPiece(text))
-        self.wake()
-
-    def on_call_begin(self, index: int, call_id: str, name: str) -> None:
-        self.items.append(CallBegin(index, call_id, name))
-        self.wake()
-
-    def on_call_arguments(self, index: int, text: str) -> None:
-        self.items.append(CallArguments(index, text))
-        self.wake()
-
-    def on_call_done(self, index: int, call: ToolCall, problem: str | None) -> None:
-        self.items.append(CallDone(index, call, problem))
-        self.wake()
-
-    def ended(self, *_: object) -> None:
-        """The outcome is known: flush the parser, then wake the handler."""
-        if self.parsing is not None:
-            self.parsing.finish()
-        self.wake()
-
-    def wake(self, *_: object) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def take(self) -> list[Piece]:
-        """What came since the last take; runs of text joined into one piece, so
-        pieces that piled up during a write go out as one: fewer, larger writes."""
-        out: list[Piece] = []
-        for item in self.items:
-            if isinstance(item, TextPiece) and out and isinstance(out[-1], TextPiece):
-                out[-1] = TextPiece(out[-1].text + item.text)
-            elif isinstance(item, ReasoningPiece) and out and isinstance(out[-1],
-                                                                         ReasoningPiece):
-                out[-1] = ReasoningPiece(out[-1].text + item.text)
-            else:
-                out.append(item)
-        self.items.clear()
-        return out
-
-    async def wait(self, timeout_s: float | None) -> bool:
-        """Wait for text or the outcome; False when ``timeout_s`` passed first."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            done, _ = await asyncio.wait({self._waiter}, timeout=timeout_s)
-            return bool(done)
-        finally:
-            self._waiter.cancel()
-            self._waiter = None
-
-
 def submit(state: AppState, model: Resident, req: GenerationRequest, prefix: str,
-           api: str = "http") -> tuple[Ticket, _Pieces]:
+           api: str = "http") -> tuple[Ticket, Pieces]:
     """Queue ``req`` on ``model``; its images go through the vision step once it
     holds an instance.
 
@@ -295,7 +222,7 @@ def submit(state: AppState, model: Resident, req: GenerationRequest, prefix: str
             return await media.prepare(job, req, lambda frame: None, model.vision,
                                        engine.info.context_length)
 
-    sink = _Pieces()
+    sink = Pieces()
     parser = answer_parser(engine, req, job)
     target: TextSink = sink
     if parser is not None:
@@ -347,79 +274,54 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
 
 
 async def _answer(request: web.Request, dialect: Dialect, stream: bool, ticket: Ticket,
-                  pieces: _Pieces, load_ms: float = 0.0) -> web.StreamResponse:
+                  pieces: Pieces, load_ms: float = 0.0) -> web.StreamResponse:
     started = time.perf_counter()
-    first_text: float | None = None
-    text: list[str] = []
-    reasoning: list[str] = []
-    calls: list[ToolCall] = []
-    response: web.StreamResponse | None = None
-
-    async def write(data: bytes) -> None:
-        nonlocal response
-        if response is None:  # only now is the status known to be 200
-            response = web.StreamResponse(headers={
-                "Content-Type": dialect.content_type, "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no"})  # proxies must not hold back the pieces
-            await response.prepare(request)
-            data = dialect.opening() + data
-        if data:
-            await response.write(data)
-
+    answer = Answer(request, dialect)
+    if stream:
+        pieces.answer = answer  # once open, pieces are written where they arrive
     try:
         if stream and dialect.keepalive_s is not None:
-            await write(b"")  # open now: the keepalive may have to flow before any text
+            await answer.write(b"")  # open now: the keepalive may have to flow before any text
         while True:
+            await answer.settle()
             if pieces.items:  # the text always comes before the outcome
-                first_text = first_text or time.perf_counter()
-                out = []
-                for item in pieces.take():
-                    if isinstance(item, TextPiece):
-                        text.append(item.text)
-                        out.append(dialect.piece(item.text))
-                    elif isinstance(item, ReasoningPiece):
-                        reasoning.append(item.text)
-                        out.append(dialect.reasoning(item.text))
-                    elif isinstance(item, CallBegin):
-                        out.append(dialect.call_begin(item.index, item.call_id, item.name))
-                    elif isinstance(item, CallArguments):
-                        out.append(dialect.call_arguments(item.index, item.text))
-                    else:
-                        calls.append(item.call)
-                        out.append(dialect.call_done(item.index, item.call))
+                data = answer.encode(pieces.take())
                 if stream:
-                    await write(b"".join(out))
+                    await answer.write(data)
             elif ticket.outcome.done():
                 break
             elif not await pieces.wait(dialect.keepalive_s) and stream:
-                await write(dialect.keepalive())
-        result = Result(ticket.job.request_id, ticket.outcome.result(), "".join(text),
-                        ticket.queued_ms, ticket.vision_ms, started, first_text,
-                        "".join(reasoning), calls,
+                await answer.write(dialect.keepalive())
+        pieces.answer = None
+        result = Result(ticket.job.request_id, ticket.outcome.result(), "".join(answer.text),
+                        ticket.queued_ms, ticket.vision_ms, started, answer.first_text_s,
+                        "".join(answer.reasoning), answer.calls,
                         pieces.parsing.reasoning_pieces if pieces.parsing else 0, load_ms)
         error = outcome_error(result.outcome)
         if error is not None:
             server_log.warning("%s %s: %s", result.request_id, error.code, error.message)
-            if response is None:
+            if answer.response is None:
                 return dialect.error_response(error)
-            await write(dialect.stream_error(error))
+            await answer.write(dialect.stream_error(error))
         elif not stream:
             return web.json_response(dialect.whole(result))
         else:
-            await write(dialect.end(result))
-        assert response is not None
-        await response.write_eof()
-        return response
+            await answer.write(dialect.end(result))
+        assert answer.response is not None
+        await answer.response.write_eof()
+        return answer.response
     except ConnectionError:
         # The client left while being written to; nobody reads what is returned.
-        return response if response is not None else web.Response(status=499)
+        return answer.response if answer.response is not None else web.Response(status=499)
     except Exception as exc:
-        if response is None:
+        if answer.response is None:
             raise
         server_log.exception("%s failed while streaming", ticket.job.request_id)
         try:
-            await response.write(dialect.stream_error(
+            await answer.response.write(dialect.stream_error(
                 RequestError("internal_error", f"internal error: {type(exc).__name__}: {exc}")))
         except ConnectionError:
             pass
-        return response
+        return answer.response
+    finally:
+        pieces.answer = None

@@ -1,10 +1,15 @@
-"""The one writer of a WebSocket: a bounded queue drained by one task.
+"""The one writer of a WebSocket: ordered, bounded, and straight to the socket.
 
-Producers (the reader, generations) never wait: they append. Text deltas of
-one request that pile up behind a slow socket are merged into one message,
-so a burst costs one send. A client that stops reading is dropped: when a
-send has not completed within ``slow_timeout_s`` or more than ``max_bytes``
-are waiting, :meth:`Outbox.run` returns ``False`` and the caller closes the
+Producers (the reader, generations) never wait. While the socket keeps up,
+an event is encoded and written to the transport right where it is put: no
+task switch, no timer (a send into a socket whose buffer has room completes
+without suspending). Only when a send suspends (the client is not reading
+and the transport's buffer is full) does the writer task take over: it
+finishes that send under ``slow_timeout_s``, and what comes meanwhile
+queues behind it, text deltas of one request merged into one message, so a
+burst costs one send. A client that stops reading is dropped: when a send
+has not completed within ``slow_timeout_s`` or more than ``max_bytes`` are
+waiting, :meth:`Outbox.run` returns ``False`` and the caller closes the
 connection and cancels its requests. The model never waits for a client.
 """
 
@@ -12,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from rkstream.core.eager import begin
 from rkstream.protocol.codec import Encoding, encode
 from rkstream.protocol.server_events import DeltaKind, delta_event
 
@@ -37,7 +43,7 @@ class _Sequenced:
     next_seq: Callable[[], int]
 
 
-Sender = Callable[[bytes | str], Awaitable[None]]
+Sender = Callable[[bytes | str], Coroutine[Any, Any, None]]
 
 
 class Outbox:
@@ -63,6 +69,8 @@ class Outbox:
         self._empty = asyncio.Event()
         self._empty.set()
         self._closed = False
+        self._pending: Awaitable[None] | None = None  # a send that suspended
+        self._failed = False
         self.overflowed = False
 
     @property
@@ -76,7 +84,7 @@ class Outbox:
         self._items.append(event)
         self._bytes += 64
         self._empty.clear()
-        self._wakeup.set()
+        self._pump()
 
     def put_sequenced(self, event: dict[str, Any], next_seq: Callable[[], int]) -> None:
         """Queue a request's event that is numbered with its deltas (a tool call)."""
@@ -85,7 +93,7 @@ class Outbox:
         self._items.append(_Sequenced(event, next_seq))
         self._bytes += 64
         self._empty.clear()
-        self._wakeup.set()
+        self._pump()
 
     def put_delta(self, request_id: str, text: str, next_seq: Callable[[], int],
                   kind: DeltaKind = "text") -> None:
@@ -105,7 +113,8 @@ class Outbox:
         if self._bytes > self._max_bytes:
             self.overflowed = True
             self.close()
-        self._wakeup.set()
+            return
+        self._pump()
 
     def close(self) -> None:
         """Stop accepting events; :meth:`run` returns after what is queued."""
@@ -125,24 +134,42 @@ class Outbox:
             event = item
         return encode(event, self._encoding)
 
+    def _pump(self) -> None:
+        """Write what is queued, in order, while each send completes at once;
+        leave a send that suspends to the writer task, and the rest behind it."""
+        while self._items and self._pending is None and not self._failed:
+            data = self._encode(self._items.popleft())
+            try:
+                self._pending = begin(self._send(data))
+            except (ConnectionError, RuntimeError):
+                self._failed = self._closed = True
+        if self._pending is not None or self._failed:
+            self._wakeup.set()
+        elif not self._items:
+            self._empty.set()
+
     async def run(self) -> bool:
-        """Send until closed; False if the client was too slow or the send failed.
+        """Finish the sends that could not complete at once, until closed; False
+        if the client was too slow or a send failed.
 
         Cancel-safe: cancelling it drops whatever is still queued.
         """
         while True:
-            while self._items:
-                if self.overflowed:
-                    return False
-                data = self._encode(self._items.popleft())
+            if self._pending is not None:
                 try:
-                    await asyncio.wait_for(self._send(data), self._slow_timeout_s)
+                    await asyncio.wait_for(self._pending, self._slow_timeout_s)
                 except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                    self._closed = True
-                    return False
-            self._empty.set()
-            if self._closed:
-                return not self.overflowed
+                    self._failed = self._closed = True
+                self._pending = None
+                if not self._failed:
+                    self._pump()
+            if self._failed or self.overflowed:
+                self._closed = True
+                return False
+            if self._pending is not None:
+                continue
+            if self._closed and not self._items:
+                return True
             self._wakeup.clear()
             await self._wakeup.wait()
 

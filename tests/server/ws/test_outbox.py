@@ -78,3 +78,36 @@ async def test_too_much_waiting_overflows_without_blocking_the_producer() -> Non
     assert box.overflowed and box.closed
     sock.gate.set()
     assert await task is False
+
+
+async def test_while_the_socket_keeps_up_each_event_is_written_where_it_is_put() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(data: bytes | str) -> None:  # a socket with room: never suspends
+        assert isinstance(data, bytes)
+        sent.append(msgpack.unpackb(data))
+
+    box = Outbox(send, "msgpack", max_bytes=1 << 20, slow_timeout_s=5)
+    seq = counter()
+    box.put_delta("a", "he", seq)
+    assert [e["delta"] for e in sent] == ["he"]  # before any loop iteration
+    box.put_delta("a", "llo", seq)
+    box.put({"type": "response.done", "request_id": "a"})
+    assert [(e["type"], e.get("seq")) for e in sent] == [
+        ("response.output_text.delta", 0), ("response.output_text.delta", 1),
+        ("response.done", None)]
+    task = asyncio.create_task(box.run())
+    box.close()
+    assert await task is True
+    await box.drain(1)
+
+
+async def test_a_send_that_fails_at_once_drops_the_client() -> None:
+    async def send(data: bytes | str) -> None:
+        raise ConnectionResetError("the peer went away")
+
+    box = Outbox(send, "msgpack", max_bytes=1 << 20, slow_timeout_s=5)
+    task = asyncio.create_task(box.run())
+    box.put({"type": "x"})  # does not raise into the producer
+    assert box.closed
+    assert await asyncio.wait_for(task, 1000 * MS) is False

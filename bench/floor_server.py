@@ -1,47 +1,77 @@
-"""The least a Python asyncio WebSocket server can add on this machine.
+"""The least a Python asyncio server can add on this machine: the asyncio floor.
 
-A plain thread (standing in for the runtime's callback thread) stamps each
-token with CLOCK_MONOTONIC and hands it to the loop with one
-``call_soon_threadsafe``; the loop sends it as one msgpack delta. Same hops
-as rkstream, nothing else: no ctypes, no protocol, no scheduler. Used by
-bench/ws_latency.py to print the machine's floor beside rkstream's figures.
+The stand-in runtime runs as the peers run it (bench/floor_runtime.py: one
+handle through ctypes, its result callback on the runtime's thread); the
+callback hands each token's text to the loop with one
+``call_soon_threadsafe``, and the loop sends it. Same hops as rkstream,
+nothing else: no protocol, no scheduler, no worker process.
 
-    python bench/floor_server.py PORT
+- ``GET /ws``: ``session.created``, then for each ``response.create`` its
+  ``[[n_tokens=N]]`` tokens ``[[token_delay_us=U]]`` apart, one msgpack
+  ``response.output_text.delta`` message each, then ``response.done``.
+- ``POST /v1/chat/completions`` (``"stream": true``): the same tokens as
+  Server-Sent Events (HTTP/1.1 chunked), one ``data:`` chunk each, written
+  in order as each comes off the loop, then ``data: [DONE]``.
+- ``GET /health``: 200.
+
+Used by bench/ws_latency.py and bench/sse_latency.py to print the machine's
+floor beside rkstream's figures (and beside bench/floor_threaded.py, the
+thread-per-connection floor).
+
+    python bench/floor_server.py PORT [LIBRARY]
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import itertools
+import json
 import sys
 import threading
-import time
+from collections.abc import Callable
+from pathlib import Path
 
 import msgpack
 from aiohttp import web
+from floor_runtime import StandinRuntime  # noqa: E402
 
-DIRECTIVE = re.compile(r"\[\[(\w+)=(\d+)\]\]")
+LIB = Path(__file__).resolve().parent.parent / "lib" / "build" / "librkllmrt-standin-1.3.so"
+
+RUNTIME = web.AppKey("floor_runtime", StandinRuntime)
 
 
-async def stream(ws: web.WebSocketResponse, rid: str, count: int, delay_s: float) -> None:
+def start_emitter(app: web.Application, loop: asyncio.AbstractEventLoop,
+                  deliver: Callable[[str | None], None], prompt: str) -> None:
+    """Run ``prompt`` on a thread; the runtime's callback hands each token's text
+    to ``deliver`` on the loop with one call_soon_threadsafe; None after the last."""
+    def on_text(text: str) -> None:  # on the runtime's callback thread
+        loop.call_soon_threadsafe(deliver, text)
+
+    def run() -> None:
+        app[RUNTIME].generate(prompt, on_text)
+        loop.call_soon_threadsafe(deliver, None)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+async def stream(app: web.Application, ws: web.WebSocketResponse, rid: str, prompt: str
+                 ) -> None:
     loop = asyncio.get_running_loop()
     finished = asyncio.Event()
+    seqs = itertools.count()
 
-    def send(stamp: int, seq: int) -> None:
+    def send(text: str | None) -> None:
+        if text is None:
+            finished.set()
+            return
         loop.create_task(ws.send_bytes(msgpack.packb(
-            {"type": "response.output_text.delta", "request_id": rid, "seq": seq,
-             "delta": f"[{stamp}]"})))
+            {"type": "response.output_text.delta", "request_id": rid, "seq": next(seqs),
+             "delta": text})))
 
-    def emit() -> None:
-        for seq in range(count):
-            if delay_s:
-                time.sleep(delay_s)
-            loop.call_soon_threadsafe(send, time.monotonic_ns(), seq)
-        loop.call_soon_threadsafe(finished.set)
-
-    threading.Thread(target=emit, daemon=True).start()
+    start_emitter(app, loop, send, prompt)
     await finished.wait()
-    await asyncio.sleep(0.05)
+    # Every send task was created (and, uncompressed, wrote its frame in its
+    # first step) before finished.set() ran, so response.done cannot overtake one.
     await ws.send_bytes(msgpack.packb({"type": "response.done", "request_id": rid}))
 
 
@@ -51,9 +81,27 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.send_bytes(msgpack.packb({"type": "session.created"}))
     async for msg in ws:
         event = msgpack.unpackb(msg.data)
-        keys = {k: int(v) for k, v in DIRECTIVE.findall(event["input"][0]["content"])}
-        await stream(ws, event["request_id"], keys["n_tokens"], keys["token_delay_us"] / 1e6)
+        await stream(request.app, ws, event["request_id"], str(event["input"][0]["content"]))
     return ws
+
+
+async def chat_handler(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if not body.get("stream"):
+        raise web.HTTPBadRequest(text="only stream=true")
+    prompt = str(body["messages"][-1]["content"])
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)  # HTTP/1.1 without a length: chunked
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    start_emitter(request.app, asyncio.get_running_loop(), queue.put_nowait, prompt)
+    while (text := await queue.get()) is not None:
+        chunk = {"choices": [{"index": 0, "delta": {"content": text}}]}
+        await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode()
+                             + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 async def health(request: web.Request) -> web.Response:
@@ -62,6 +110,8 @@ async def health(request: web.Request) -> web.Response:
 
 if __name__ == "__main__":
     app = web.Application()
+    app[RUNTIME] = StandinRuntime(sys.argv[2] if len(sys.argv) > 2 else str(LIB))
     app.router.add_get("/ws", ws_handler)
+    app.router.add_post("/v1/chat/completions", chat_handler)
     app.router.add_get("/health", health)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)

@@ -117,11 +117,12 @@ async def test_missing_model_is_reported_by_health(tmp_path: Path,
 
 
 async def test_json_logs_include_the_runtimes_own_lines(standin_libs: dict[str, Path]) -> None:
+    # On uvloop: the worker's pipes and output are read through its loop too.
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "rkstream", "serve", "--standin", "--host", "127.0.0.1",
-         "--port", str(port), "--log-format", "json"], cwd=REPO, stderr=subprocess.PIPE,
-        text=True)
+         "--port", str(port), "--log-format", "json", "--set", "server.event_loop=uvloop"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(400):
@@ -140,6 +141,7 @@ async def test_json_logs_include_the_runtimes_own_lines(standin_libs: dict[str, 
     assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     native = [r for r in records if r["logger"] == "rkstream.native"]
     assert any("rkllm-runtime version: 1.3.0" in r["message"] for r in native)
+    assert any("uvloop event loop" in r["message"] for r in records)
 
 
 def test_second_signal_exits_at_once(tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ bytes and written to the response.
 While the response is open and no write is under way, a piece is written
 where it arrives (:meth:`Answer.arrived`): encoded and handed to the
 transport in the same call, with no task switch in between (see
-:mod:`rkstream.core.eager`). Pieces that arrive while a write is under way,
-or before the response is open, wait in :class:`Pieces` and go out together
-in the handler's next write: fewer, larger writes for a slow client. The
+:mod:`rkstream.core.eager`). The rest of a burst (pieces that arrive in the
+same turn of the loop) goes out together at the start of the next turn.
+Pieces that arrive while a write is under way, or before the response is
+open, wait in :class:`Pieces` and go out together in the handler's next
+write: fewer, larger writes for a slow client. The
 handler (the runner's loop) still writes the opening, the keepalives, the
 end and any error, each after the pieces before it.
 """
@@ -132,6 +134,7 @@ class Answer:
         self.response: web.StreamResponse | None = None
         self._pending: Awaitable[None] | None = None  # a write that suspended
         self._writing = False  # the handler is inside write()
+        self._burst = False  # a piece was written in this turn of the loop
         self.failed: BaseException | None = None  # a write at once failed
 
     def encode(self, pieces: list[Piece]) -> bytes:
@@ -159,6 +162,8 @@ class Answer:
     def arrived(self, pieces: Pieces) -> None:
         """A piece arrived: write it now if the response is open and idle, else
         leave it for the handler (woken if it has to finish a write)."""
+        if self._burst:
+            return  # written at the end of this turn, merged
         if self.response is None or self._writing or self._pending is not None \
                 or self.failed is not None:
             pieces.wake()
@@ -172,6 +177,16 @@ class Answer:
             self.failed = exc  # raised in the handler, which owns the answer's end
         if self._pending is not None or self.failed is not None:
             pieces.wake()
+        else:
+            self._burst = True
+            asyncio.get_running_loop().call_soon(self._end_burst, pieces)
+
+    def _end_burst(self, pieces: Pieces) -> None:
+        self._burst = False
+        if pieces.items and pieces.answer is self:
+            self.arrived(pieces)
+        elif pieces.items:
+            pieces.wake()  # the handler has taken over: it writes them
 
     async def settle(self) -> None:
         """Finish a write that began at once and suspended; raise what failed."""

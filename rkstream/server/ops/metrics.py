@@ -119,8 +119,10 @@ class Metrics:
         if superseded:
             self.frames_superseded.inc()
 
-    def text_gap(self, seconds: float) -> None:
-        self.inter_token.observe(seconds)
+    def text_gaps(self, seconds: list[float]) -> None:
+        observe = self.inter_token.observe
+        for gap in seconds:
+            observe(gap)
 
     def request_done(self, outcome: Outcome, queued_ms: float, ttft_s: float | None,
                      busy_s: float, api: str = "") -> None:

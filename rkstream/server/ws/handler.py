@@ -8,6 +8,7 @@ connection's requests before the handler returns.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
@@ -17,7 +18,7 @@ from rkstream.protocol.codec import Encoding
 from rkstream.protocol.events import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 from rkstream.server.state import STATE, AppState, ready
 from rkstream.server.ws.connection import Connection
-from rkstream.server.ws.outbox import Outbox
+from rkstream.server.ws.outbox import Outbox, Sender
 
 # After a 1009, how long the client may go on sending its message before the
 # connection is closed anyway, and how often lingering checks whether it closed.
@@ -105,12 +106,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     encoding: Encoding = "json" if ws.ws_protocol == SUBPROTOCOL_JSON else "msgpack"
 
-    async def send(data: bytes | str) -> None:
-        if isinstance(data, str):
-            await ws.send_str(data)
-        else:
-            await ws.send_bytes(data)
-
+    # Every message of a connection has its encoding's type: no dispatch per send.
+    send = cast(Sender, ws.send_str if encoding == "json" else ws.send_bytes)
     outbox = Outbox(send, encoding, max_bytes=settings.server.max_outbound_bytes,
                     slow_timeout_s=settings.server.slow_client_timeout_s)
     conn = Connection(settings, pool, outbox, state.metrics.frame)

@@ -3,7 +3,10 @@
 Producers (the reader, generations) never wait. While the socket keeps up,
 an event is encoded and written to the transport right where it is put: no
 task switch, no timer (a send into a socket whose buffer has room completes
-without suspending). Only when a send suspends (the client is not reading
+without suspending). What else is put in the same turn of the loop (the rest
+of a burst of tokens that arrived together) is merged and written once, at
+the start of the next turn: the first token of a burst goes out at once, the
+rest in one message. Only when a send suspends (the client is not reading
 and the transport's buffer is full) does the writer task take over: it
 finishes that send under ``slow_timeout_s``, and what comes meanwhile
 queues behind it, text deltas of one request merged into one message, so a
@@ -71,6 +74,7 @@ class Outbox:
         self._closed = False
         self._pending: Awaitable[None] | None = None  # a send that suspended
         self._failed = False
+        self._burst = False  # something was written in this turn of the loop
         self.overflowed = False
 
     @property
@@ -97,9 +101,14 @@ class Outbox:
 
     def put_delta(self, request_id: str, text: str, next_seq: Callable[[], int],
                   kind: DeltaKind = "text") -> None:
-        """Queue generated text (or reasoning), merging with the previous delta of
-        the same kind when it is unsent."""
+        """Send generated text (or reasoning), or queue it, merged with the
+        previous delta of the same kind while that is unsent."""
         if self._closed:
+            return
+        if not self._items and not self._burst and self._pending is None:
+            # The usual case: nothing before it, so straight out, no bookkeeping.
+            self._write(encode(delta_event(kind, request_id, next_seq(), text), self._encoding))
+            self._after_write()
             return
         last = self._items[-1] if self._items else None
         if isinstance(last, _Delta) and last.request_id == request_id and last.kind == kind:
@@ -137,16 +146,37 @@ class Outbox:
     def _pump(self) -> None:
         """Write what is queued, in order, while each send completes at once;
         leave a send that suspends to the writer task, and the rest behind it."""
+        if self._burst:
+            return  # written at the end of this turn, merged
+        wrote = False
         while self._items and self._pending is None and not self._failed:
-            data = self._encode(self._items.popleft())
-            try:
-                self._pending = begin(self._send(data))
-            except (ConnectionError, RuntimeError):
-                self._failed = self._closed = True
-        if self._pending is not None or self._failed:
-            self._wakeup.set()
-        elif not self._items:
+            self._write(self._encode(self._items.popleft()))
+            wrote = True
+        if wrote:
+            self._after_write()
+        elif not self._items and self._pending is None:
             self._empty.set()
+
+    def _write(self, data: bytes | str) -> None:
+        """Hand ``data`` to the socket now; a send that suspends is left pending."""
+        try:
+            self._pending = begin(self._send(data))
+        except (ConnectionError, RuntimeError):
+            self._failed = self._closed = True
+
+    def _after_write(self) -> None:
+        if self._pending is not None or self._failed:
+            self._empty.clear()
+            self._wakeup.set()  # the writer task finishes it, under the slow-client timer
+            return
+        if not self._items:
+            self._empty.set()
+        self._burst = True  # the rest of this turn's events go out merged, next turn
+        asyncio.get_running_loop().call_soon(self._end_burst)
+
+    def _end_burst(self) -> None:
+        self._burst = False
+        self._pump()
 
     async def run(self) -> bool:
         """Finish the sends that could not complete at once, until closed; False

@@ -65,10 +65,15 @@ async def test_pieces_are_written_where_they_arrive() -> None:
     answer, pieces = opened(response)
     pieces.on_text("a")
     assert response.written == [b"[a]"]  # no loop iteration needed
-    pieces.on_reasoning("r")
+    pieces.on_reasoning("r")  # the rest of the burst: one write, next turn
     pieces.on_call_done(0, ToolCall("c1", "f", "{}"), None)
-    assert response.written == [b"[a]", b"(r)", b"{f}"]
-    assert answer.text == ["a"] and answer.reasoning == ["r"] and len(answer.calls) == 1
+    assert response.written == [b"[a]"]
+    await asyncio.sleep(0)
+    assert response.written == [b"[a]", b"(r){f}"]
+    await asyncio.sleep(0)
+    pieces.on_text("b")  # a turn later: at once again
+    assert response.written[-1] == b"[b]"
+    assert answer.text == ["a", "b"] and answer.reasoning == ["r"] and len(answer.calls) == 1
     assert answer.first_text_s is not None and pieces.items == []
 
 

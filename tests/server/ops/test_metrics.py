@@ -94,7 +94,7 @@ def test_counters_follow_the_observer_calls() -> None:
     metrics.request_done(Outcome("error"), 0.0, None, 0.0)
     metrics.frame(superseded=False)
     metrics.frame(superseded=True)
-    metrics.text_gap(0.02)
+    metrics.text_gaps([0.02])
     metrics.vision_encode.observe(0.15)
     types, after = scrape(metrics)
     assert types["rkstream_requests"] == "counter"

@@ -91,11 +91,17 @@ async def test_while_the_socket_keeps_up_each_event_is_written_where_it_is_put()
     seq = counter()
     box.put_delta("a", "he", seq)
     assert [e["delta"] for e in sent] == ["he"]  # before any loop iteration
-    box.put_delta("a", "llo", seq)
+    box.put_delta("a", "ll", seq)  # the rest of the burst: merged, sent next turn
+    box.put_delta("a", "o", seq)
     box.put({"type": "response.done", "request_id": "a"})
-    assert [(e["type"], e.get("seq")) for e in sent] == [
-        ("response.output_text.delta", 0), ("response.output_text.delta", 1),
-        ("response.done", None)]
+    assert len(sent) == 1
+    await asyncio.sleep(0)
+    assert [(e["type"], e.get("seq"), e.get("delta")) for e in sent] == [
+        ("response.output_text.delta", 0, "he"), ("response.output_text.delta", 1, "llo"),
+        ("response.done", None, None)]
+    await asyncio.sleep(0)
+    box.put_delta("a", "!", seq)  # a turn later: at once again
+    assert sent[-1]["delta"] == "!"
     task = asyncio.create_task(box.run())
     box.close()
     assert await task is True

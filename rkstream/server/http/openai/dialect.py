@@ -84,6 +84,7 @@ class OpenAIDialect(Dialect):
         self.model = ""
         self.include_usage = False
         self.echo: str | None = None
+        self._piece_frame: tuple[bytes, bytes] | None = None  # a text chunk, around its text
 
     def parse(self, body: Fields, state: AppState, model: Resident) -> GenerationRequest:
         fmt = model.engine.chat_format
@@ -142,7 +143,15 @@ class OpenAIDialect(Dialect):
         return b": ping\n\n"
 
     def piece(self, text: str) -> bytes:
-        return sse(self._chunk([self._choice(text, None)]))
+        # Every text chunk of a stream is the same JSON around its text: written
+        # once, so each token only encodes its own string.
+        if self._piece_frame is None:
+            marker = "\x00"
+            whole = sse(self._chunk([self._choice(marker, None)]))
+            head, tail = whole.split(json.dumps(marker).encode(), 1)
+            self._piece_frame = (head, tail)
+        head, tail = self._piece_frame
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
 
     def reasoning(self, text: str) -> bytes:
         return self._delta({"reasoning_content": text, "reasoning": text})

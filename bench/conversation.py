@@ -167,7 +167,7 @@ def wait_quiet() -> float:
 async def openai_turn(session: aiohttp.ClientSession, base: str,
                       messages: list[dict[str, str]], max_tokens: int) -> Turn:
     """One streamed /v1/chat/completions request."""
-    body = {"model": "bench", "messages": messages, "stream": True, "max_tokens": max_tokens,
+    body = {"messages": messages, "stream": True, "max_tokens": max_tokens,
             "stream_options": {"include_usage": True}, **GREEDY}
     parts: list[str] = []
     timings: dict[str, Any] = {}

@@ -103,7 +103,7 @@ async def measure(encoder: Path, model: Path, encode_ahead: bool, frames: list[b
         [sys.executable, "-m", "rkstream", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--set", "engine=rkllm", "--rkllm-lib", str(LIB), "--model", str(model),
          "--set", f"vision.encoder={encoder}", "--set", "vision.preset=smolvlm",
-         "--set", f"vision.encode_ahead={str(encode_ahead).lower()}",
+         "--set", f"vision.encode_ahead={'on_request' if encode_ahead else 'off'}",
          "--log-level", "warning"], cwd=REPO)
     try:
         await wait_ready(server, port)
@@ -133,7 +133,7 @@ async def main() -> None:
     print("| encode-ahead | frame -> first token, median ms | max ms |")
     print("|---|---|---|")
     for ahead, median, worst in rows:
-        print(f"| {'on' if ahead else 'off'} | {median:.1f} | {worst:.1f} |")
+        print(f"| {'on_request' if ahead else 'off'} | {median:.1f} | {worst:.1f} |")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The checks cover the commonest field failures: not an RK3588, an old RKNPU
 driver, a missing or unsupported librkllmrt.so, an .rknn file given as the
 language model, models that do not fit in memory, clocks left to an
-on-demand governor, and the runtime crashes and hangs the server recorded.
+on-demand governor, an encode-ahead budget that never lets the vision
+encoder rest, and the runtime crashes and hangs the server recorded.
 Nothing is loaded: libraries, models and the fault log are only read.
 """
 
@@ -40,6 +41,7 @@ from rkstream.board.checks_models import (
     check_vision_encoder,
 )
 from rkstream.board.checks_pool import check_models
+from rkstream.board.checks_vision import check_encode_ahead
 from rkstream.board.report import Check, Status, render_json, render_text
 from rkstream.board.sysfs import Root, compatible, meminfo
 from rkstream.config import Settings
@@ -97,6 +99,7 @@ def run_checks(
         ("chat format", lambda: check_chat_format(settings) or []),
         ("runtime faults", lambda: check_runtime_faults(settings)),
         ("vision.encoder", lambda: encoder_check),
+        ("vision.encode_ahead", lambda: check_encode_ahead(settings, rockchip)),
         ("librknnrt.so", lambda: check_rknn_library(root, dirs, needed=kind == "rknn")),
         ("rknn-toolkit-lite2", lambda: check_module(
             "rknn-toolkit-lite2", "rknnlite", "rknn-toolkit-lite2", probe,

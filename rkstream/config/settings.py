@@ -22,6 +22,8 @@ from rkstream.config.values import (
     parse_size,
     parse_std,
 )
+from rkstream.vision.cpus import CPUS_ALLOWED, parse_cpus
+from rkstream.vision.policy import MODES, MODES_ALLOWED
 from rkstream.vision.presets import PRESETS
 
 
@@ -160,7 +162,27 @@ class VisionSettings:
                             minimum=0)
     max_image_pixels: int = opt(4096 * 4096, "largest image accepted (decompression "
                                                 "bombs are refused)", minimum=1)
-    encode_ahead: bool = opt(True, "encode the newest camera frame while the model is busy")
+    encode_ahead: str = opt("rate", "when camera frames are encoded before a request asks: "
+                                    "off = never; on_request = only while a request with a "
+                                    "frame part of that stream waits for an instance; rate = "
+                                    "the newest frame of each stream, at most encode_ahead_fps "
+                                    "times a second", choices=MODES, allowed=MODES_ALLOWED)
+    encode_ahead_fps: float = opt(1.0, "most encode-ahead looks (a change check, and an encode "
+                                       "when the frame changed) per second and camera stream",
+                                  minimum=0.01, maximum=120)
+    encode_ahead_pause_while_generating: bool = opt(
+        True, "rate looks at nothing while a generation runs on the NPU (or the CPU model "
+              "generates), so answers never share the encoder or the memory bus with it; a "
+              "queued frame question is still served")
+    frame_change_threshold: float = opt(
+        2.0, "a frame whose 32x32 grey thumbnail differs from the last encoded frame's by less "
+             "than this mean absolute difference (0-255) reuses its embedding; 0 = only "
+             "identical bytes are reused", minimum=0, maximum=255)
+    decode_cpus: str = opt("auto", "CPUs of the threads that decode images and frames: auto = "
+                                   "the CPUs outside rkllm.enabled_cpus_mask on an 8-CPU "
+                                   "Rockchip board (the A55 cores of an RK3588), else no "
+                                   "pinning; none or empty = no pinning; or a list such as "
+                                   "\"0-3\"", parse=parse_cpus, allowed=CPUS_ALLOWED)
 
 
 @dataclass(frozen=True)

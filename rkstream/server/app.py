@@ -38,6 +38,7 @@ from rkstream.server.ops.health import health
 from rkstream.server.ops.metrics import METRICS, metrics_handler
 from rkstream.server.state import STATE, AppState
 from rkstream.server.ws.handler import websocket_handler
+from rkstream.vision.cpus import decode_cpus
 from rkstream.vision.service import VisionService
 
 
@@ -61,8 +62,9 @@ def _vision_factory(state: AppState) -> VisionFactory:
                         vision.encoder, *encoder.input_size, encoder.n_tokens, encoder.width)
         return VisionService(encoder, preset, cache_bytes=vision.cache_bytes,
                              max_image_pixels=vision.max_image_pixels,
-                             encode_ahead=vision.encode_ahead,
-                             on_encode=state.metrics.vision_encode.observe)
+                             decode_cpus=decode_cpus(vision.decode_cpus,
+                                                     settings.rkllm.enabled_cpus_mask),
+                             observer=state.metrics)
 
     return load
 

@@ -2,29 +2,32 @@
 
 - ``image.upload`` encodes once (through the shared cache) and remembers the
   id; a later ``{type: "image", image_id}`` part uses it.
-- ``frame.append`` keeps the newest frame per stream; while the model is
-  busy, that frame is encoded ahead, so a request that asks about it mostly
-  finds it in the cache.
+- ``frame.append`` keeps the newest frame per stream; the encode-ahead
+  policy (``[vision]``, :class:`~rkstream.vision.policy.AheadPolicy`) decides
+  when that frame is encoded before a request asks for it.
 - A request's vision step (:meth:`Media.prepare`) runs once it holds a model
-  instance: it takes each stream's newest frame at that moment.
+  instance: it takes each stream's newest frame at that moment, and uses the
+  last encoded frame's embedding when the newest was judged unchanged from it
+  (``response.done.frame`` says which frame was encoded).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rkstream.config import VisionSettings
 from rkstream.core.embeddings import ImageEmbedding
 from rkstream.core.messages import FramePart, ImagePart
 from rkstream.core.request import GenerationRequest
 from rkstream.engines.base import Job
 from rkstream.engines.text import estimate_tokens
 from rkstream.errors import RequestError, VisionError
-from rkstream.log import ws_log
 from rkstream.protocol.events import FrameAppend, ImageUpload
-from rkstream.vision.frames import FrameStore, new_frame
+from rkstream.vision.ahead import FrameEncoder
+from rkstream.vision.frames import Frame, FrameStore, new_frame
+from rkstream.vision.policy import AheadPolicy
 from rkstream.vision.service import VisionService
 
 MAX_UPLOADS = 256
@@ -32,16 +35,34 @@ MAX_UPLOADS = 256
 
 @dataclass
 class FrameUse:
-    """Which frame a request used (``response.done.frame``)."""
+    """Which frame a request took, and whose embedding it used (``response.done.frame``).
+
+    ``seq``/``ts_ns`` name the newest frame when the vision step ran;
+    ``encoded_seq``/``encoded_ts_ns`` the frame whose embedding the model got
+    (the same one unless it was judged unchanged; None when no embedding was
+    made, as when the frame could not be decoded); ``unchanged`` how many
+    frames newer than the encoded one were judged unchanged from it.
+    """
 
     stream: str
     seq: int
     ts_ns: int | None
     superseded: int
+    encoded_seq: int | None = None
+    encoded_ts_ns: int | None = None
+    unchanged: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"stream": self.stream, "seq": self.seq, "ts_ns": self.ts_ns,
-                "superseded": self.superseded}
+                "superseded": self.superseded, "encoded_seq": self.encoded_seq,
+                "encoded_ts_ns": self.encoded_ts_ns, "unchanged": self.unchanged}
+
+
+def ahead_policy(vision: VisionSettings) -> AheadPolicy:
+    """The ``[vision]`` encode-ahead keys as one policy."""
+    return AheadPolicy(vision.encode_ahead, vision.encode_ahead_fps,
+                       vision.encode_ahead_pause_while_generating,
+                       vision.frame_change_threshold)
 
 
 def _unavailable() -> VisionError:
@@ -62,14 +83,15 @@ class Media:
     """Per-connection image and frame state. Each call names the vision service
     of the model it is for (None: that model has no encoder)."""
 
-    def __init__(self, max_images: int, model_busy: Callable[[], bool],
-                 on_frame: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, max_images: int, generating: Callable[[], bool],
+                 on_frame: Callable[[bool], None] | None = None,
+                 policy: AheadPolicy | None = None) -> None:
         self._on_frame = on_frame  # told whether each frame superseded another
         self.max_images = max_images
         self.frames = FrameStore()
         self.uploads: dict[str, str] = {}  # image_id -> cache key
-        self._model_busy = model_busy
-        self._ahead: dict[str, asyncio.Task[None]] = {}
+        self.encoding = FrameEncoder(self.frames, policy or AheadPolicy(), generating)
+        self._waiting: dict[int, tuple[str, ...]] = {}  # id(request) -> its frame streams
 
     # -- checks at response.create -------------------------------------------------
     def check(self, request: GenerationRequest, has_vision: bool) -> None:
@@ -107,6 +129,7 @@ class Media:
         """
         if vision is None:
             raise _unavailable()
+        self.done_waiting(request)  # it holds an instance now
         images: list[ImageEmbedding] = []
         for part in request.media:
             images.append(await self._embedding(vision, part, on_frame))
@@ -124,13 +147,15 @@ class Media:
     async def _embedding(self, vision: VisionService, part: ImagePart | FramePart,
                          on_frame: Callable[[FrameUse], None]) -> ImageEmbedding:
         if isinstance(part, FramePart):
-            frame = self.frames.newest(part.stream)
-            if frame is None:
-                raise VisionError("unknown_stream", f"stream {part.stream!r} has no frame")
+            def taken(frame: Frame) -> None:  # reported even if its encode then fails
+                on_frame(FrameUse(frame.stream, frame.seq, frame.ts_ns,
+                                  self.frames.superseded.get(frame.stream, 0)))
+
+            frame, used = await self.encoding.embedding(part.stream, vision, taken)
             on_frame(FrameUse(frame.stream, frame.seq, frame.ts_ns,
-                              self.frames.superseded.get(frame.stream, 0)))
-            return (await vision.encode(frame.data, format=frame.format, width=frame.width,
-                                        height=frame.height)).embedding
+                              self.frames.superseded.get(frame.stream, 0), used.seq,
+                              used.ts_ns, used.unchanged))
+            return used.embedding
         if part.image_id is not None:
             cached = vision.cache.get(self.uploads.get(part.image_id, ""))
             if cached is None:
@@ -173,31 +198,25 @@ class Media:
                                             event.format, event.width, event.height))
         if self._on_frame is not None:
             self._on_frame(self.frames.superseded.get(event.stream, 0) > before)
-        if kept and vision is not None and vision.encode_ahead and self._model_busy():
-            self._encode_ahead(event.stream, vision)
+        if kept:
+            self.encoding.frame_added(event.stream, vision)
 
-    def _encode_ahead(self, stream: str, vision: VisionService) -> None:
-        if stream in self._ahead:  # one at a time; it picks the newest when it loops
-            return
-        self._ahead[stream] = asyncio.create_task(self._ahead_loop(stream, vision))
+    # -- frame questions waiting for an instance (encode_ahead = on_request) -----------
+    def waiting(self, request: GenerationRequest, vision: VisionService | None) -> None:
+        """``request`` is queued for an instance; its frame streams may be encoded ahead."""
+        streams = tuple(p.stream for p in request.media if isinstance(p, FramePart))
+        if streams and id(request) not in self._waiting:
+            self._waiting[id(request)] = streams
+            for stream in streams:
+                self.encoding.wait(stream, vision)
 
-    async def _ahead_loop(self, stream: str, vision: VisionService) -> None:
-        done_seq = -1
-        try:
-            while (frame := self.frames.newest(stream)) is not None and frame.seq > done_seq:
-                done_seq = frame.seq
-                try:
-                    await vision.encode(frame.data, format=frame.format, width=frame.width,
-                                        height=frame.height)
-                except VisionError as exc:  # the request's own vision step will report it
-                    ws_log.info("encode-ahead of %s seq %d failed: %s", stream, frame.seq,
-                                exc.message)
-        finally:
-            self._ahead.pop(stream, None)
+    def done_waiting(self, request: GenerationRequest) -> None:
+        """``request`` got its instance or ended (safe to call more than once)."""
+        for stream in self._waiting.pop(id(request), ()):
+            self.encoding.unwait(stream)
 
     async def close(self) -> None:
-        for task in list(self._ahead.values()):
-            task.cancel()
-        await asyncio.gather(*self._ahead.values(), return_exceptions=True)
+        await self.encoding.close()
+        self._waiting.clear()
         self.frames.clear()
         self.uploads.clear()

@@ -35,6 +35,8 @@ APIS = ("ws", "openai_chat", "openai_completions", "openai_responses", "openai_e
         "anthropic_messages", "ollama_chat", "ollama_generate", "ollama_embed", "rkllm_chat")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                      10.0, 30.0, 60.0)
+# A thumbnail decodes in about a millisecond, a 1080p frame for the encoder in ~10.
+DECODE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 NPU_LOAD = Path("/sys/kernel/debug/rknpu/load")
 
 
@@ -102,6 +104,29 @@ class Metrics:
                                            "Gap between text pieces.")
         self.vision_encode = self._histogram("rkstream_vision_encode_seconds",
                                              "Decode + encode of one image.")
+        # What camera frames cost: rate() of the counters gives encodes per second
+        # and the encoder's busy share.
+        self.vision_encodes = Counter(
+            "rkstream_vision_encodes_total",
+            "Images encoded: ahead (camera frames before a request asked) or for a request.",
+            ["reason"], registry=self.registry)
+        for reason in ("ahead", "request"):
+            self.vision_encodes.labels(reason)
+        self.vision_encoder_busy = Counter(
+            "rkstream_vision_encoder_busy_seconds_total",
+            "Seconds the vision encoder spent encoding; rate() is its busy ratio.",
+            registry=self.registry)
+        self.frames_unchanged = Counter(
+            "rkstream_frames_unchanged_total",
+            "Camera frames judged unchanged from the last encoded one, whose embedding "
+            "they reused.", registry=self.registry)
+        self.vision_decode = Histogram(
+            "rkstream_vision_decode_seconds",
+            "Image decoding in the decode pool: prepare (the encoder's input) or thumbnail "
+            "(a frame's change check).", ["step"], buckets=DECODE_BUCKETS_S,
+            registry=self.registry)
+        for step in ("prepare", "thumbnail"):
+            self.vision_decode.labels(step)
         self.npu_load = npu_load
         self.busy_s = 0.0
         self.started_s = time.perf_counter()
@@ -118,6 +143,18 @@ class Metrics:
         self.frames_received.inc()
         if superseded:
             self.frames_superseded.inc()
+
+    # -- the vision service's observer (rkstream.vision.service.VisionObserver) --------
+    def vision_encoded(self, seconds: float, encoder_s: float, ahead: bool) -> None:
+        self.vision_encode.observe(seconds)
+        self.vision_encodes.labels("ahead" if ahead else "request").inc()
+        self.vision_encoder_busy.inc(encoder_s)
+
+    def vision_decoded(self, seconds: float, step: str) -> None:
+        self.vision_decode.labels(step).observe(seconds)
+
+    def frame_unchanged(self) -> None:
+        self.frames_unchanged.inc()
 
     def text_gaps(self, seconds: list[float]) -> None:
         observe = self.inter_token.observe

@@ -37,7 +37,7 @@ from rkstream.protocol.events import (
 from rkstream.protocol.parse import parse_event
 from rkstream.scheduler import Scheduler, Ticket
 from rkstream.server.jobs import make_job
-from rkstream.server.media import FrameUse, Media
+from rkstream.server.media import FrameUse, Media, ahead_policy
 from rkstream.server.output import ParsingSink, answer_parser
 from rkstream.server.ws.outbox import Outbox
 
@@ -196,7 +196,8 @@ class Connection:
         self.pool = pool
         self.outbox = outbox
         self.model_name: str | None = None  # the session's model; None: the default
-        self.media = Media(settings.limits.max_images_per_request, self._model_busy, on_frame)
+        self.media = Media(settings.limits.max_images_per_request, self._generating, on_frame,
+                           ahead_policy(settings.vision))
         self.session_id = "sess_" + uuid.uuid4().hex[:16]
         self.instructions: str | None = None
         self.params = Params()
@@ -207,9 +208,13 @@ class Connection:
     def _session_model(self) -> ModelSpec:
         return self.pool.table.find(self.model_name)
 
-    def _model_busy(self) -> bool:
+    def _generating(self) -> bool:
+        """Whether a generation runs on the NPU (any RKLLM model: the encoder shares
+        its memory bus, or its core) or the session's model generates (CPU engine)."""
+        if self.pool.gate.holders:
+            return True
         resident = self.pool.resident(self.model_name)
-        return resident is not None and not resident.scheduler.idle
+        return resident is not None and resident.scheduler.running > 0
 
     def model_view(self, spec: ModelSpec) -> dict[str, Any]:
         """What a client is told about one model: its engine's info when loaded."""
@@ -224,7 +229,7 @@ class Connection:
     # -- lifecycle -------------------------------------------------------------
     def open(self) -> None:
         limits = self.settings.limits
-        self.outbox.put(ev.session_created(
+        created = ev.session_created(
             self.session_id, __version__, self.model_view(self.pool.table.default),
             {"max_message_bytes": limits.max_message_bytes,
              "max_images_per_request": limits.max_images_per_request,
@@ -235,7 +240,9 @@ class Connection:
              "max_connections_per_address": limits.max_connections_per_address,
              "request_timeout_s": limits.request_timeout_s,
              "idle_timeout_s": limits.idle_timeout_s},
-            [self.model_view(spec) for spec in self.pool.table]))
+            [self.model_view(spec) for spec in self.pool.table])
+        created["vision"] = self.media.encoding.policy.as_dict()  # what frames cost, told
+        self.outbox.put(created)
 
     async def shutdown(self) -> None:
         """Server shutdown: end every request with its response.done, then send them."""
@@ -385,6 +392,10 @@ class Connection:
             lease.release()
             raise
         ticket.outcome.add_done_callback(lambda _: lease.release())
+        if ticket.started_s is None and request.has_media:
+            # Queued: on_request may encode its frames while it waits.
+            self.media.waiting(request, model.vision)
+            ticket.outcome.add_done_callback(lambda _: self.media.done_waiting(request))
         stream.ticket, stream.scheduler = ticket, model.scheduler
 
     async def _load_then_run(self, stream: RequestStream, event: ResponseCreate) -> None:

@@ -1,61 +1,322 @@
-"""The chat page in a real browser (Debian's Chromium, driven by Playwright).
+"""The chat page (static/index.html + app.js on rkstream.js) in a real browser
+(Debian's Chromium, driven by Playwright) against a server on the stand-in runtime.
 
-It connects over /ws with the JSON subprotocol, streams a reply, shows the
-model and the timings, and its Stop button cancels a long answer.
+The server serves a temporary copy of static/ (``server.static_dir``), so the page
+is at its own "/" and its /ws is same-origin. Answers are scripted with the
+stand-in's ``[[reply=...]]`` directive, typed into the page as the user's message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Awaitable, Callable
+import re
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import async_playwright
+from playwright.async_api import Page, WebSocketRoute, async_playwright
 
-from rkstream.config import Settings
+from rkstream.config import ServerSettings, Settings
+from rkstream.config.settings import ModelEntry, PoolSettings, RKLLMSettings
 from rkstream.server.app import make_app
 
-from fakes import Calls, FakeEngine
+from helpers import MS, model_file, reply, standin_settings
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
+STATIC = Path(__file__).resolve().parents[2] / "static"
 ServerFactory = Callable[..., Awaitable[TestServer]]
-# Set RKSTREAM_SCREENSHOTS to a folder to keep the screenshot for a person to look at.
+# Set RKSTREAM_SCREENSHOTS to a folder to keep the screenshots for a person to look at.
 SCREENSHOT_DIR = os.environ.get("RKSTREAM_SCREENSHOTS")
+# A long answer: 512 tokens (the stand-in's cap), 20 ms each.
+LONG = reply("w ") + "[[n_tokens=2000]][[token_delay_us=20000]]"
 
 
-async def test_chat_page_streams_and_stops(aiohttp_server: ServerFactory,
-                                           tmp_path: Path) -> None:
+def pw_ms(ms: float) -> float:
+    """A Playwright timeout (milliseconds) of ``ms`` in the project's timing unit."""
+    return ms * MS * 1000
+
+
+def static_copy(tmp_path: Path) -> str:
+    static = tmp_path / "static"
+    shutil.copytree(STATIC, static)
+    return str(static)
+
+
+@pytest.fixture
+async def server(aiohttp_server: ServerFactory, standin_libs: dict[str, Path],
+                 tmp_path: Path) -> TestServer:
+    """A server on a 1.3 stand-in model that serves a copy of static/ (and so "/")."""
+    model = model_file(tmp_path, "qwen2.5-test.rkllm", embed_width=16)
+    settings = standin_settings(standin_libs["1.3"], model)
+    settings = replace(settings, server=replace(ServerSettings(), static_dir=static_copy(tmp_path)))
+    return await aiohttp_server(make_app(settings), host="127.0.0.1")
+
+
+@pytest.fixture
+async def two_models(aiohttp_server: ServerFactory, standin_libs: dict[str, Path],
+                     tmp_path: Path) -> TestServer:
+    """The same with two stand-in models: chat (Qwen2.5, the default) and think (Qwen3,
+    whose <think> block is reasoning)."""
+    entries = {"chat": ModelEntry(model=str(model_file(tmp_path, "qwen2.5-chat.rkllm"))),
+               "think": ModelEntry(model=str(model_file(tmp_path, "qwen3-think.rkllm")))}
+    settings = replace(Settings(), rkllm=replace(RKLLMSettings(), library=str(standin_libs["1.3"])),
+                       models=entries, pool=replace(PoolSettings(), default_model="chat"),
+                       server=replace(ServerSettings(), static_dir=static_copy(tmp_path)))
+    return await aiohttp_server(make_app(settings), host="127.0.0.1")
+
+
+@asynccontextmanager
+async def chat_page(server: TestServer,
+                    prepare: Callable[[Page], Awaitable[None]] | None = None
+                    ) -> AsyncIterator[Page]:
+    """The chat page, connected; it fails the test on any uncaught page error.
+    ``prepare`` runs on the page before it loads."""
     assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
-    calls = Calls()
-    server = await aiohttp_server(make_app(Settings(), lambda s: FakeEngine(s, 0.02, calls)),
-                                  host="127.0.0.1")
+    errors: list[Any] = []
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = await browser.new_page()
-        errors: list[Any] = []
         page.on("pageerror", lambda error: errors.append(error))
+        page.on("console", lambda message: print("console:", message.text))
+        if prepare is not None:
+            await prepare(page)
         await page.goto(str(server.make_url("/")))
-        await page.wait_for_function(
-            "document.getElementById('status').textContent.includes('fake')")
-        await page.fill("#prompt", "hello from the browser")
-        await page.press("#prompt", "Enter")
-        reply = page.locator(".msg.assistant").first
-        await reply.locator(".meta").wait_for()
-        text = await reply.inner_text()
-        assert "hello from the browser" in text and "completed" in text
-        await page.fill("#prompt", " ".join(["word"] * 200))
-        await page.click("#send")
-        await page.wait_for_function(
-            "document.querySelectorAll('.msg.assistant')[1].textContent.length > 5")
-        await page.click("#stop")
-        stopped = page.locator(".msg.assistant").nth(1).locator(".meta")
-        await stopped.wait_for()
-        assert "cancelled" in await stopped.inner_text()
-        await page.screenshot(path=str(SCREENSHOT_DIR or tmp_path) + "/chat.png")
-        await browser.close()
+        await connected(page)
+        try:
+            yield page
+        finally:
+            await browser.close()
     assert errors == []
-    assert len(calls.cancels) == 1
+
+
+async def connected(page: Page) -> None:
+    await page.wait_for_function(
+        "document.getElementById('status').dataset.state === 'connected'", timeout=pw_ms(5000))
+
+
+async def ask(page: Page, text: str) -> None:
+    """Type ``text`` and press Enter."""
+    await page.fill("#prompt", text)
+    await page.press("#prompt", "Enter")
+
+
+async def answered(page: Page, index: int) -> str:
+    """The stats line of the ``index``-th answer, once it is there."""
+    meta = page.locator(".msg.assistant").nth(index).locator(".meta")
+    await meta.wait_for(timeout=pw_ms(10000))
+    return await meta.inner_text()
+
+
+async def test_chat_page_streams_markdown_and_stops(server: TestServer, tmp_path: Path) -> None:
+    async with chat_page(server) as page:
+        # The Markdown is split over many deltas; the page draws it once per frame.
+        await ask(page, reply("Some **bold** code:\n\n```python\nprint('hi')\n```\n")
+                  + "[[token_delay_us=5000]]")
+        stats = await answered(page, 0)
+        first = page.locator(".msg.assistant").first
+        assert await first.locator(".content strong").inner_text() == "bold"
+        assert "print('hi')" in await first.locator(".content pre > code").inner_text()
+        # The stats line: tokens, tokens/s, time to first token.
+        assert re.search(r"\d+ tokens · [\d.]+ tokens/s · first token \d+ ms", stats), stats
+        assert "cancelled" not in stats
+        assert "**" not in await first.inner_text()
+        # A long answer: Stop while it streams, then Esc on the next.
+        await ask(page, LONG)
+        await page.wait_for_function(
+            "document.querySelectorAll('.msg.assistant .content')[1].textContent.length > 5",
+            timeout=pw_ms(5000))
+        assert await page.is_disabled("#send") and not await page.is_disabled("#stop")
+        await page.click("#stop")
+        assert "cancelled" in await answered(page, 1)
+        await ask(page, LONG)
+        await page.wait_for_function(
+            "document.querySelectorAll('.msg.assistant .content')[2].textContent.length > 5",
+            timeout=pw_ms(5000))
+        await page.keyboard.press("Escape")
+        assert "cancelled" in await answered(page, 2)
+        assert await page.is_disabled("#stop") and not await page.is_disabled("#send")
+        # Shift+Enter is a new line, not a send.
+        await page.fill("#prompt", "one")
+        await page.press("#prompt", "Shift+Enter")
+        await page.keyboard.type("two")
+        assert await page.input_value("#prompt") == "one\ntwo"
+        assert await page.locator(".msg.user").count() == 3
+        await page.screenshot(path=str(SCREENSHOT_DIR or tmp_path) + "/chat.png")
+
+
+async def test_chat_page_does_not_run_scripts_in_answers(server: TestServer) -> None:
+    payload = ('Hi <script>window.pwned = "script"</script>\n\n'
+               '<img src="nothing.png" onerror="window.pwned = \'img\'">\n\n'
+               '<a href="javascript:window.pwned=1">link</a> <b>bold</b> [docs](https://example.com/)')
+    async with chat_page(server) as page:
+        await ask(page, reply(payload))
+        await answered(page, 0)
+        content = page.locator(".msg.assistant .content").first
+        await content.locator("img").wait_for(state="attached", timeout=pw_ms(2000))
+        # Give a broken image's error event time to fire, were its handler kept.
+        await asyncio.sleep(300 * MS)
+        assert await page.evaluate("window.pwned") is None
+        html = await content.inner_html()
+        assert "<script" not in html and "onerror" not in html and "javascript:" not in html
+        assert await content.locator("b").inner_text() == "bold"  # harmless HTML stays
+        link = content.locator("a[href='https://example.com/']")
+        assert await link.get_attribute("rel") == "noopener noreferrer"
+
+
+async def test_chat_page_keeps_conversations_over_a_reload(server: TestServer) -> None:
+    async with chat_page(server) as page:
+        await ask(page, reply("the first answer"))
+        await answered(page, 0)
+        await page.click("#new-chat")
+        assert await page.locator(".msg").count() == 0
+        await ask(page, reply("the second answer"))
+        await answered(page, 0)
+        await page.reload()
+        await connected(page)
+        conversations = page.locator("#conversations li")
+        assert await conversations.count() == 2
+        # The open conversation is restored, with its answer and stats line.
+        log = page.locator("#log")
+        assert "the second answer" in await log.inner_text()
+        assert "tokens/s" in await answered(page, 0)
+        # The other one opens from the list; it goes on with its history.
+        await conversations.nth(1).locator("button.open").click()
+        assert "the first answer" in await log.inner_text()
+        await ask(page, reply("a follow-up"))
+        assert "tokens" in await answered(page, 1)
+        assert await page.locator(".msg.user").count() == 2
+        # Delete it: the other one is left, and stays so after a reload.
+        await page.locator("#conversations li.current button.delete").click()
+        assert await conversations.count() == 1
+        await page.reload()
+        await connected(page)
+        assert await conversations.count() == 1
+        assert "the second answer" in await log.inner_text()
+
+
+async def test_chat_page_settings_models_and_reasoning(two_models: TestServer) -> None:
+    async with chat_page(two_models) as page:
+        sent: list[dict[str, Any]] = []
+
+        def on_socket(ws: Any) -> None:
+            ws.on("framesent", lambda data: sent.append(
+                msgpack.unpackb(data) if isinstance(data, bytes) else {}))
+
+        page.on("websocket", on_socket)
+        await page.reload()  # the socket again, now watched
+        await connected(page)
+        # Two models: the picker shows, the default first.
+        assert await page.is_visible("#model-field") is False  # in the folded panel
+        await page.click("#settings summary")
+        assert await page.is_visible("#model-field")
+        options = page.locator("#model option")
+        assert [await options.nth(i).get_attribute("value") for i in range(2)] == ["chat", "think"]
+        await page.select_option("#model", "think")
+        await page.fill("#instructions", "Answer briefly.")
+        await page.fill("#temperature", "0.5")
+        await page.fill("#top-p", "0.9")
+        await page.fill("#max-tokens", "64")
+        await page.locator("#max-tokens").blur()
+        await ask(page, reply("<think>\nPondering it.\n</think>\n\nThe answer."))
+        await answered(page, 0)
+        answer = page.locator(".msg.assistant").first
+        reasoning = answer.locator("details.reasoning")
+        assert await reasoning.get_attribute("open") is None  # folded
+        assert "Pondering it." in (await reasoning.locator(".text").text_content() or "")
+        assert (await answer.locator(".content").inner_text()).strip() == "The answer."
+        update = next(e for e in sent if e.get("type") == "session.update")
+        assert update["session"] == {"instructions": "Answer briefly."}
+        create = next(e for e in sent if e.get("type") == "response.create")
+        assert create["model"] == "think"
+        assert create["params"] == {"temperature": 0.5, "top_p": 0.9, "max_tokens": 64}
+        # A cleared system prompt is cleared on the server too.
+        await page.fill("#instructions", "")
+        await ask(page, reply("Again."))
+        await answered(page, 1)
+        updates = [e["session"] for e in sent if e.get("type") == "session.update"]
+        assert updates == [{"instructions": "Answer briefly."}, {"instructions": None}]
+        await page.fill("#instructions", "Answer briefly.")
+        # The settings are kept over a reload.
+        await page.reload()
+        await connected(page)
+        assert await page.input_value("#instructions") == "Answer briefly."
+        assert await page.input_value("#model") == "think"
+
+
+
+async def test_chat_page_fits_a_phone_and_follows_dark_mode(server: TestServer,
+                                                            tmp_path: Path) -> None:
+    async with chat_page(server) as page:
+        await page.set_viewport_size({"width": 360, "height": 740})
+        await page.emulate_media(color_scheme="dark")
+        await ask(page, reply("A line that goes on " * 12 + "\n\n```\n" + "x" * 300 + "\n```"))
+        await answered(page, 0)
+        # Nothing wider than the screen (a long code line scrolls inside its block).
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+        # The conversations fold behind a labelled button.
+        assert not await page.is_visible("#side")
+        await page.get_by_label("Show the conversations").click()
+        assert await page.is_visible("#side")
+        assert await page.get_by_role("button", name="New conversation").is_visible()
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(22, 23, 27)", background
+        await page.screenshot(path=str(SCREENSHOT_DIR or tmp_path) + "/chat-phone-dark.png")
+        await page.emulate_media(color_scheme="light")
+        assert await page.evaluate(
+            "getComputedStyle(document.body).backgroundColor") == "rgb(255, 255, 255)"
+        # Every control has a name.
+        for control in await page.locator("textarea, input, select, button").all():
+            name = await control.evaluate(
+                "(e) => e.labels?.[0]?.textContent || e.getAttribute('aria-label')"
+                " || e.textContent")
+            assert (name or "").strip(), await control.evaluate("(e) => e.outerHTML")
+
+
+async def test_chat_page_shows_tool_calls(server: TestServer) -> None:
+    # The page offers no tools, so the server never sends a call to it: a route
+    # between page and server answers one request itself, as a server would.
+    async def prepare(page: Page) -> None:
+        def route(ws: WebSocketRoute) -> None:
+            upstream = ws.connect_to_server()
+
+            def from_page(message: str | bytes) -> None:
+                event = msgpack.unpackb(message) if isinstance(message, bytes) else {}
+                if event.get("type") != "response.create" or "TOOLS" not in str(event["input"]):
+                    upstream.send(message)
+                    return
+                rid = event["request_id"]
+                for answer in (
+                        {"type": "response.created", "queue_position": 0},
+                        {"type": "response.output_text.delta", "seq": 0, "delta": "Checking."},
+                        {"type": "response.output_tool_call", "seq": 1, "index": 0,
+                         "call_id": "call_1", "name": "get_weather",
+                         "arguments": '{"city": "<b>Bern</b>"}'},
+                        {"type": "response.done", "status": "completed",
+                         "finish_reason": "tool_calls",
+                         "usage": {"input_tokens": 5, "output_tokens": 12},
+                         "timings": {"predicted_per_second": 40.0, "ttft_ms": 15.0}}):
+                    ws.send(msgpack.packb({**answer, "request_id": rid}))
+
+            ws.on_message(from_page)
+
+        await page.route_web_socket("**/ws", route)
+
+    async with chat_page(server, prepare) as page:
+        await ask(page, "TOOLS please")
+        assert "12 tokens · 40.0 tokens/s · first token 15 ms" in await answered(page, 0)
+        call = page.locator(".msg.assistant .tool-call")
+        assert await call.count() == 1
+        assert "get_weather" in await call.locator("strong").inner_text()
+        assert await call.locator("pre").inner_text() == '{"city": "<b>Bern</b>"}'  # as text
+        # Other requests still reach the server.
+        await ask(page, reply("fine"))
+        assert "tokens/s" in await answered(page, 1)

@@ -9,6 +9,7 @@ import DOMPurify from "./vendor/dompurify/purify.es.mjs";
 const STORE = "rkstream.conversations";
 const CURRENT = "rkstream.current";
 const SETTINGS = "rkstream.settings";
+const API_KEY = "rkstream.apiKey";
 
 const $ = (id) => document.getElementById(id);
 const log = $("log");
@@ -18,6 +19,9 @@ const sendButton = $("send");
 const stopButton = $("stop");
 const list = $("conversations");
 const modelSelect = $("model");
+const notice = $("notice");
+const attachments = $("attachments");
+const fileInput = $("file");
 
 // ---- storage -------------------------------------------------------------
 
@@ -105,7 +109,20 @@ function messageView(message) {
   const node = el("div", `msg ${message.role}`);
   const view = { message, node, drawnText: null, drawnReasoning: null, drawnTools: 0 };
   if (message.role === "user") {
-    node.textContent = message.content;  // the user's own text, shown as written
+    node.append(message.content);  // the user's own text, shown as written
+    const blobs = messageImages.get(message);
+    if (blobs?.length) {
+      const row = el("div", "thumbs");
+      for (const blob of blobs) {
+        const img = el("img");
+        img.src = URL.createObjectURL(blob);
+        img.alt = "attached image";
+        row.append(img);
+      }
+      node.append(row);
+    } else if (message.images) {
+      node.append(el("div", "meta", `[${message.images} image${message.images > 1 ? "s" : ""}, not kept over a reload]`));
+    }
     return view;
   }
   view.reasoning = el("details", "reasoning");
@@ -215,23 +232,90 @@ function deleteConversation(id) {
 
 // ---- the connection ------------------------------------------------------
 
-const client = new RkstreamClient();
+/** The API key (localStorage), sent as ?token=; null: none. */
+let apiKey = load(API_KEY, null);
+/** @type {RkstreamClient} */
+let client;
 
 function setStatus(state, text) {
   statusEl.dataset.state = state;
   statusEl.textContent = text;
 }
 
-client.addEventListener("session", (event) => {
-  const m = event.detail.model;
-  setStatus("connected", `connected · ${m.id}${m.runtime ? " · " + m.runtime : ""}`);
-  fillModels();
+/** A new client (with the current key), connecting. */
+function startClient() {
+  client?.close();
+  client = new RkstreamClient(apiKey ? { apiKey } : {});
+  instructionsSent = null;  // a new session: the instructions go again
+  const mine = client;
+  client.addEventListener("session", (event) => {
+    const m = event.detail.model;
+    setStatus("connected", `connected · ${m.id}${m.runtime ? " · " + m.runtime : ""}`);
+    fillModels();
+    if (attached.length && !visionAvailable()) showNotice(NO_VISION);
+  });
+  client.addEventListener("disconnect", () => setStatus("disconnected", "disconnected"));
+  client.addEventListener("reconnecting", (event) => {
+    setStatus("disconnected", `disconnected, retrying in ${(event.detail.delayMs / 1000).toFixed(1)} s…`);
+    checkAccess(mine);
+  });
+  client.addEventListener("error", (event) => console.warn("rkstream:", event.detail.message));
+  client.connect().catch((error) => {
+    if (client === mine && error.code !== "closed") {
+      setStatus("disconnected", `not connected: ${error.message}`);
+    }
+  });
+  window.rkstreamChat = { client, ready: true };
+}
+
+/** A browser hides why a WebSocket upgrade failed; the same URL over plain HTTP tells
+ *  a refused key (401) or page origin (403) from a server that is just away. */
+let checking = false;
+async function checkAccess(which) {
+  if (checking) return;
+  checking = true;
+  try {
+    const url = new URL(which.url);
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    const answer = await fetch(url, { cache: "no-store" });
+    if (which !== client) return;
+    if (answer.status === 401) {
+      which.close();
+      setStatus("disconnected", apiKey ? "refused (401): wrong API key" : "this server needs an API key");
+      askForKey(apiKey
+        ? "The server refused that API key (401 Unauthorized): it is not one of its keys. Enter the right one."
+        : "This server needs an API key (it answered 401 Unauthorized). Enter it to connect; it is kept in this browser.");
+    } else if (answer.status === 403) {
+      which.close();
+      setStatus("disconnected", "refused (403): this page's origin is not allowed");
+      showNotice("The server refused the connection (403 Forbidden): it does not allow WebSocket " +
+        "connections from this page's address (see server.allowed_origins).");
+    }
+  } catch {
+    // The server is away: the client keeps retrying.
+  } finally {
+    checking = false;
+  }
+}
+
+function askForKey(reason) {
+  $("key-reason").textContent = reason;
+  $("key-dialog").hidden = false;
+  const input = $("api-key");
+  input.value = "";
+  input.focus();
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  apiKey = key;
+  save(API_KEY, key);
+  $("key-dialog").hidden = true;
+  setStatus("connecting", "connecting…");
+  startClient();
 });
-client.addEventListener("disconnect", () => setStatus("disconnected", "disconnected"));
-client.addEventListener("reconnecting", (event) => {
-  setStatus("disconnected", `disconnected, retrying in ${(event.detail.delayMs / 1000).toFixed(1)} s…`);
-});
-client.addEventListener("error", (event) => console.warn("rkstream:", event.detail.message));
 
 function fillModels() {
   const models = client.models;
@@ -284,6 +368,99 @@ function requestParams() {
   return params;
 }
 
+// ---- images --------------------------------------------------------------
+
+const NO_VISION = "This server's model has no vision encoder, so it cannot read images. " +
+  "Remove the images to send the text alone.";
+const FORMATS = { "image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp" };
+/** Images picked for the next message: {blob, url}. */
+let attached = [];
+/** A sent user message's images (in memory only: not kept in localStorage). */
+const messageImages = new WeakMap();
+
+function showNotice(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+/** Whether the model a request would use has a vision encoder (unknown: assume so). */
+function visionAvailable() {
+  if (!client.session) return true;
+  const chosen = client.models.length > 1 && settings.model
+    ? client.models.find((m) => m.id === settings.model) : null;
+  return Boolean((chosen ?? client.session.model)?.vision);
+}
+
+function attach(files) {
+  let skipped = 0;
+  for (const file of files) {
+    if (!FORMATS[file.type]) { skipped += 1; continue; }
+    attached.push({ blob: file, url: URL.createObjectURL(file) });
+  }
+  renderAttachments();
+  if (skipped) showNotice(`${skipped} file${skipped > 1 ? "s are" : " is"} not a PNG, JPEG or WebP image.`);
+  else if (attached.length && !visionAvailable()) showNotice(NO_VISION);
+  else showNotice("");
+}
+
+function renderAttachments() {
+  attachments.replaceChildren(...attached.map((item, index) => {
+    const box = el("figure", "thumb");
+    const img = el("img");
+    img.src = item.url;
+    img.alt = item.blob.name || "pasted image";
+    const remove = el("button", "remove", "✕");
+    remove.type = "button";
+    remove.setAttribute("aria-label", `Remove image ${item.blob.name || index + 1}`);
+    remove.onclick = () => {
+      URL.revokeObjectURL(item.url);
+      attached.splice(index, 1);
+      renderAttachments();
+      if (!attached.length) showNotice("");
+    };
+    box.append(img, remove);
+    return box;
+  }));
+}
+
+$("attach").addEventListener("click", () => fileInput.click());
+fileInput.addEventListener("change", () => {
+  attach([...fileInput.files]);
+  fileInput.value = "";
+});
+prompt.addEventListener("paste", (event) => {
+  const files = [...(event.clipboardData?.files ?? [])].filter((f) => f.type.startsWith("image/"));
+  if (files.length) {
+    event.preventDefault();
+    attach(files);
+  }
+});
+const composer = $("form");
+composer.addEventListener("dragover", (event) => {
+  if (![...event.dataTransfer.types].includes("Files")) return;
+  event.preventDefault();
+  composer.classList.add("dragging");
+});
+composer.addEventListener("dragleave", () => composer.classList.remove("dragging"));
+composer.addEventListener("drop", (event) => {
+  composer.classList.remove("dragging");
+  if (!event.dataTransfer.files.length) return;
+  event.preventDefault();
+  attach([...event.dataTransfer.files]);
+});
+
+/** A message as the protocol takes it: images uploaded (binary) and named by id. */
+async function toInput(message) {
+  const blobs = messageImages.get(message);
+  if (message.role !== "user" || !blobs?.length) return { role: message.role, content: message.content };
+  const parts = [];
+  if (message.content) parts.push({ type: "text", text: message.content });
+  for (const blob of blobs) {
+    parts.push({ type: "image", image_id: await client.uploadImage(blob, FORMATS[blob.type]) });
+  }
+  return { role: "user", content: parts };
+}
+
 // ---- sending and stopping ------------------------------------------------
 
 /** The answer being streamed: {request, view, conversation}, or null. */
@@ -300,12 +477,24 @@ function stop() {
 
 async function send() {
   const text = prompt.value.trim();
-  if (!text || active) return;
+  if ((!text && !attached.length) || active) return;
+  if (attached.length && !visionAvailable()) {
+    showNotice(NO_VISION);
+    return;
+  }
   const conversation = current() ?? newConversation();
   prompt.value = "";
   const user = { role: "user", content: text };
+  if (attached.length) {
+    user.images = attached.length;
+    messageImages.set(user, attached.map((item) => item.blob));
+    for (const item of attached) URL.revokeObjectURL(item.url);
+    attached = [];
+    renderAttachments();
+  }
+  showNotice("");
   conversation.messages.push(user);
-  if (conversation.title === "New conversation") conversation.title = text.slice(0, 48);
+  if (conversation.title === "New conversation") conversation.title = text.slice(0, 48) || "Image";
   const answer = { role: "assistant", content: "", reasoning: "", toolCalls: [] };
   conversation.messages.push(answer);
   conversation.updated = Date.now();
@@ -316,14 +505,15 @@ async function send() {
   log.append(view.node);
   log.scrollTop = log.scrollHeight;
   setBusy(true);
-  const input = conversation.messages.slice(0, -1)
-    .filter((m) => !m.error && (m.content || m.role === "user"))
-    .map((m) => ({ role: m.role, content: m.content }));
+  const history = conversation.messages.slice(0, -1)
+    .filter((m) => !m.error && (m.content || m.role === "user"));
   const pending = { request: { cancel() { pending.cancelled = true; } }, view, conversation };
   active = pending;
   try {
     if (!client.connected) throw new RkstreamError("not_connected", "not connected to the server");
     await syncInstructions();
+    const input = [];
+    for (const m of history) input.push(await toInput(m));
     if (pending.cancelled) throw new RkstreamError("cancelled", "stopped");
     const options = { params: requestParams() };
     if (client.models.length > 1 && settings.model) options.model = settings.model;
@@ -341,6 +531,10 @@ async function send() {
   } catch (error) {
     answer.error = error instanceof RkstreamError && error.code === "cancelled"
       ? "cancelled" : `${error.code ?? "error"}: ${error.message}`;
+    if (error.code === "vision_unavailable") {
+      answer.error = "vision_unavailable: " + NO_VISION;
+      showNotice(NO_VISION);
+    }
     schedule(view);
   } finally {
     if (active === pending) active = null;
@@ -360,6 +554,10 @@ function finishAnswer(answer, done) {
     model: done.model,
   };
   if (done.error) answer.error = `${done.status}: ${done.error.message}`;
+  if (done.error?.code === "vision_unavailable") {
+    answer.error = "vision_unavailable: " + NO_VISION;
+    showNotice(NO_VISION);
+  }
 }
 
 $("form").addEventListener("submit", (event) => {
@@ -398,5 +596,4 @@ if (!current()) currentId = conversations[0]?.id ?? null;
 renderList();
 renderLog();
 setBusy(false);
-client.connect().catch((error) => setStatus("disconnected", `not connected: ${error.message}`));
-window.rkstreamChat = { client, ready: true };
+startClient();

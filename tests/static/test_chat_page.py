@@ -9,6 +9,8 @@ stand-in's ``[[reply=...]]`` directive, typed into the page as the user's messag
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import re
 import shutil
@@ -21,13 +23,15 @@ from typing import Any
 import msgpack
 import pytest
 from aiohttp.test_utils import TestServer
+from PIL import Image
 from playwright.async_api import Page, WebSocketRoute, async_playwright
 
-from rkstream.config import ServerSettings, Settings
+from rkstream.config import ServerSettings, Settings, VisionSettings
 from rkstream.config.settings import ModelEntry, PoolSettings, RKLLMSettings
 from rkstream.server.app import make_app
 
 from helpers import MS, model_file, reply, standin_settings
+from tiny_encoder import build_tiny_encoder
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -320,3 +324,151 @@ async def test_chat_page_shows_tool_calls(server: TestServer) -> None:
         # Other requests still reach the server.
         await ask(page, reply("fine"))
         assert "tokens/s" in await answered(page, 1)
+
+
+# ---- images and the API key --------------------------------------------------
+
+
+def png_file(tmp_path: Path) -> Path:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(out, "PNG")
+    path = tmp_path / "red.png"
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def records_of(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+async def page_server(aiohttp_server: ServerFactory, library: Path, tmp_path: Path,
+                      encoder: Path | None = None, api_keys: str = "") -> TestServer:
+    """The chat page's server on a stand-in model whose calls go to tmp_path/calls.jsonl."""
+    model = model_file(tmp_path, "qwen2.5-test.rkllm", embed_width=16,
+                       record=tmp_path / "calls.jsonl")
+    settings = standin_settings(library, model)
+    settings = replace(
+        settings,
+        server=replace(ServerSettings(), static_dir=static_copy(tmp_path), api_keys=api_keys),
+        vision=replace(VisionSettings(), encoder=str(encoder) if encoder else ""))
+    return await aiohttp_server(make_app(settings), host="127.0.0.1")
+
+
+async def test_chat_page_sends_an_attached_image(aiohttp_server: ServerFactory,
+                                                 standin_libs: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    encoder = build_tiny_encoder(tmp_path / "tiny_qwen2.onnx", size=32, patch=8, width=16)
+    server = await page_server(aiohttp_server, standin_libs["1.3"], tmp_path, encoder)
+    async with chat_page(server) as page:
+        sent: list[dict[str, Any]] = []
+        page.on("websocket", lambda ws: ws.on("framesent", lambda data: sent.append(
+            msgpack.unpackb(data) if isinstance(data, bytes) else {"text": data})))
+        await page.reload()
+        await connected(page)
+        await page.set_input_files("#file", str(png_file(tmp_path)))
+        thumbs = page.locator("#attachments .thumb")
+        assert await thumbs.count() == 1
+        # A thumbnail can be removed before sending; attach it again.
+        await thumbs.first.locator("button.remove").click()
+        assert await thumbs.count() == 0
+        await page.set_input_files("#file", str(png_file(tmp_path)))
+        assert await thumbs.count() == 1
+        await ask(page, reply("A red picture."))
+        assert "tokens" in await answered(page, 0)
+        assert await thumbs.count() == 0
+        assert await page.locator(".msg.user .thumbs img").count() == 1
+        runs = [r for r in records_of(tmp_path / "calls.jsonl") if r["call"] == "run"]
+        assert runs and runs[-1]["input_type"] == "multimodal" and runs[-1]["n_image"] == 1
+        # The bytes went as binary (an image.upload), referenced by id: no base64 in JSON.
+        upload = next(e for e in sent if e.get("type") == "image.upload")
+        assert isinstance(upload["data"], bytes) and upload["format"] == "png"
+        create = next(e for e in sent if e.get("type") == "response.create")
+        parts = create["input"][-1]["content"]
+        assert {"type": "image", "image_id": upload["image_id"]} in parts
+        assert not any("text" in e for e in sent)
+        assert await page.is_hidden("#notice")
+
+
+async def test_chat_page_says_when_there_is_no_vision(server: TestServer, tmp_path: Path) -> None:
+    async with chat_page(server) as page:
+        await page.set_input_files("#file", str(png_file(tmp_path)))
+        notice = page.locator("#notice")
+        await notice.wait_for(timeout=pw_ms(2000))
+        assert "no vision encoder" in await notice.inner_text()
+        await ask(page, "What is this?")
+        # Nothing is sent: the text and the image stay for the user to change.
+        assert await page.locator(".msg").count() == 0
+        assert await page.input_value("#prompt") == "What is this?"
+        await page.locator("#attachments button.remove").click()
+        assert await page.is_hidden("#notice")
+        await page.press("#prompt", "Enter")
+        assert "tokens" in await answered(page, 0)
+
+
+async def test_chat_page_asks_for_the_api_key(aiohttp_server: ServerFactory,
+                                             standin_libs: dict[str, Path],
+                                             tmp_path: Path) -> None:
+    server = await page_server(aiohttp_server, standin_libs["1.3"], tmp_path, api_keys="sesame")
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
+    errors: list[Any] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            page.on("pageerror", lambda error: errors.append(error))
+            await page.goto(str(server.make_url("/")))
+            dialog = page.locator("#key-dialog")
+            await dialog.wait_for(timeout=pw_ms(5000))
+            assert "needs an API key" in await page.inner_text("#key-reason")
+            # A wrong key is refused, in words.
+            await page.fill("#api-key", "wrong")
+            await page.press("#api-key", "Enter")
+            await page.wait_for_function(
+                "!document.getElementById('key-dialog').hidden"
+                " && document.getElementById('key-reason').textContent.includes('401')",
+                timeout=pw_ms(5000))
+            assert "refused that API key" in await page.inner_text("#key-reason")
+            await page.fill("#api-key", "sesame")
+            await page.click("#key-connect")
+            await connected(page)
+            assert await dialog.is_hidden()
+            await ask(page, reply("with a key"))
+            assert "tokens" in await answered(page, 0)
+            # After a reload the kept key connects without asking.
+            await page.reload()
+            await connected(page)
+            assert await dialog.is_hidden()
+            assert await page.evaluate("localStorage.getItem('rkstream.apiKey')") == '"sesame"'
+        finally:
+            await browser.close()
+    assert errors == []
+
+
+async def test_chat_page_takes_pasted_and_dropped_images(server: TestServer) -> None:
+    async with chat_page(server) as page:
+        await page.evaluate("""async () => {
+            const canvas = document.createElement("canvas");
+            canvas.width = 8; canvas.height = 8;
+            const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+            const file = (name) => new File([blob], name, { type: "image/png" });
+            const pasted = new DataTransfer();
+            pasted.items.add(file("pasted.png"));
+            document.getElementById("prompt").dispatchEvent(
+                new ClipboardEvent("paste", { clipboardData: pasted, bubbles: true,
+                                              cancelable: true }));
+            const dropped = new DataTransfer();
+            dropped.items.add(file("dropped.png"));
+            dropped.items.add(new File(["text"], "notes.txt", { type: "text/plain" }));
+            const form = document.getElementById("form");
+            form.dispatchEvent(new DragEvent("dragover", { dataTransfer: dropped, bubbles: true,
+                                                         cancelable: true }));
+            form.dispatchEvent(new DragEvent("drop", { dataTransfer: dropped, bubbles: true,
+                                                     cancelable: true }));
+        }""")
+        names = page.locator("#attachments .thumb img")
+        assert [await names.nth(i).get_attribute("alt") for i in range(await names.count())] \
+            == ["pasted.png", "dropped.png"]
+        # The text file is not taken, and the page says why.
+        assert "not a PNG, JPEG or WebP" in await page.inner_text("#notice")

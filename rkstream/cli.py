@@ -135,6 +135,7 @@ def _serve(settings: Settings) -> None:
     from aiohttp import web
 
     from rkstream.server.app import SERVER_OPTIONS, make_app
+    from rkstream.server.ops.access import RedactingAccessLogger
 
     capture_native_stdout()  # the runtime's own version and memory lines, into the log
     if settings.board.pin_frequencies:
@@ -152,6 +153,7 @@ def _serve(settings: Settings) -> None:
     server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws; %s event loop)",
                     __version__, host, port, "uvloop" if loop is not None else "asyncio")
     web.run_app(app, host=host, port=port, print=None, loop=loop,
+                access_log_class=RedactingAccessLogger,
                 shutdown_timeout=settings.server.shutdown_timeout_s, **SERVER_OPTIONS)
 
 

@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import datetime
 import hmac
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 
 from rkstream.errors import RequestError
@@ -91,3 +93,20 @@ def access_middleware(keys: tuple[str, ...], allowed_origins: tuple[str, ...]) -
         return await handler(request)
 
     return middleware
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log line, with an API key sent in the URL (``?token=``, the
+    only way a browser page can send one on /ws) written as ``***``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        url = request.rel_url
+        if "token" in url.query:
+            url = url.update_query(token="***")
+        started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=time)
+        self.logger.info('%s [%s] "%s %s HTTP/%d.%d" %d %s "%s" "%s"',
+                         request.remote or "-", started.strftime("%d/%b/%Y:%H:%M:%S %z"),
+                         request.method, url, request.version.major, request.version.minor,
+                         response.status, response.body_length,
+                         request.headers.get("Referer", "-"),
+                         request.headers.get("User-Agent", "-"))

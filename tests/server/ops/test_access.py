@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from rkstream.config import ServerSettings, Settings
 from rkstream.server.app import make_app
-from rkstream.server.ops.access import key_matches
+from rkstream.server.ops.access import RedactingAccessLogger, key_matches
 
 from fakes import FakeEngine
 
@@ -63,3 +66,18 @@ def test_key_comparison() -> None:
     assert key_matches("abc", ("x", "abc"))
     assert not key_matches("ab", ("abc",))
     assert not key_matches("", ("abc",))
+
+
+def test_a_key_in_the_url_never_reaches_the_access_log(caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    logger = logging.getLogger("test.access")
+    access = RedactingAccessLogger(logger, "")
+    request = make_mocked_request("GET", "/ws?token=sesame&x=1",
+                                  headers={"User-Agent": "page", "Referer": "http://b/"})
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        access.log(request, web.Response(status=101), 0.01)
+        access.log(make_mocked_request("GET", "/health"), web.Response(status=200), 0.0)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "sesame" not in first and "token=***" in first and "x=1" in first
+    assert '"GET /ws?' in first and " 101 " in first and '"page"' in first
+    assert '"GET /health HTTP/1.1" 200' in second

@@ -36,13 +36,13 @@ from rkstream.core.npu_gate import NpuGate
 from rkstream.engines.base import Engine
 from rkstream.errors import SHUTTING_DOWN, RequestError, RkstreamError
 from rkstream.log import server_log
-from rkstream.models.table import ModelSpec, ModelTable, file_size
+from rkstream.models.encoders import SharedEncoders, VisionFactory
+from rkstream.models.table import ModelSpec, ModelTable
 from rkstream.scheduler import Observer, Scheduler
 from rkstream.vision.service import VisionService
 
 T = TypeVar("T")
 EngineFactory = Callable[[Settings], Engine]
-VisionFactory = Callable[[Settings], VisionService]  # blocking: runs off the loop
 
 
 @dataclass
@@ -97,13 +97,6 @@ class Lease:
             self._pool._release(self._slot)
 
 
-@dataclass
-class _Encoder:
-    service: VisionService
-    users: int
-    size: int
-
-
 def available_memory() -> int | None:
     """MemAvailable in bytes, or None where /proc/meminfo is unreadable."""
     try:
@@ -134,7 +127,6 @@ class ModelPool:
         self.table = ModelTable(settings)
         self.gate = NpuGate(settings.pool.npu_models_at_once)
         self._engine_factory = engine_factory
-        self._vision_factory = vision_factory
         self._observer = observer
         budget = parsed("pool.memory_budget", settings.pool.memory_budget)
         if budget is None:
@@ -142,7 +134,7 @@ class ModelPool:
             budget = int(available * 0.9) if available else None
         self.memory_budget: int | None = budget
         self._slots = {spec.name: _Slot(spec, spec.keep_alive_s) for spec in self.table}
-        self._encoders: dict[tuple[str, str], _Encoder] = {}
+        self._encoders = SharedEncoders(vision_factory)
         self._loads: list[_Slot] = []  # loads asked for, in order; the first is running
         self._lock = asyncio.Lock()  # one load (with its unloads) at a time
         self._changed = asyncio.Event()  # a lease ended or a model unloaded
@@ -180,7 +172,7 @@ class ModelPool:
         return self._slots[name].keep_alive_s
 
     def used_bytes(self) -> int:
-        return sum(r.size for r in self.residents) + sum(e.size for e in self._encoders.values())
+        return sum(r.size for r in self.residents) + self._encoders.used_bytes()
 
     # -- leases ---------------------------------------------------------------------
     def lease_now(self, name: str | None, keep_alive_s: float | None = None) -> Lease | None:
@@ -327,7 +319,7 @@ class ModelPool:
         engine = await loop.run_in_executor(None, self._engine_factory, settings)
         try:
             await engine.load()
-            vision = await self._take_encoder(spec, settings) if spec.encoder_file else None
+            vision = await self._encoders.take(spec, settings) if spec.encoder_file else None
         except BaseException:
             await engine.close()
             raise
@@ -351,31 +343,9 @@ class ModelPool:
         domain = next(d for d in range(1, 17) if d not in taken) if len(taken) < 15 else 15
         return replace(settings, rkllm=replace(settings.rkllm, base_domain_id=domain)), domain
 
-    async def _take_encoder(self, spec: ModelSpec, settings: Settings) -> VisionService:
-        key = (settings.vision.encoder, settings.vision.preset)
-        shared = self._encoders.get(key)
-        if shared is None:
-            loop = asyncio.get_running_loop()
-            service = await loop.run_in_executor(None, self._vision_factory, settings)
-            shared = self._encoders[key] = _Encoder(service, 0, file_size(spec.encoder_file))
-        shared.users += 1
-        return shared.service
-
-    async def _drop_encoder(self, vision: VisionService) -> None:
-        for key, shared in list(self._encoders.items()):
-            if shared.service is vision:
-                shared.users -= 1
-                if shared.users <= 0:
-                    del self._encoders[key]
-                    await vision.close()
-                return
-
     def _fits(self, slot: _Slot) -> tuple[bool, int]:
         spec = slot.spec
-        need = spec.size_bytes()
-        encoder = spec.settings.vision.encoder
-        if encoder and (encoder, spec.settings.vision.preset) not in self._encoders:
-            need += file_size(spec.encoder_file)
+        need = spec.size_bytes() + self._encoders.extra_bytes(spec)
         limit = self.settings.pool.max_loaded
         count_ok = not limit or len(self.residents) < limit
         budget_ok = self.memory_budget is None or self.used_bytes() + need <= self.memory_budget
@@ -437,7 +407,7 @@ class ModelPool:
         try:
             await resident.scheduler.close()
             if resident.vision is not None:
-                await self._drop_encoder(resident.vision)
+                await self._encoders.drop(resident.vision)
             await resident.engine.close()
             server_log.info("model %s unloaded (%s)", resident.name, why)
         finally:

@@ -26,7 +26,8 @@ from rkstream.config import Settings, parsed, vision_preset
 from rkstream.engines.base import Engine
 from rkstream.errors import EngineInitError, RequestError
 from rkstream.log import server_log
-from rkstream.models.pool import EngineFactory, ModelPool, VisionFactory
+from rkstream.models.encoders import VisionFactory
+from rkstream.models.pool import EngineFactory, ModelPool
 from rkstream.resources import static_dir
 from rkstream.server.http.anthropic.routes import add_anthropic_routes
 from rkstream.server.http.ollama.routes import add_ollama_routes

@@ -1,15 +1,21 @@
 // app.js: the chat page (index.html) on the rkstream.js client. No build step.
-// Answers are Markdown (marked), sanitised by DOMPurify: model output is untrusted.
-// Conversations and settings live in localStorage.
+// render.js draws messages (Markdown through DOMPurify, once per animation frame),
+// store.js keeps conversations, settings and the API key in localStorage, camera.js
+// sends live camera frames, attachments.js holds the images picked for the next
+// message, conversations.js lists the conversations and copy.js copies answers.
 
 import { RkstreamClient, RkstreamError } from "./rkstream.js";
-import { marked } from "./vendor/marked/marked.esm.js";
-import DOMPurify from "./vendor/dompurify/purify.es.mjs";
-
-const STORE = "rkstream.conversations";
-const CURRENT = "rkstream.current";
-const SETTINGS = "rkstream.settings";
-const API_KEY = "rkstream.apiKey";
+import { Attachments, FORMATS } from "./attachments.js";
+import { Camera, cameraProblem } from "./camera.js";
+import { ConversationList, button } from "./conversations.js";
+import { copyText } from "./copy.js";
+import {
+  clearScheduled, draw, el, messageView, renderStats, schedule, setScroller, setThumbs,
+} from "./render.js";
+import {
+  KEPT_FRAME, KEYS, blobOf, current, forget, load, newConversation, save, saveConversations,
+  smallImage, state,
+} from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 const log = $("log");
@@ -20,192 +26,82 @@ const stopButton = $("stop");
 const list = $("conversations");
 const modelSelect = $("model");
 const notice = $("notice");
-const attachments = $("attachments");
-const fileInput = $("file");
+setScroller(log);
 
-// ---- storage -------------------------------------------------------------
-
-function load(key, fallback) {
-  try {
-    const value = JSON.parse(localStorage.getItem(key));
-    return value ?? fallback;
-  } catch {
-    return fallback;
-  }
-}
-
-function save(key, value) {
-  try {
-    localStorage.setItem(key, JSON.stringify(value));
-  } catch (error) {
-    console.warn("could not save", key, error);
-  }
-}
-
-/** @type {{id: string, title: string, updated: number, messages: object[]}[]} */
-let conversations = load(STORE, []);
-if (!Array.isArray(conversations)) conversations = [];
-let currentId = load(CURRENT, null);
 const settings = { instructions: "", temperature: "", top_p: "", max_tokens: "", model: "",
-  ...load(SETTINGS, {}) };
+  camera_fps: 2, camera_quality: 0.7, ...load(KEYS.settings, {}) };
 
-function saveConversations() {
-  save(STORE, conversations);
-  save(CURRENT, currentId);
+// ---- the log -------------------------------------------------------------
+
+/** The views of the open conversation's messages, in order. */
+let views = [];
+/** A sent message's images as Blobs (in memory, for this page); the kept small copies
+ *  (message.images, data URLs) stand in for them after a reload. */
+const messageImages = new WeakMap();
+/** The camera frame a question was answered about (in memory; kept small as
+ *  message.frame.image). */
+const frameImages = new WeakMap();
+
+/** A user message's images to show: {url, alt}, the camera frame last. */
+function thumbsOf(message) {
+  const blobs = messageImages.get(message);
+  const urls = blobs?.length ? blobs.map((blob) => urlOf(blob))
+    : Array.isArray(message.images) ? message.images : [];
+  const thumbs = urls.map((url) => ({ url, alt: "attached image" }));
+  const frame = frameImages.has(message) ? urlOf(frameImages.get(message)) : message.frame?.image;
+  if (frame) thumbs.push({ url: frame, alt: "the camera frame the model saw" });
+  return thumbs;
 }
 
-function current() {
-  return conversations.find((c) => c.id === currentId) ?? null;
+const blobUrls = new WeakMap();
+function urlOf(blob) {
+  if (!blobUrls.has(blob)) blobUrls.set(blob, URL.createObjectURL(blob));
+  return blobUrls.get(blob);
 }
 
-function newConversation() {
-  const conversation = { id: `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`,
-    title: "New conversation", updated: Date.now(), messages: [] };
-  conversations.unshift(conversation);
-  currentId = conversation.id;
-  return conversation;
-}
-
-// ---- rendering -----------------------------------------------------------
-
-// Links in answers open in a new tab, without a handle on this page.
-DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  if (node.tagName === "A" && node.hasAttribute("href")) {
-    node.setAttribute("target", "_blank");
-    node.setAttribute("rel", "noopener noreferrer");
-  }
-});
-
-function renderMarkdown(text) {
-  return DOMPurify.sanitize(marked.parse(text));
-}
-
-/** Messages whose text changed since the last frame; drawn once per animation frame. */
-const dirty = new Set();
-let frame = 0;
-
-function schedule(view) {
-  dirty.add(view);
-  if (!frame) frame = requestAnimationFrame(flush);
-}
-
-function flush() {
-  frame = 0;
-  const stick = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  for (const view of dirty) draw(view);
-  dirty.clear();
-  if (stick) log.scrollTop = log.scrollHeight;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-/** A message's element, with what it needs to be redrawn. */
-function messageView(message) {
-  const node = el("div", `msg ${message.role}`);
-  const view = { message, node, drawnText: null, drawnReasoning: null, drawnTools: 0 };
-  if (message.role === "user") {
-    node.append(message.content);  // the user's own text, shown as written
-    const blobs = messageImages.get(message);
-    if (blobs?.length) {
-      const row = el("div", "thumbs");
-      for (const blob of blobs) {
-        const img = el("img");
-        img.src = URL.createObjectURL(blob);
-        img.alt = "attached image";
-        row.append(img);
-      }
-      node.append(row);
-    } else if (message.images) {
-      node.append(el("div", "meta", `[${message.images} image${message.images > 1 ? "s" : ""}, not kept over a reload]`));
-    }
-    return view;
-  }
-  view.reasoning = el("details", "reasoning");
-  view.reasoning.append(el("summary", "", "Reasoning"));
-  view.reasoningText = el("div", "text");
-  view.reasoning.append(view.reasoningText);
-  view.reasoning.hidden = true;
-  view.tools = el("div", "tools");
-  view.content = el("div", "content");
-  view.meta = el("div", "meta");
-  view.meta.hidden = true;
-  node.append(view.reasoning, view.tools, view.content, view.meta);
-  draw(view);
+function addView(message) {
+  const view = messageView(message, message.role === "user" ? thumbsOf(message) : []);
+  views.push(view);
+  log.append(view.node);
   return view;
-}
-
-function draw(view) {
-  const m = view.message;
-  if (m.role === "user") return;
-  if ((m.reasoning ?? "") !== view.drawnReasoning) {
-    view.drawnReasoning = m.reasoning ?? "";
-    view.reasoningText.textContent = view.drawnReasoning;
-    view.reasoning.hidden = !view.drawnReasoning;
-  }
-  const calls = m.toolCalls ?? [];
-  for (; view.drawnTools < calls.length; view.drawnTools++) {
-    const call = calls[view.drawnTools];
-    const box = el("div", "tool-call");
-    box.append(el("strong", "", `Tool call: ${call.name}`));
-    if (call.problem) box.append(el("span", "problem", ` (${call.problem})`));
-    box.append(el("pre", "", call.arguments ?? ""));
-    view.tools.append(box);
-  }
-  if (m.content !== view.drawnText) {
-    view.drawnText = m.content;
-    view.content.innerHTML = renderMarkdown(m.content ?? "");
-  }
-  if (m.error) {
-    view.meta.hidden = false;
-    view.meta.className = "meta error";
-    view.meta.textContent = m.error;
-  } else if (m.stats) {
-    view.meta.hidden = false;
-    view.meta.className = "meta";
-    view.meta.textContent = statsLine(m.stats);
-  }
-}
-
-function statsLine(s) {
-  const parts = [];
-  if (s.status && s.status !== "completed") parts.push(s.status);
-  parts.push(`${s.tokens ?? 0} tokens`);
-  if (s.tokensPerSecond != null) parts.push(`${s.tokensPerSecond.toFixed(1)} tokens/s`);
-  if (s.ttftMs != null) parts.push(`first token ${Math.round(s.ttftMs)} ms`);
-  if (s.model) parts.push(s.model);
-  return parts.join(" · ");
 }
 
 function renderLog() {
   log.replaceChildren();
-  dirty.clear();
-  const conversation = current();
-  if (!conversation) return;
-  for (const message of conversation.messages) log.append(messageView(message).node);
+  clearScheduled();
+  views = [];
+  for (const message of current()?.messages ?? []) addView(message);
+  updateActions();
   log.scrollTop = log.scrollHeight;
 }
 
-function renderList() {
-  list.replaceChildren();
-  for (const c of conversations) {
-    const item = el("li", c.id === currentId ? "current" : "");
-    const open = el("button", "open", c.title);
-    open.type = "button";
-    open.title = c.title;
-    open.onclick = () => selectConversation(c.id);
-    const remove = el("button", "delete", "✕");
-    remove.type = "button";
-    remove.setAttribute("aria-label", `Delete “${c.title}”`);
-    remove.onclick = () => deleteConversation(c.id);
-    item.append(open, remove);
-    list.append(item);
-  }
+/** The controls under messages: Copy on every answer; Regenerate on the last answer
+ *  and Edit on the last question, while nothing streams. */
+function updateActions() {
+  const lastUser = views.findLastIndex((v) => v.message.role === "user");
+  views.forEach((view, index) => {
+    const m = view.message;
+    const buttons = [];
+    if (m.role === "assistant" && !(active && active.view === view)) {
+      buttons.push(button("Copy", "Copy this answer", (event) => copyText(m.content ?? "", event.currentTarget)));
+      if (index === views.length - 1 && index > 0 && !active) {
+        buttons.push(button("Regenerate", "Regenerate this answer", regenerate));
+      }
+    }
+    if (m.role === "user" && index === lastUser && !active && !view.editing) {
+      buttons.push(button("Edit", "Edit and resend this message", () => editLast(view)));
+    }
+    view.actions.replaceChildren(...buttons);
+  });
 }
+
+// ---- conversations -------------------------------------------------------
+
+const conversationList = new ConversationList(list, {
+  open: (id) => selectConversation(id),
+  remove: (id) => deleteConversation(id),
+});
+const renderList = () => conversationList.render();
 
 function showSide(show) {
   document.body.classList.toggle("show-side", show);
@@ -214,7 +110,7 @@ function showSide(show) {
 
 function selectConversation(id) {
   stop();
-  currentId = id;
+  state.currentId = id;
   saveConversations();
   renderList();
   renderLog();
@@ -222,9 +118,9 @@ function selectConversation(id) {
 }
 
 function deleteConversation(id) {
-  if (id === currentId) stop();
-  conversations = conversations.filter((c) => c.id !== id);
-  if (id === currentId) currentId = conversations[0]?.id ?? null;
+  if (id === state.currentId) stop();
+  state.conversations = state.conversations.filter((c) => c.id !== id);
+  if (id === state.currentId) state.currentId = state.conversations[0]?.id ?? null;
   saveConversations();
   renderList();
   renderLog();
@@ -233,12 +129,12 @@ function deleteConversation(id) {
 // ---- the connection ------------------------------------------------------
 
 /** The API key (localStorage), sent as ?token=; null: none. */
-let apiKey = load(API_KEY, null);
+let apiKey = load(KEYS.apiKey, null);
 /** @type {RkstreamClient} */
 let client;
 
-function setStatus(state, text) {
-  statusEl.dataset.state = state;
+function setStatus(state_, text) {
+  statusEl.dataset.state = state_;
   statusEl.textContent = text;
 }
 
@@ -247,25 +143,34 @@ function startClient() {
   client?.close();
   client = new RkstreamClient(apiKey ? { apiKey } : {});
   instructionsSent = null;  // a new session: the instructions go again
+  $("key-field").hidden = !apiKey;
   const mine = client;
   client.addEventListener("session", (event) => {
     const m = event.detail.model;
     setStatus("connected", `connected · ${m.id}${m.runtime ? " · " + m.runtime : ""}`);
     fillModels();
+    camera.reconnected();
     if (attached.length && !visionAvailable()) showNotice(NO_VISION);
+    if (camera.on && !visionAvailable()) cameraOff(NO_VISION_CAMERA);
   });
   client.addEventListener("disconnect", () => setStatus("disconnected", "disconnected"));
   client.addEventListener("reconnecting", (event) => {
     setStatus("disconnected", `disconnected, retrying in ${(event.detail.delayMs / 1000).toFixed(1)} s…`);
     checkAccess(mine);
   });
-  client.addEventListener("error", (event) => console.warn("rkstream:", event.detail.message));
+  client.addEventListener("error", (event) => {
+    const error = event.detail;
+    console.warn("rkstream:", error.message);
+    // A frame the server cannot take: say why and stop sending.
+    if (camera.on && error.code === "vision_unavailable") cameraOff(NO_VISION_CAMERA);
+    else if (camera.on && error.code) showCameraStatus(`the server refused a frame: ${error.message}`);
+  });
   client.connect().catch((error) => {
     if (client === mine && error.code !== "closed") {
       setStatus("disconnected", `not connected: ${error.message}`);
     }
   });
-  window.rkstreamChat = { client, ready: true };
+  window.rkstreamChat = { client, ready: true, render: renderStats, camera };
 }
 
 /** A browser hides why a WebSocket upgrade failed; the same URL over plain HTTP tells
@@ -311,10 +216,17 @@ $("key-form").addEventListener("submit", (event) => {
   const key = $("api-key").value.trim();
   if (!key) return;
   apiKey = key;
-  save(API_KEY, key);
+  save(KEYS.apiKey, key);
   $("key-dialog").hidden = true;
   setStatus("connecting", "connecting…");
   startClient();
+});
+
+$("forget-key").addEventListener("click", () => {
+  forget(KEYS.apiKey);
+  apiKey = null;
+  setStatus("connecting", "API key forgotten; connecting without one…");
+  startClient();  // a server that needs a key then asks for it
 });
 
 function fillModels() {
@@ -336,12 +248,12 @@ for (const [key, input] of Object.entries(fields)) {
   input.value = settings[key] ?? "";
   input.addEventListener("input", () => {
     settings[key] = input.value;
-    save(SETTINGS, settings);
+    save(KEYS.settings, settings);
   });
 }
 modelSelect.addEventListener("change", () => {
   settings.model = modelSelect.value;
-  save(SETTINGS, settings);
+  save(KEYS.settings, settings);
 });
 
 /** The instructions last sent (null: none, the server's own stay); rkstream.js sends
@@ -372,12 +284,8 @@ function requestParams() {
 
 const NO_VISION = "This server's model has no vision encoder, so it cannot read images. " +
   "Remove the images to send the text alone.";
-const FORMATS = { "image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp" };
-/** Images picked for the next message: {blob, url}. */
-let attached = [];
-/** A sent user message's images (in memory only: not kept in localStorage). */
-const messageImages = new WeakMap();
-
+const NO_VISION_CAMERA = "This server's model has no vision encoder, so it cannot see the " +
+  "camera: the camera stays off.";
 function showNotice(text) {
   notice.textContent = text;
   notice.hidden = !text;
@@ -391,77 +299,113 @@ function visionAvailable() {
   return Boolean((chosen ?? client.session.model)?.vision);
 }
 
-function attach(files) {
-  let skipped = 0;
-  for (const file of files) {
-    if (!FORMATS[file.type]) { skipped += 1; continue; }
-    attached.push({ blob: file, url: URL.createObjectURL(file) });
-  }
-  renderAttachments();
-  if (skipped) showNotice(`${skipped} file${skipped > 1 ? "s are" : " is"} not a PNG, JPEG or WebP image.`);
-  else if (attached.length && !visionAvailable()) showNotice(NO_VISION);
-  else showNotice("");
+const attached = new Attachments(
+  { box: $("attachments"), input: $("file"), button: $("attach"), prompt, composer: $("form") },
+  (count, skipped) => {
+    if (skipped) showNotice(`${skipped} file${skipped > 1 ? "s are" : " is"} not a PNG, JPEG or WebP image.`);
+    else if (count && !visionAvailable()) showNotice(NO_VISION);
+    else showNotice("");
+  });
+
+/** Keep small copies of a message's images, so they come back after a reload. */
+async function keepImages(message, blobs) {
+  const urls = (await Promise.all(blobs.map((blob) => smallImage(blob)))).filter(Boolean);
+  message.images = urls.length ? urls : blobs.length;
+  saveConversations();
 }
 
-function renderAttachments() {
-  attachments.replaceChildren(...attached.map((item, index) => {
-    const box = el("figure", "thumb");
-    const img = el("img");
-    img.src = item.url;
-    img.alt = item.blob.name || "pasted image";
-    const remove = el("button", "remove", "✕");
-    remove.type = "button";
-    remove.setAttribute("aria-label", `Remove image ${item.blob.name || index + 1}`);
-    remove.onclick = () => {
-      URL.revokeObjectURL(item.url);
-      attached.splice(index, 1);
-      renderAttachments();
-      if (!attached.length) showNotice("");
-    };
-    box.append(img, remove);
-    return box;
-  }));
-}
-
-$("attach").addEventListener("click", () => fileInput.click());
-fileInput.addEventListener("change", () => {
-  attach([...fileInput.files]);
-  fileInput.value = "";
-});
-prompt.addEventListener("paste", (event) => {
-  const files = [...(event.clipboardData?.files ?? [])].filter((f) => f.type.startsWith("image/"));
-  if (files.length) {
-    event.preventDefault();
-    attach(files);
+/** A message as the protocol takes it: images uploaded (binary) and named by id. A
+ *  camera question being answered takes the camera's newest frame while the camera is
+ *  on, or else the frame it was asked about (kept small); earlier questions keep their
+ *  attached images but not their camera frames. */
+async function toInput(message, last) {
+  if (message.role !== "user") return { role: message.role, content: message.content };
+  const blobs = [...(messageImages.get(message)
+    ?? (Array.isArray(message.images) ? message.images.map(blobOf) : []))];
+  let frame = null;
+  if (message.frame && last) {
+    if (camera.on) frame = { type: "frame", stream: camera.stream };
+    else {
+      const seen = frameImages.get(message) ?? (message.frame.image && blobOf(message.frame.image));
+      if (seen) blobs.push(seen);
+    }
   }
-});
-const composer = $("form");
-composer.addEventListener("dragover", (event) => {
-  if (![...event.dataTransfer.types].includes("Files")) return;
-  event.preventDefault();
-  composer.classList.add("dragging");
-});
-composer.addEventListener("dragleave", () => composer.classList.remove("dragging"));
-composer.addEventListener("drop", (event) => {
-  composer.classList.remove("dragging");
-  if (!event.dataTransfer.files.length) return;
-  event.preventDefault();
-  attach([...event.dataTransfer.files]);
-});
-
-/** A message as the protocol takes it: images uploaded (binary) and named by id. */
-async function toInput(message) {
-  const blobs = messageImages.get(message);
-  if (message.role !== "user" || !blobs?.length) return { role: message.role, content: message.content };
+  if (!blobs.length && !frame) return { role: "user", content: message.content };
   const parts = [];
   if (message.content) parts.push({ type: "text", text: message.content });
   for (const blob of blobs) {
     parts.push({ type: "image", image_id: await client.uploadImage(blob, FORMATS[blob.type]) });
   }
+  if (frame) parts.push(frame);
   return { role: "user", content: parts };
 }
 
-// ---- sending and stopping ------------------------------------------------
+// ---- the camera ------------------------------------------------------------
+
+const cameraPanel = $("camera");
+const cameraToggle = $("camera-toggle");
+const cameraAsk = $("camera-ask");
+const DEFAULT_CAMERA_QUESTION = "What do you see?";
+const camera = new Camera($("camera-video"), () => client, showCameraStatus);
+camera.fps = Math.min(10, Math.max(1, Number(settings.camera_fps) || 2));
+camera.quality = Math.min(0.95, Math.max(0.3, Number(settings.camera_quality) || 0.7));
+
+function showCameraStatus(text) {
+  $("camera-status").textContent = text;
+  cameraAsk.disabled = !camera.on || !camera.sentOnConnection || Boolean(active);
+}
+
+function syncCameraControls() {
+  $("camera-fps").value = String(camera.fps);
+  $("camera-fps-value").textContent = String(camera.fps);
+  $("camera-quality").value = String(camera.quality);
+  $("camera-quality-value").textContent = camera.quality.toFixed(2);
+}
+syncCameraControls();
+$("camera-fps").addEventListener("input", (event) => {
+  camera.fps = Number(event.target.value);
+  settings.camera_fps = camera.fps;
+  save(KEYS.settings, settings);
+  syncCameraControls();
+});
+$("camera-quality").addEventListener("input", (event) => {
+  camera.quality = Number(event.target.value);
+  settings.camera_quality = camera.quality;
+  save(KEYS.settings, settings);
+  syncCameraControls();
+});
+
+async function cameraOn() {
+  if (!visionAvailable()) {
+    showNotice(NO_VISION_CAMERA);
+    return;
+  }
+  showNotice("");
+  cameraPanel.hidden = false;
+  cameraToggle.setAttribute("aria-pressed", "true");
+  showCameraStatus("starting the camera…");
+  try {
+    await camera.start();
+    showCameraStatus("waiting for the first frame…");
+    prompt.placeholder = "Ask about what the camera sees (Enter sends with the newest frame)";
+  } catch (error) {
+    cameraOff(cameraProblem(error));
+  }
+}
+
+function cameraOff(reason = "") {
+  camera.stop();
+  cameraPanel.hidden = true;
+  cameraToggle.setAttribute("aria-pressed", "false");
+  prompt.placeholder = "Ask something (Enter sends, Shift+Enter for a new line, Esc stops)";
+  showNotice(reason);
+}
+
+cameraToggle.addEventListener("click", () => (camera.on ? cameraOff() : cameraOn()));
+$("camera-off").addEventListener("click", () => cameraOff());
+cameraAsk.addEventListener("click", () => send());
+
+// ---- sending, regenerating, editing, stopping ------------------------------
 
 /** The answer being streamed: {request, view, conversation}, or null. */
 let active = null;
@@ -469,6 +413,8 @@ let active = null;
 function setBusy(busy) {
   stopButton.disabled = !busy;
   sendButton.disabled = busy;
+  showCameraStatus($("camera-status").textContent);
+  updateActions();
 }
 
 function stop() {
@@ -476,59 +422,153 @@ function stop() {
 }
 
 async function send() {
-  const text = prompt.value.trim();
+  const withFrame = camera.on;
+  const text = prompt.value.trim() || (withFrame ? DEFAULT_CAMERA_QUESTION : "");
   if ((!text && !attached.length) || active) return;
-  if (attached.length && !visionAvailable()) {
-    showNotice(NO_VISION);
+  if ((attached.length || withFrame) && !visionAvailable()) {
+    showNotice(withFrame ? NO_VISION_CAMERA : NO_VISION);
+    return;
+  }
+  if (withFrame && !camera.sentOnConnection) {
+    showNotice("The camera has not sent a frame yet; ask again in a moment.");
     return;
   }
   const conversation = current() ?? newConversation();
   prompt.value = "";
   const user = { role: "user", content: text };
-  if (attached.length) {
-    user.images = attached.length;
-    messageImages.set(user, attached.map((item) => item.blob));
-    for (const item of attached) URL.revokeObjectURL(item.url);
-    attached = [];
-    renderAttachments();
+  if (withFrame) user.frame = { stream: camera.stream };
+  const blobs = attached.take();
+  if (blobs.length) {
+    messageImages.set(user, blobs);
+    user.images = blobs.length;
   }
   showNotice("");
   conversation.messages.push(user);
   if (conversation.title === "New conversation") conversation.title = text.slice(0, 48) || "Image";
-  const answer = { role: "assistant", content: "", reasoning: "", toolCalls: [] };
+  renderList();
+  addView(user);
+  if (blobs.length) keepImages(user, blobs);
+  await respond(conversation);
+}
+
+/** Answer the last question again. */
+async function regenerate() {
+  const conversation = current();
+  if (active || !conversation || conversation.messages.at(-1)?.role !== "assistant") return;
+  conversation.messages.pop();
+  views.pop().node.remove();
+  await respond(conversation);
+}
+
+/** Edit the last question in place; Send (or Enter) asks it again, Cancel (or Esc) leaves it. */
+function editLast(view) {
+  if (active) return;
+  view.editing = true;
+  updateActions();
+  const box = el("textarea", "edit");
+  box.value = view.message.content;
+  box.rows = Math.min(8, box.value.split("\n").length + 1);
+  box.setAttribute("aria-label", "Edit the message");
+  const resend = button("Send", "Send the edited message", () => finish(true));
+  const cancel = button("Cancel", "Cancel the edit", () => finish(false));
+  const row = el("div", "actions");
+  row.append(resend, cancel);
+  const finish = async (keep) => {
+    if (!view.editing) return;
+    view.editing = false;
+    box.remove();
+    row.remove();
+    view.text.hidden = false;
+    const text = box.value.trim();
+    const conversation = current();
+    if (!keep || active || !conversation || (!text && !thumbsOf(view.message).length)) {
+      updateActions();
+      return;
+    }
+    view.message.content = text;
+    draw(view);
+    const at = conversation.messages.indexOf(view.message);
+    conversation.messages.splice(at + 1);
+    for (const later of views.splice(views.indexOf(view) + 1)) later.node.remove();
+    await respond(conversation);
+  };
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      finish(true);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      finish(false);
+    }
+  });
+  view.text.hidden = true;
+  view.text.after(box, row);
+  box.focus();
+}
+
+/** Stream an answer to the conversation's last question. */
+async function respond(conversation) {
+  const answer = { role: "assistant", content: "", reasoning: "", toolCalls: [], waiting: "sending…" };
   conversation.messages.push(answer);
   conversation.updated = Date.now();
   saveConversations();
-  renderList();
-  log.append(messageView(user).node);
-  const view = messageView(answer);
-  log.append(view.node);
+  const view = addView(answer);
   log.scrollTop = log.scrollHeight;
-  setBusy(true);
   const history = conversation.messages.slice(0, -1)
     .filter((m) => !m.error && (m.content || m.role === "user"));
+  const question = history.at(-1);
   const pending = { request: { cancel() { pending.cancelled = true; } }, view, conversation };
   active = pending;
+  setBusy(true);
   try {
     if (!client.connected) throw new RkstreamError("not_connected", "not connected to the server");
     await syncInstructions();
     const input = [];
-    for (const m of history) input.push(await toInput(m));
+    for (const m of history) input.push(await toInput(m, m === question));
     if (pending.cancelled) throw new RkstreamError("cancelled", "stopped");
     const options = { params: requestParams() };
     if (client.models.length > 1 && settings.model) options.model = settings.model;
+    const sentAt = Date.now();
     const request = client.request(input, options);
     pending.request = request;
     for await (const event of request) {
-      if (event.type === "response.output_text.delta") answer.content += event.delta;
-      else if (event.type === "response.output_reasoning.delta") answer.reasoning += event.delta;
-      else if (event.type === "response.output_tool_call") answer.toolCalls.push(
-        { name: event.name, arguments: event.arguments, call_id: event.call_id, problem: event.problem });
-      else if (event.type === "response.done") finishAnswer(answer, event);
-      else continue;
+      switch (event.type) {
+        case "response.created":
+          answer.waiting = event.queue_position > 0
+            ? `waiting, ${event.queue_position} ahead` : "waiting for the model…";
+          break;
+        case "model.loading":
+          answer.waiting = `loading the model ${event.model}…` +
+            (event.queue_position > 0 ? ` (${event.queue_position} loads ahead)` : "");
+          break;
+        case "model.loaded":
+          answer.waiting = `the model ${event.model} is loaded, starting…`;
+          break;
+        case "response.output_text.delta":
+          answer.waiting = "";
+          answer.content += event.delta;
+          break;
+        case "response.output_reasoning.delta":
+          answer.waiting = "";
+          answer.reasoning += event.delta;
+          break;
+        case "response.output_tool_call":
+          answer.waiting = "";
+          answer.toolCalls.push({ name: event.name, arguments: event.arguments,
+            call_id: event.call_id, problem: event.problem });
+          break;
+        case "response.done":
+          answer.waiting = "";
+          finishAnswer(answer, event, sentAt, question);
+          break;
+        default:
+          continue;
+      }
       schedule(view);
     }
   } catch (error) {
+    answer.waiting = "";
     answer.error = error instanceof RkstreamError && error.code === "cancelled"
       ? "cancelled" : `${error.code ?? "error"}: ${error.message}`;
     if (error.code === "vision_unavailable") {
@@ -537,6 +577,7 @@ async function send() {
     }
     schedule(view);
   } finally {
+    delete answer.waiting;
     if (active === pending) active = null;
     setBusy(false);
     conversation.updated = Date.now();
@@ -544,7 +585,7 @@ async function send() {
   }
 }
 
-function finishAnswer(answer, done) {
+function finishAnswer(answer, done, sentAt, question) {
   const timings = done.timings ?? {};
   answer.stats = {
     status: done.status,
@@ -553,12 +594,33 @@ function finishAnswer(answer, done) {
     ttftMs: timings.ttft_ms ?? null,
     model: done.model,
   };
+  if (done.frame) {
+    const f = done.frame;
+    // The model got the frame after its wait and the vision step; both ends of the
+    // age are this browser's clock (ts_ns is the capture time the page sent).
+    const tsNs = f.encoded_ts_ns ?? f.ts_ns;
+    const gotAt = sentAt + (timings.load_ms ?? 0) + (timings.queued_ms ?? 0) + (timings.vision_ms ?? 0);
+    answer.stats.frame = { seq: f.seq, encodedSeq: f.encoded_seq, superseded: f.superseded,
+      unchanged: f.unchanged ?? 0, ageMs: tsNs == null ? null : gotAt - Number(tsNs) / 1e6 };
+    const seen = camera.frame(f.encoded_seq ?? f.seq);
+    if (question && seen) {
+      frameImages.set(question, seen.blob);
+      const view = views.find((v) => v.message === question);
+      if (view) setThumbs(view, thumbsOf(question));
+      smallImage(seen.blob, KEPT_FRAME).then((url) => {
+        if (url && question.frame) question.frame.image = url;
+        saveConversations();
+      });
+    }
+  }
   if (done.error) answer.error = `${done.status}: ${done.error.message}`;
   if (done.error?.code === "vision_unavailable") {
     answer.error = "vision_unavailable: " + NO_VISION;
     showNotice(NO_VISION);
   }
 }
+
+// ---- keys and buttons ------------------------------------------------------
 
 $("form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -592,7 +654,7 @@ $("toggle-side").addEventListener("click", () => {
 
 // ---- start ---------------------------------------------------------------
 
-if (!current()) currentId = conversations[0]?.id ?? null;
+if (!current()) state.currentId = state.conversations[0]?.id ?? null;
 renderList();
 renderLog();
 setBusy(false);

@@ -100,6 +100,8 @@ ERRORS: dict[str, ErrorSpec] = {
                                  "valid key"),
     "origin_not_allowed": ErrorSpec(403, "a browser page from an origin not in "
                                     "server.allowed_origins opened /ws"),
+    "admin_forbidden": ErrorSpec(403, "POST /admin/drain with no server.api_keys set, from "
+                                 "an address other than the loopback"),
     "too_many_connections": ErrorSpec(429, "the address already has "
                                       "limits.max_connections_per_address sockets open",
                                       retry_after_s=RETRY_AFTER_S),

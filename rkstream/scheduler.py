@@ -192,6 +192,12 @@ class Scheduler:
             return
         self._done(ticket, Outcome("cancelled"))
 
+    def cancel_all(self, reason: tuple[str, str]) -> None:
+        """Cancel every queued and running ticket with ``reason`` (a drain's deadline);
+        new work is still taken."""
+        for ticket in [*self._queue, *self._running]:
+            self.cancel(ticket, reason)
+
     def _start(self, ticket: Ticket, instance: EngineInstance) -> None:
         if self._gate is not None:
             self._gate[0].enter(self._gate[1])

@@ -49,9 +49,11 @@ async def test_serve_standin_streams_and_stops_on_sigterm(standin_libs: dict[str
                                                           ) -> None:
     port = free_port()
     env = {**os.environ, "RKSTREAM_LOG_LEVEL": "warning"}
+    # Open requests may finish for shutdown_timeout_s; this one never would.
     server = subprocess.Popen(
         [sys.executable, "-m", "rkstream", "serve", "--standin", "--host", "127.0.0.1",
-         "--port", str(port)], cwd=REPO, env=env, stderr=subprocess.PIPE)
+         "--port", str(port), "--set", "server.shutdown_timeout_s=0.5"], cwd=REPO, env=env,
+        stderr=subprocess.PIPE)
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(200):

@@ -11,6 +11,7 @@ from rkstream.config.values import (
     DURATION_ALLOWED,
     ORIGINS_ALLOWED,
     RGB_EXAMPLE,
+    SERVER_ID_ALLOWED,
     SIZE_ALLOWED,
     opt,
     parse_aliases,
@@ -19,6 +20,7 @@ from rkstream.config.values import (
     parse_host,
     parse_mean,
     parse_origins,
+    parse_server_id,
     parse_size,
     parse_std,
 )
@@ -41,7 +43,17 @@ class ServerSettings:
     max_outbound_bytes: int = opt(
         8 << 20, "bytes waiting to be sent to one client before it is dropped as too slow",
         minimum=4096)
-    shutdown_timeout_s: float = opt(5.0, "how long shutdown waits for handlers", minimum=0)
+    shutdown_timeout_s: float = opt(5.0, "once a shutdown stops accepting work, how long the "
+                                         "open requests have to finish before they are "
+                                         "cancelled (code shutting_down)", minimum=0)
+    drain_s: float = opt(0.0, "on SIGTERM or POST /admin/drain: how long /health reports "
+                              "503 draining while every request is still served, so a load "
+                              "balancer takes the server out of rotation first; behind one, "
+                              "at least its check interval times its fall count (the shipped "
+                              "haproxy.cfg: 8)", minimum=0, maximum=3600)
+    id: str = opt("", "this server's name, sent in the X-Rkstream-Server header of every "
+                      "answer, session.created.server.id, /health and /metrics (empty = "
+                      "<hostname>:<port>)", parse=parse_server_id, allowed=SERVER_ID_ALLOWED)
     static_dir: str = opt("", "folder served at / (empty = the page shipped with rkstream)")
     cors_origins: str = opt("", "origins allowed to call the HTTP APIs from a browser: "
                                  "comma-separated, or * for any; empty = none",
@@ -334,6 +346,7 @@ ENV_KEYS: dict[str, str] = {
     "RKSTREAM_VISION_ENCODER": "vision.encoder",
     "RKSTREAM_LOG_LEVEL": "log_level",
     "RKSTREAM_API_KEYS": "server.api_keys",
+    "RKSTREAM_SERVER_ID": "server.id",
 }
 
 

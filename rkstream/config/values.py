@@ -82,6 +82,20 @@ def parse_api_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
+# A server's name: it travels in a response header and in Prometheus labels.
+_SERVER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+SERVER_ID_ALLOWED = ("1 to 64 letters, digits, '.', '_', ':' or '-' (empty = "
+                     "<hostname>:<port>)")
+
+
+def parse_server_id(text: str) -> str:
+    """This server's name for balancers and operators; empty = the default."""
+    if text and not _SERVER_ID.fullmatch(text):
+        raise ValueError("it has a character other than letters, digits, '.', '_', ':' "
+                         "and '-', or is longer than 64")
+    return text
+
+
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 

@@ -2,6 +2,9 @@
 
 Startup (cleanup_ctx): make the model pool and load the default model
 (in the background for ``rkstream serve``); other models load on demand.
+A drain (SIGTERM under ``rkstream serve``, or POST /admin/drain; see
+server/ops/drain.py) comes first when there is one: /health 503 draining for
+server.drain_s, then new work refused while open requests finish.
 Shutdown, in this order:
 1. on_shutdown: mark the server closing, cancel every connection's requests
    (each gets a response.done, status cancelled, code shutting_down), then
@@ -34,7 +37,9 @@ from rkstream.server.http.ollama.routes import add_ollama_routes
 from rkstream.server.http.openai.routes import add_openai_routes
 from rkstream.server.http.rkllm_demo import add_rkllm_demo_routes
 from rkstream.server.ops.access import access_middleware
+from rkstream.server.ops.affinity import add_server_headers, affinity_middleware
 from rkstream.server.ops.cors import add_cors_headers, cors_middleware
+from rkstream.server.ops.drain import add_admin_routes
 from rkstream.server.ops.health import health
 from rkstream.server.ops.metrics import METRICS, metrics_handler
 from rkstream.server.state import STATE, AppState
@@ -155,11 +160,14 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
     middlewares.append(access_middleware(parsed("server.api_keys", server.api_keys),
                                          parsed("server.allowed_origins",
                                                 server.allowed_origins)))
+    state = AppState(settings=settings)
+    middlewares.append(affinity_middleware(state))
     app = web.Application(client_max_size=settings.limits.max_message_bytes,
                           middlewares=middlewares)
     if origins:
         app.on_response_prepare.append(add_cors_headers)
-    state = app[STATE] = AppState(settings=settings)
+    app.on_response_prepare.append(add_server_headers)
+    app[STATE] = state
     state.metrics.watch(state)  # live gauges are read from the state per scrape
     app[METRICS] = state.metrics
     app[ENGINE_FACTORY] = engine_factory
@@ -173,6 +181,7 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
     add_anthropic_routes(app)  # after OpenAI's: its middleware answers /v1/messages first
     add_ollama_routes(app)
     add_rkllm_demo_routes(app)
+    add_admin_routes(app)
     static = _static_dir(settings)
     if static is not None:
         index = static / "index.html"

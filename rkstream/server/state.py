@@ -6,6 +6,8 @@ It names no front end: the WebSocket side registers its connections as
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,13 +18,33 @@ from aiohttp import web
 from rkstream.config import Settings
 from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.models.pool import ModelPool, Resident
-from rkstream.server.ops.metrics import Metrics
+from rkstream.server.ops.metrics import SERVER_PHASES, Metrics
 
 
 class Closable(Protocol):
     """Something that ends its open requests at shutdown (a WebSocket connection)."""
 
     async def shutdown(self) -> None: ...
+
+    @property
+    def idle(self) -> bool:
+        """No request of its own is open (a drain may close it)."""
+        ...
+
+    async def go_away(self) -> None:
+        """Close the socket with 1001 (going away): the client reconnects elsewhere."""
+        ...
+
+
+# What the server is doing, for /health, /metrics and the drain: serving;
+# draining (503 on /health, every request still served); stopping (new work
+# refused with shutting_down while open requests finish).
+PHASES = SERVER_PHASES
+
+
+def server_id(settings: Settings) -> str:
+    """``server.id``, else ``<hostname>:<port>``: stable across restarts, distinct per board."""
+    return settings.server.id or f"{socket.gethostname()}:{settings.server.port}"
 
 
 @dataclass
@@ -34,6 +56,24 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     per_address: Counter[str] = field(default_factory=Counter)
     closing: bool = False
+    phase: str = "serving"  # one of PHASES
+    phase_since_s: float = 0.0  # time.monotonic() when the phase began
+    http_inflight: int = 0  # API calls being answered (not /ws, /health or /metrics)
+    drain: asyncio.Task[None] | None = None  # the drain, once begun (server/ops/drain.py)
+
+    @property
+    def server_id(self) -> str:
+        return server_id(self.settings)
+
+    @property
+    def open_requests(self) -> int:
+        """Requests queued or running on the loaded models."""
+        return sum(r.scheduler.queue_depth + r.scheduler.running for r in self.residents)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is still open, on an HTTP API or a WebSocket."""
+        return self.http_inflight > 0 or any(not c.idle for c in list(self.connections))
 
     @property
     def residents(self) -> list[Resident]:

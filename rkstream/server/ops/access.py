@@ -1,7 +1,7 @@
 """Who may use the server: API keys, and which web pages may open /ws.
 
 - With ``server.api_keys`` (or RKSTREAM_API_KEYS) set, every API route
-  (/ws, /v1, /api, /rkllm_chat) needs a key: ``Authorization: Bearer KEY``,
+  (/ws, /v1, /api, /rkllm_chat) and /admin/drain need a key: ``Authorization: Bearer KEY``,
   ``X-API-Key: KEY`` (Anthropic's clients), or ``?token=KEY`` on /ws
   (browsers cannot set headers on a WebSocket).
   A wrong or missing key is a 401 before any upgrade. Keys are compared in
@@ -28,7 +28,7 @@ from rkstream.errors import RequestError
 from rkstream.server.http.anthropic.errors import error_body, is_anthropic
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PROTECTED = ("/ws", "/v1/", "/api/", "/rkllm_chat")
+PROTECTED = ("/ws", "/v1/", "/api/", "/rkllm_chat", "/admin/")
 
 
 def key_matches(given: str, keys: tuple[str, ...]) -> bool:
@@ -48,12 +48,13 @@ def presented_key(request: web.Request) -> str:
     return request.headers.get("X-API-Key", "")
 
 
-def _refuse(request: web.Request, exc: RequestError,
-            headers: dict[str, str] | None = None) -> web.Response:
+def refuse(request: web.Request, exc: RequestError,
+           headers: dict[str, str] | None = None) -> web.Response:
+    """A refusal before any handler runs, in the shape of the API the path belongs to."""
     # OpenAI clients read {"error": {...}}, Anthropic's theirs; the rest {"error": message}.
     if is_anthropic(request.path):
         body: object = error_body(exc)
-    elif request.path.startswith("/v1/"):
+    elif request.path.startswith(("/v1/", "/admin/")):
         body = {"error": {"message": exc.message, "type": exc.error_type,
                           "param": None, "code": exc.code}}
     else:
@@ -65,7 +66,7 @@ def _unauthorized(request: web.Request) -> web.Response:
     message = ("a valid API key is required: send 'Authorization: Bearer <key>'"
                + (" or ?token=<key>" if request.path == "/ws" else "")
                + (" or 'x-api-key: <key>'" if is_anthropic(request.path) else ""))
-    return _refuse(request, RequestError("invalid_api_key", message),
+    return refuse(request, RequestError("invalid_api_key", message),
                    {"WWW-Authenticate": 'Bearer realm="rkstream"'})
 
 
@@ -87,7 +88,7 @@ def access_middleware(keys: tuple[str, ...], allowed_origins: tuple[str, ...]) -
         origin = request.headers.get("Origin")
         if path == "/ws" and origin is not None and not _same_origin(request, origin) \
                 and "*" not in origins and origin.rstrip("/") not in origins:
-            return _refuse(request, RequestError(
+            return refuse(request, RequestError(
                 "origin_not_allowed", f"WebSocket connections from {origin} are not allowed; "
                                       "add it to server.allowed_origins"))
         return await handler(request)
@@ -97,9 +98,12 @@ def access_middleware(keys: tuple[str, ...], allowed_origins: tuple[str, ...]) -
 
 class RedactingAccessLogger(AbstractAccessLogger):
     """aiohttp's access log line, with an API key sent in the URL (``?token=``, the
-    only way a browser page can send one on /ws) written as ``***``."""
+    only way a browser page can send one on /ws) written as ``***``; a ``/health``
+    that answered 200 is not logged."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path == "/health" and response.status == 200:
+            return  # a balancer checks every few seconds: only the failures are news
         url = request.rel_url
         if "token" in url.query:
             url = url.update_query(token="***")

@@ -17,7 +17,10 @@ CORS_ORIGIN = web.RequestKey("rkstream_cors_origin", str)
 
 # The Anthropic SDKs send their key and version in headers of their own.
 ALLOW_HEADERS = ("Authorization, Content-Type, X-Requested-With, X-API-Key, "
-                 "Anthropic-Version, Anthropic-Beta, Anthropic-Dangerous-Direct-Browser-Access")
+                 "Anthropic-Version, Anthropic-Beta, Anthropic-Dangerous-Direct-Browser-Access, "
+                 "X-Rkstream-Conversation")
+# A page may read which server answered, and the conversation key it echoes.
+EXPOSE_HEADERS = "X-Rkstream-Server, X-Rkstream-Conversation"
 ALLOW_METHODS = "GET, POST, OPTIONS"
 
 
@@ -54,4 +57,5 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     origin = request.get(CORS_ORIGIN)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         response.headers["Vary"] = "Origin"

@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rkstream import __version__
 from rkstream.engines.base import STATUS_OF, Outcome
 from rkstream.models.pool import Resident
 
@@ -48,6 +49,16 @@ class LiveSource(Protocol):
 
     @property
     def sockets(self) -> Sized: ...
+
+    @property
+    def phase(self) -> str: ...
+
+    @property
+    def server_id(self) -> str: ...
+
+
+# The server's phases (rkstream.server.state.PHASES), as rkstream_server_state's labels.
+SERVER_PHASES = ("serving", "draining", "stopping")
 
 
 def read_npu_load(path: Path = NPU_LOAD) -> dict[str, float]:
@@ -204,6 +215,8 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily("rkstream_npu_load_ratio", "")
         yield GaugeMetricFamily("rkstream_models_loaded", "")
         yield GaugeMetricFamily("rkstream_instance_up", "")
+        yield GaugeMetricFamily("rkstream_server_state", "")
+        yield GaugeMetricFamily("rkstream_server_info", "")
         for name in INSTANCE_COUNTERS:
             yield CounterMetricFamily(name, "")
 
@@ -220,6 +233,16 @@ class _LiveGauges(Collector):
                                 value=len(residents))
         yield GaugeMetricFamily("rkstream_websocket_connections", "Open WebSockets.",
                                 value=len(self._live.sockets))
+        phase = GaugeMetricFamily("rkstream_server_state", "1 for the phase the server is "
+                                  "in: serving, draining (/health 503, still serving) or "
+                                  "stopping (new work refused).", labels=["state"])
+        for name in SERVER_PHASES:
+            phase.add_metric([name], 1.0 if self._live.phase == name else 0.0)
+        yield phase
+        info = GaugeMetricFamily("rkstream_server_info", "This server's id (server.id) and "
+                                 "version; always 1.", labels=["id", "version"])
+        info.add_metric([self._live.server_id, __version__], 1.0)
+        yield info
         cores = read_npu_load(self._metrics.npu_load)
         if cores:
             load = GaugeMetricFamily("rkstream_npu_load_ratio", "NPU load per core, 0 to 1.",

@@ -46,14 +46,23 @@ def _event_id(event_id: str | None) -> dict[str, Any]:
 
 
 SHUTDOWN_REASON = ("shutting_down", SHUTTING_DOWN)
+STOPPING = ("the server is stopping and takes no new requests; send it again on a new "
+            "connection (behind a load balancer, that reaches another server)")
 
 
 class Connection:
     """Protocol state of one client: its session defaults and open requests."""
 
     def __init__(self, settings: Settings, pool: ModelPool, outbox: Outbox,
-                 on_frame: Callable[[bool], None] | None = None) -> None:
+                 on_frame: Callable[[bool], None] | None = None, *, server_id: str = "",
+                 conversation: str | None = None) -> None:
         self.settings = settings
+        self.server_id = server_id  # told in session.created, for the balancer's user
+        self.conversation = conversation  # the affinity key the upgrade carried
+        # Set by the socket's handler: whether new requests are taken (not while the
+        # server stops), and how to close the socket with 1001.
+        self.accepting: Callable[[], bool] = lambda: True
+        self.closer: Callable[[], Awaitable[object]] | None = None
         self.pool = pool
         self.outbox = outbox
         self.model_name: str | None = None  # the session's model; None: the default
@@ -103,7 +112,19 @@ class Connection:
              "idle_timeout_s": limits.idle_timeout_s},
             [self.model_view(spec) for spec in self.pool.table])
         created["vision"] = self.media.encoding.policy.as_dict()  # what frames cost, told
+        created["server"]["id"] = self.server_id
+        created["conversation"] = self.conversation
         self.outbox.put(created)
+
+    @property
+    def idle(self) -> bool:
+        """No request or upload of this connection is open."""
+        return not self.requests and not self._tasks
+
+    async def go_away(self) -> None:
+        """Close the socket with 1001: the server stops, the client reconnects elsewhere."""
+        if self.closer is not None:
+            await self.closer()
 
     async def shutdown(self) -> None:
         """Server shutdown: end every request with its response.done, then send them."""
@@ -195,6 +216,8 @@ class Connection:
                 f"request_id {rid!r} is already open on this connection; choose a new id",
                 param="request_id", request_id=rid, event_id=event.event_id)
         try:
+            if not self.accepting():
+                raise RequestError("shutting_down", STOPPING)
             request = event.request
             spec = self._model_of(event)
             self.media.check(request, spec.encoder_file is not None)

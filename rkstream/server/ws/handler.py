@@ -16,6 +16,7 @@ from rkstream.errors import RequestError
 from rkstream.log import ws_log
 from rkstream.protocol.codec import Encoding
 from rkstream.protocol.events import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
+from rkstream.server.ops.affinity import conversation_of
 from rkstream.server.state import STATE, AppState, ready
 from rkstream.server.ws.connection import Connection
 from rkstream.server.ws.outbox import Outbox, Sender
@@ -83,6 +84,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     address = request.remote or "?"
     limit = settings.limits.max_connections_per_address
     try:
+        conversation = conversation_of(request)
         pool = ready(state)
         default = pool.table.default.name
         status = pool.status(default)
@@ -110,7 +112,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     send = cast(Sender, ws.send_str if encoding == "json" else ws.send_bytes)
     outbox = Outbox(send, encoding, max_bytes=settings.server.max_outbound_bytes,
                     slow_timeout_s=settings.server.slow_client_timeout_s)
-    conn = Connection(settings, pool, outbox, state.metrics.frame)
+    conn = Connection(settings, pool, outbox, state.metrics.frame, server_id=state.server_id,
+                      conversation=conversation)
+    conn.accepting = lambda: not state.closing  # a drain's stop: new requests are refused
+    conn.closer = lambda: ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
     ws_log.info("%s connected (%s, %s)", address, conn.session_id, encoding)
     state.sockets.add(ws)
     state.per_address[address] += 1

@@ -76,8 +76,10 @@ def test_a_key_in_the_url_never_reaches_the_access_log(caplog: pytest.LogCapture
                                   headers={"User-Agent": "page", "Referer": "http://b/"})
     with caplog.at_level(logging.INFO, logger="test.access"):
         access.log(request, web.Response(status=101), 0.01)
+        access.log(make_mocked_request("GET", "/health"), web.Response(status=503), 0.0)
+        # A balancer's health checks, every few seconds: only a failure is logged.
         access.log(make_mocked_request("GET", "/health"), web.Response(status=200), 0.0)
     first, second = (r.getMessage() for r in caplog.records)
     assert "sesame" not in first and "token=***" in first and "x=1" in first
     assert '"GET /ws?' in first and " 101 " in first and '"page"' in first
-    assert '"GET /health HTTP/1.1" 200' in second
+    assert '"GET /health HTTP/1.1" 503' in second

@@ -65,6 +65,8 @@ def requests(samples: Samples, status: str) -> float:
 class Live:
     residents: list[Resident] = field(default_factory=list)
     sockets: list[object] = field(default_factory=list)
+    phase: str = "serving"
+    server_id: str = "board-1"
 
 
 def loaded(engine: Engine, scheduler: Scheduler | None = None, name: str = "m") -> Resident:

@@ -1,0 +1,188 @@
+"""Graceful drain: a server leaves a load balancer's rotation without losing a request.
+
+It begins on SIGTERM or SIGINT (``rkstream serve``), or on ``POST /admin/drain``:
+
+1. **draining**, for ``server.drain_s``: /health answers 503 ``draining``, so the
+   balancer's health checks take the server out of rotation, while every
+   request (new ones too) is still served as before;
+2. **stopping**: new work is refused with ``shutting_down`` (503 with
+   Retry-After; a balancer may retry it on another server), each WebSocket is
+   closed with 1001 as soon as its own requests are done, and the open
+   requests have ``server.shutdown_timeout_s`` to finish;
+3. what is still open then is cancelled with ``shutting_down`` (a
+   ``response.done`` on /ws, the API's error on an HTTP stream), the sockets
+   are closed with 1001, and the app's :data:`ON_STOPPED` hook runs
+   (``rkstream serve`` exits).
+
+A second signal exits at once. With no API key configured, ``POST
+/admin/drain`` is taken from the loopback only, since it stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from rkstream.errors import SHUTTING_DOWN, RequestError
+from rkstream.log import server_log
+from rkstream.server.http.errors import error_middleware
+from rkstream.server.http.openai.dialect import json_error
+from rkstream.server.state import STATE, AppState
+
+POLL_S = 0.02  # how often the stop looks for sockets it can close and requests still open
+FINAL_WRITE_S = 1.0  # cancelled HTTP streams get this long to write their error
+SHUTDOWN_REASON = ("shutting_down", SHUTTING_DOWN)
+
+# Run once the drain has ended every request; ``rkstream serve`` exits there.
+ON_STOPPED: web.AppKey[Callable[[], None]] = web.AppKey("rkstream_on_stopped")
+
+
+def _enter(state: AppState, phase: str) -> None:
+    state.phase = phase
+    state.phase_since_s = time.monotonic()
+
+
+def start_drain(app: web.Application, why: str) -> bool:
+    """Begin the drain; False when it had begun already (nothing changes)."""
+    state = app[STATE]
+    if state.drain is not None or state.closing:
+        return False
+    _enter(state, "draining")
+    state.drain = asyncio.create_task(_drain(app, why))
+    return True
+
+
+async def _drain(app: web.Application, why: str) -> None:
+    state = app[STATE]
+    server = state.settings.server
+    server_log.info("%s: draining for %g s (server.drain_s): /health is 503 draining, "
+                    "requests are still served", why, server.drain_s)
+    await asyncio.sleep(server.drain_s)
+    try:
+        await stop(state)
+    except Exception:  # a bug: the process must still stop
+        server_log.exception("the drain failed; stopping anyway")
+    on_stopped = app.get(ON_STOPPED)
+    if on_stopped is not None:
+        on_stopped()
+
+
+async def stop(state: AppState) -> None:
+    """Refuse new work, let open requests finish (up to ``server.shutdown_timeout_s``),
+    cancel what is left with ``shutting_down``, and close every WebSocket with 1001."""
+    timeout_s = state.settings.server.shutdown_timeout_s
+    _enter(state, "stopping")
+    state.closing = True
+    server_log.info("stopping: new requests are refused (shutting_down); %d open ones have "
+                    "%g s to finish (server.shutdown_timeout_s)", state.open_requests,
+                    timeout_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        # A socket whose requests are done goes now: its client reconnects elsewhere.
+        await asyncio.gather(*(c.go_away() for c in list(state.connections) if c.idle))
+        if not state.busy or loop.time() >= deadline:
+            break
+        await asyncio.sleep(POLL_S)
+    if state.busy:
+        server_log.warning("%d requests still open after %g s: cancelled (shutting_down)",
+                           state.open_requests, timeout_s)
+        for resident in state.residents:
+            resident.scheduler.cancel_all(SHUTDOWN_REASON)
+        await asyncio.gather(*(c.shutdown() for c in list(state.connections)))
+        end = loop.time() + FINAL_WRITE_S
+        while state.http_inflight and loop.time() < end:
+            await asyncio.sleep(POLL_S)
+    await asyncio.gather(*(c.go_away() for c in list(state.connections)))
+    server_log.info("drained: every request has ended")
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a Unix socket's peer, or no address
+
+
+async def admin_drain(request: web.Request) -> web.Response:
+    """``POST /admin/drain``: drain and stop, as SIGTERM does; 202 with the phase.
+
+    Raises:
+        RequestError: ``admin_forbidden`` (no API key configured and not from
+            the loopback), ``invalid_encoding`` or ``unknown_field`` (a body
+            other than none or ``{}``).
+    """
+    state = request.app[STATE]
+    if not state.settings.server.api_keys and not _loopback(request.remote):
+        raise RequestError("admin_forbidden", f"POST /admin/drain stops the server, so with "
+                           f"no server.api_keys set it is taken from the loopback only (this "
+                           f"came from {request.remote}); call it on the board itself, or set "
+                           "a key and send it")
+    raw = (await request.read()).strip()
+    if raw:
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError("invalid_encoding", "the body of POST /admin/drain is not "
+                               "JSON; send none, or {}") from None
+        if body != {}:
+            raise RequestError("unknown_field", "POST /admin/drain takes no fields; send no "
+                               "body, or {}")
+    started = start_drain(request.app, f"POST /admin/drain from {request.remote}")
+    server = state.settings.server
+    return web.json_response(
+        {"status": state.phase, "started": started, "server": state.server_id,
+         "drain_s": server.drain_s, "shutdown_timeout_s": server.shutdown_timeout_s},
+        status=202)
+
+
+def _render(exc: RequestError, status: int | None) -> web.Response:
+    response = json_error(exc)
+    if status is not None:
+        response.set_status(status)
+    return response
+
+
+def add_admin_routes(app: web.Application) -> None:
+    """``POST /admin/drain``, with its errors in OpenAI's shape."""
+    app.middlewares.append(error_middleware(lambda path: path.startswith("/admin/"),
+                                            _render, "POST /admin/drain"))
+    app.router.add_post("/admin/drain", admin_drain)
+
+
+def exit_when_drained(app: web.Application) -> None:
+    """For ``rkstream serve``: SIGTERM and SIGINT start the drain, a second
+    signal exits at once, and the process exits once the drain is over."""
+
+    def graceful_exit() -> None:
+        # run_app catches GracefulExit and runs its cleanup (unload, free the NPU).
+        def leave() -> None:
+            raise web.GracefulExit()
+
+        asyncio.get_running_loop().call_soon(leave)
+
+    async def on_startup(app: web.Application) -> None:
+        signals = 0
+
+        def on_signal(name: str) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                server_log.warning("second signal: exiting without waiting")
+                os._exit(130)
+            if not start_drain(app, name):
+                server_log.info("%s: the drain is under way already", name)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+
+    app[ON_STOPPED] = graceful_exit
+    app.on_startup.append(on_startup)

@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
-import msgpack
-
+from rkstream.client import AsyncClient, Done, TextDelta
 from rkstream.engines.llamacpp.model import resolve_model
 from rkstream.engines.llamacpp.threads import default_threads
 
@@ -76,29 +74,22 @@ async def through_rkstream(model: Path, runs: int, tokens: int
     out = []
     try:
         await wait_ready(server, port)
-        async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
-            await ws.receive()
+        async with AsyncClient(f"127.0.0.1:{port}") as client:
             for i in range(runs + 1):
-                request = {"type": "response.create", "request_id": f"r{i}",
-                           "input": [{"role": "user", "content": PROMPT.format(i)}],
-                           "params": {"max_tokens": tokens, "temperature": 0, "top_k": 1,
-                                      "top_p": 1.0, "repeat_penalty": 1.0}}
                 started = time.perf_counter()
-                await ws.send_bytes(msgpack.packb(request))
                 first = None
-                while True:
-                    event = msgpack.unpackb((await ws.receive()).data)
-                    if event["type"] == "response.output_text.delta" and first is None:
+                async for event in client.stream(
+                        PROMPT.format(i), max_tokens=tokens, temperature=0, top_k=1,
+                        top_p=1.0, repeat_penalty=1.0):
+                    if isinstance(event, TextDelta) and first is None:
                         first = time.perf_counter()
-                    elif event["type"] == "response.done":
+                    elif isinstance(event, Done):
                         end = time.perf_counter()
-                        break
+                        done = event
                 assert first is not None
-                n = event["usage"]["output_tokens"]
+                n = done.usage.output_tokens
                 out.append(((first - started) * 1000, (n - 1) / (end - first),
-                            event["timings"]["predicted_per_second"]))
-            await ws.close()
+                            done.timings.predicted_per_second or 0.0))
     finally:
         server.terminate()
         server.wait(10)

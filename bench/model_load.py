@@ -21,11 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import msgpack
-
+from rkstream.client import AsyncClient, Done, TextDelta
 from rkstream.engines.llamacpp.model import resolve_model
 
 from common import free_port, wait_ready  # noqa: E402
@@ -50,22 +47,19 @@ keep_alive = "0"
 """
 
 
-async def ask(ws: aiohttp.ClientWebSocketResponse[bool], model: str, request_id: str,
-              text: str, tokens: int) -> tuple[float, dict[str, Any]]:
+async def ask(client: AsyncClient, model: str, text: str, tokens: int
+              ) -> tuple[float, Done]:
     """(client TTFT in ms, the response.done event)."""
     started = time.perf_counter()
-    await ws.send_bytes(msgpack.packb({
-        "type": "response.create", "request_id": request_id, "model": model,
-        "input": [{"role": "user", "content": text}],
-        "params": {"max_tokens": tokens, "temperature": 0, "top_k": 1}}))
     first = None
-    while True:
-        event = msgpack.unpackb((await ws.receive()).data)
-        if event["type"] == "response.output_text.delta" and first is None:
+    async for event in client.stream(text, model=model, max_tokens=tokens, temperature=0,
+                                     top_k=1):
+        if isinstance(event, TextDelta) and first is None:
             first = time.perf_counter()
-        elif event["type"] == "response.done" and event["request_id"] == request_id:
+        elif isinstance(event, Done):
             assert first is not None, event
             return (first - started) * 1000.0, event
+    raise AssertionError("the stream ended without its response.done")
 
 
 async def measure(model: Path, rounds: int, tokens: int
@@ -81,17 +75,15 @@ async def measure(model: Path, rounds: int, tokens: int
         out: dict[str, list[tuple[float, float, float]]] = {"warm": [], "cold": []}
         try:
             await wait_ready(server, port, 120)
-            async with aiohttp.ClientSession() as session:
-                ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
-                await ws.receive()  # session.created
+            async with AsyncClient(f"127.0.0.1:{port}") as client:
                 for n in range(rounds + 1):  # the first round warms up both paths
                     for name in ("warm", "cold"):
-                        ttft, done = await ask(ws, name, f"{name}{n}", PROMPT.format(n), tokens)
+                        ttft, done = await ask(client, name, PROMPT.format(n), tokens)
                         if n:
-                            timings = done["timings"]
-                            out[name].append((ttft, timings["load_ms"], timings["prompt_ms"]))
+                            timings = done.timings
+                            out[name].append((ttft, timings.load_ms or 0.0,
+                                              timings.prompt_ms or 0.0))
                     await asyncio.sleep(0.2)  # the cold model's unload ends
-                await ws.close()
         finally:
             server.terminate()
             server.wait(30)

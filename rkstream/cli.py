@@ -1,4 +1,4 @@
-"""The ``rkstream`` command: ``serve``, ``config``, ``setup`` and ``doctor``."""
+"""The ``rkstream`` command: ``serve``, ``config``, ``setup``, ``doctor`` and ``chat``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument("--root", default="/", help="inspect sys/, proc/ and usr/lib under "
                                                      "this directory instead of /")
+    chat = commands.add_parser(
+        "chat", help="chat with a server in the terminal (Ctrl-C stops an answer, a second "
+                     "one quits)")
+    # Its handler is rkstream/client/chat_cli.py, imported only when it runs.
+    chat.add_argument("url", nargs="?", help="the server: host:port or its /ws URL "
+                                             "(default http://127.0.0.1:8080/ws)")
+    chat.add_argument("--key", help="the API key (default: RKSTREAM_API_KEY)")
+    chat.add_argument("--image", action="append", default=[], metavar="PATH",
+                      help="attach an image to the first message (repeatable)")
+    chat.add_argument("--system", help="a system prompt (the session's instructions)")
+    chat.add_argument("--model", help="a served model's name")
+    chat.add_argument("--max-tokens", type=int, help="the most tokens an answer may have")
+    chat.add_argument("--temperature", type=float)
     for sub in (serve, config, doctor):
         sub.add_argument("--config", "-c", help="config.toml (default: RKSTREAM_CONFIG, "
                                                 "else ./config.toml if present)")
@@ -136,6 +149,7 @@ def _serve(settings: Settings) -> None:
 
     from rkstream.server.app import SERVER_OPTIONS, make_app
     from rkstream.server.ops.access import RedactingAccessLogger
+    from rkstream.server.ops.drain import exit_when_drained
 
     capture_native_stdout()  # the runtime's own version and memory lines, into the log
     if settings.board.pin_frequencies:
@@ -144,6 +158,8 @@ def _serve(settings: Settings) -> None:
         for line in pin_frequencies():
             server_log.info("pin_frequencies: %s", line)
     app = make_app(settings, load_in_background=True)
+    # SIGTERM/SIGINT drain first (server.drain_s, then open requests finish), then exit.
+    exit_when_drained(app)
     app.on_shutdown.insert(0, _exit_on_second_signal)
     host, port = settings.server.host, settings.server.port
     warning = exposure_warning(settings)
@@ -153,12 +169,16 @@ def _serve(settings: Settings) -> None:
     server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws; %s event loop)",
                     __version__, host, port, "uvloop" if loop is not None else "asyncio")
     web.run_app(app, host=host, port=port, print=None, loop=loop,
-                access_log_class=RedactingAccessLogger,
+                access_log_class=RedactingAccessLogger, handle_signals=False,
                 shutdown_timeout=settings.server.shutdown_timeout_s, **SERVER_OPTIONS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "chat":
+        from rkstream.client.chat_cli import chat_command
+
+        return chat_command(args)
     if args.command == "setup":
         from rkstream.install import setup
 

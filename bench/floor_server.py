@@ -18,7 +18,17 @@ Used by bench/ws_latency.py and bench/sse_latency.py to print the machine's
 floor beside rkstream's figures (and beside bench/floor_threaded.py, the
 thread-per-connection floor).
 
-    python bench/floor_server.py PORT [LIBRARY]
+``--writer-thread``: the design that would take the loop off the token path
+(issue 17's remaining question). aiohttp still accepts the socket, reads it
+and writes ``session.created`` and ``response.done``, but each /ws delta goes
+from the runtime's callback through a ``queue.Queue`` to a writer thread that
+owns that socket's writes during the run and sends the frame on the raw file
+descriptor: the threaded floor's handoff inside an asyncio server. It is
+safe here only because nothing else writes to the socket during a run (no
+pings, no second request, no compression, no slow client): what rkstream
+would have to give up, or rebuild around aiohttp's transport, to use it.
+
+    python bench/floor_server.py PORT [LIBRARY] [--writer-thread]
 """
 
 from __future__ import annotations
@@ -26,6 +36,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import queue
+import select
+import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -38,6 +52,7 @@ from floor_runtime import StandinRuntime  # noqa: E402
 LIB = Path(__file__).resolve().parent.parent / "lib" / "build" / "librkllmrt-standin-1.3.so"
 
 RUNTIME = web.AppKey("floor_runtime", StandinRuntime)
+WRITER_THREAD = web.AppKey("floor_writer_thread", bool)
 
 
 def start_emitter(app: web.Application, loop: asyncio.AbstractEventLoop,
@@ -75,13 +90,66 @@ async def stream(app: web.Application, ws: web.WebSocketResponse, rid: str, prom
     await ws.send_bytes(msgpack.packb({"type": "response.done", "request_id": rid}))
 
 
+def binary_frame(payload: bytes) -> bytes:
+    """An unmasked, final RFC 6455 binary frame (a server's)."""
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", 0x82, size) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x82, 126, size) + payload
+    return struct.pack("!BBQ", 0x82, 127, size) + payload
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Send on the loop's non-blocking socket from another thread (waiting while full)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+async def stream_by_thread(app: web.Application, ws: web.WebSocketResponse, fd: int,
+                           rid: str, prompt: str) -> None:
+    """The ``--writer-thread`` run: callback -> queue.Queue -> this socket's writer thread."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    tokens: queue.Queue[str | None] = queue.Queue()
+
+    def writer() -> None:
+        seq = 0
+        while (text := tokens.get()) is not None:
+            write_all(fd, binary_frame(msgpack.packb(
+                {"type": "response.output_text.delta", "request_id": rid, "seq": seq,
+                 "delta": text})))
+            seq += 1
+        loop.call_soon_threadsafe(finished.set_result, None)
+
+    def run() -> None:
+        app[RUNTIME].generate(prompt, tokens.put)
+        tokens.put(None)
+
+    threading.Thread(target=writer, daemon=True).start()
+    threading.Thread(target=run, daemon=True).start()
+    await finished  # the writer has sent the last delta: response.done goes after it
+    await ws.send_bytes(msgpack.packb({"type": "response.done", "request_id": rid}))
+
+
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(compress=False, max_msg_size=0)
     await ws.prepare(request)
     await ws.send_bytes(msgpack.packb({"type": "session.created"}))
+    transport = request.transport
+    assert transport is not None
+    fd = transport.get_extra_info("socket").fileno()
     async for msg in ws:
         event = msgpack.unpackb(msg.data)
-        await stream(request.app, ws, event["request_id"], str(event["input"][0]["content"]))
+        rid, prompt = event["request_id"], str(event["input"][0]["content"])
+        if request.app[WRITER_THREAD]:
+            await stream_by_thread(request.app, ws, fd, rid, prompt)
+        else:
+            await stream(request.app, ws, rid, prompt)
     return ws
 
 
@@ -109,9 +177,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if a != "--writer-thread"]
     app = web.Application()
-    app[RUNTIME] = StandinRuntime(sys.argv[2] if len(sys.argv) > 2 else str(LIB))
+    app[RUNTIME] = StandinRuntime(args[1] if len(args) > 1 else str(LIB))
+    app[WRITER_THREAD] = "--writer-thread" in sys.argv
     app.router.add_get("/ws", ws_handler)
     app.router.add_post("/v1/chat/completions", chat_handler)
     app.router.add_get("/health", health)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+    web.run_app(app, host="127.0.0.1", port=int(args[0]), print=None)

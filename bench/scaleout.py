@@ -15,6 +15,13 @@ the token arrives. The same requests go straight to a board and through
 HAProxy, in alternating rounds, one client at a time; the difference of the
 medians is what HAProxy adds.
 
+The load for the tokens/s goes over /ws through ``rkstream.client``. The
+latency rounds read /ws with a hand-written loop instead: the client hands each
+event from its reader task to the caller through a queue, one more turn of the
+event loop, which cost 0.05 to 0.13 ms per token at the median here (more at
+p99), as much as HAProxy adds on /ws. The last row measures that cost: the same
+requests straight to a board through ``rkstream.client``.
+
     python bench/scaleout.py                 # 20 s per board count
     python bench/scaleout.py --seconds 8     # quicker
 """
@@ -35,6 +42,8 @@ from pathlib import Path
 
 import aiohttp
 import msgpack
+
+from rkstream.client import AsyncClient, TextDelta
 
 from common import free_port, wait_ready
 
@@ -80,8 +89,19 @@ async def sse(session: aiohttp.ClientSession, base: str, prompt: str,
                         arrived.append((time.monotonic_ns(), text))
 
 
-async def ws(session: aiohttp.ClientSession, base: str, prompt: str,
+async def ws(_session: aiohttp.ClientSession, base: str, prompt: str,
              arrived: list[tuple[int, str]]) -> None:
+    """One request on a new socket through rkstream.client (its own HTTP session)."""
+    async with AsyncClient(base, reconnect=False) as client:
+        async for event in client.stream(prompt):
+            if isinstance(event, TextDelta):
+                arrived.append((time.monotonic_ns(), event.text))
+
+
+async def ws_raw(session: aiohttp.ClientSession, base: str, prompt: str,
+                 arrived: list[tuple[int, str]]) -> None:
+    """The same by hand: each token's time read as its message is decoded, with no
+    hand-over between tasks (see the module's notes)."""
     async with session.ws_connect(base.replace("http", "ws", 1) + "/ws") as sock:
         await sock.receive()  # session.created
         await sock.send_bytes(msgpack.packb({"type": "response.create", "request_id": "r",
@@ -113,12 +133,14 @@ async def throughput(base: str, clients: int, seconds: float) -> float:
 
 
 async def latency_us(base: str, api: str, requests: int) -> list[float]:
-    """Per token: arrival minus the stand-in's stamp, in µs."""
+    """Per token: arrival minus the stand-in's stamp, in µs (``api``: ws, sse, or
+    client: /ws through rkstream.client)."""
     out: list[float] = []
+    read = {"ws": ws_raw, "sse": sse, "client": ws}[api]
     async with aiohttp.ClientSession() as session:
         for _ in range(requests):
             arrived: list[tuple[int, str]] = []
-            await (ws if api == "ws" else sse)(session, base, STAMPED, arrived)
+            await read(session, base, STAMPED, arrived)
             for at, text in arrived:
                 stamps = STAMP.findall(text)
                 if len(stamps) == 1:  # a merged delta waited for its neighbour: skip it
@@ -168,6 +190,8 @@ async def main() -> None:
                 for label, base in (("direct", direct), ("haproxy", balanced)):
                     samples.setdefault((api, label), []).extend(
                         await latency_us(base, api, 3))
+            samples.setdefault(("client", "direct"), []).extend(
+                await latency_us(direct, "client", 3))
     finally:
         if proxy is not None:
             proxy.terminate()
@@ -183,16 +207,20 @@ async def main() -> None:
         print(f"| {count} | {args.clients_per_board * count} | {rate:.1f} | "
               f"{rate / count:.1f} | {rate / rates[1]:.2f}x |")
     print()
-    print("| API | path | tokens | p50 µs | p99 µs | HAProxy adds (p50) |")
+    print("| API | path | tokens | p50 µs | p99 µs | adds (p50) |")
     print("|---|---|---|---|---|---|")
     for api in ("ws", "sse"):
         direct_us = statistics.median(samples[(api, "direct")])
         for label in ("direct", "haproxy"):
             values = samples[(api, label)]
             added = "" if label == "direct" else \
-                f"{statistics.median(values) - direct_us:.0f} µs"
+                f"HAProxy {statistics.median(values) - direct_us:.0f} µs"
             print(f"| {api} | {label} | {len(values)} | {statistics.median(values):.0f} | "
                   f"{pct(values, 99):.0f} | {added} |")
+    values = samples[("client", "direct")]
+    cost = statistics.median(values) - statistics.median(samples[("ws", "direct")])
+    print(f"| ws, rkstream.client | direct | {len(values)} | {statistics.median(values):.0f} | "
+          f"{pct(values, 99):.0f} | the client {cost:.0f} µs |")
     print()
     print(f"{args.seconds:g} s window per row, 40-token answers at about 20 tokens/s per "
           "board (the stand-in), one instance per board, /ws and SSE in turn")

@@ -32,6 +32,12 @@ The rows:
     gthread or Flask, the fastest peers' design): the callback puts each
     token in a ``queue.Queue`` and the connection's thread writes it to the
     socket with ``sendall``.
+  - ``floor: asyncio + writer thread``: bench/floor_server.py
+    ``--writer-thread``: aiohttp accepts the socket and writes everything but
+    the deltas, which go from the callback through a ``queue.Queue`` to a
+    thread that owns the socket's writes during the run (the threaded
+    floor's handoff inside an asyncio server, safe there only because
+    nothing else writes during a run). ``--no-writer-floor`` leaves it out.
 
 Scenarios: "20 tokens/s" (one token every 50 ms, as a board generates) and
 "full speed" (no delay: how many tokens per second the path delivers). TTFT:
@@ -75,6 +81,7 @@ MODES = ("process", "thread")
 LOOPS = ("asyncio", "uvloop")
 FLOOR_ASYNCIO = "floor: asyncio (runtime callback → call_soon_threadsafe → aiohttp)"
 FLOOR_THREADS = "floor: threads (runtime callback → queue.Queue → the request's thread)"
+FLOOR_WRITER = "floor: asyncio + writer thread (callback → queue.Queue → the socket's thread)"
 SLOW_DELAY_US = 50_000  # 20 tokens/s
 SLOW, FAST = "20 tokens/s", "full speed"
 TTFT_PROMPT = "hi [[n_tokens=2]]"
@@ -388,13 +395,19 @@ def rkstream_servers(model: Path, max_tokens: int, modes: tuple[str | None, ...]
     return servers
 
 
-def floor_servers() -> list[Server]:
-    """The asyncio floor and the threaded floor."""
+def floor_servers(writer_thread: bool = False) -> list[Server]:
+    """The asyncio floor and the threaded floor (and, for /ws, the asyncio server
+    whose deltas a writer thread sends)."""
     bench = REPO / "bench"
+    floors: list[tuple[str, str, list[str]]] = [
+        (FLOOR_ASYNCIO, "floor_server.py", []), (FLOOR_THREADS, "floor_threaded.py", [])]
+    if writer_thread:
+        floors.append((FLOOR_WRITER, "floor_server.py", ["--writer-thread"]))
     out = []
-    for label, script in ((FLOOR_ASYNCIO, "floor_server.py"), (FLOOR_THREADS, "floor_threaded.py")):
+    for label, script, extra in floors:
         port = free_port()
-        out.append(Server(label, [sys.executable, str(bench / script), str(port)], port))
+        out.append(Server(label, [sys.executable, str(bench / script), str(port), *extra],
+                          port))
     return out
 
 
@@ -490,6 +503,8 @@ async def main() -> None:
     parser.add_argument("--isolation", choices=("both", *MODES), default="both",
                         help="which rkllm.isolation modes to run (default both)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3, --quick 2)")
+    parser.add_argument("--no-writer-floor", action="store_true",
+                        help="leave out the asyncio + writer thread floor")
     add_loop_argument(parser)
     add_baseline_argument(parser)
     args = parser.parse_args()
@@ -503,7 +518,7 @@ async def main() -> None:
     with standin_model() as model, baseline_tree(args.baseline) as tree:
         servers = (rkstream_servers(model, fast_n, modes, loops, pass_loop)
                    + baseline_servers(tree, args.baseline, model, fast_n, modes)
-                   + floor_servers())
+                   + floor_servers(writer_thread=not args.no_writer_floor))
         targets = [Target(server.label, server, run_ws, ttft_ws) for server in servers]
         await run_all(servers, targets, scenarios, rounds)
     load_after = os.getloadavg()

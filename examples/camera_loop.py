@@ -93,7 +93,10 @@ def main() -> int:
                     try:
                         answer = pending.result()
                         seq = answer.frame.seq if answer.frame else "?"
-                        print(f"[{now - started:5.1f}s] frame {seq}: {answer.text}", flush=True)
+                        age = answer.frame.age_ms if answer.frame else None  # at its prefill
+                        old = f", {age:.0f} ms old" if age is not None else ""
+                        print(f"[{now - started:5.1f}s] frame {seq}{old}: {answer.text}",
+                              flush=True)
                         question = ("Earlier you said: " + answer.text[:300] +
                                     "\nWhat changed since then?")
                     except RkstreamClientError as exc:  # e.g. the server restarted

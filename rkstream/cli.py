@@ -150,7 +150,9 @@ def _serve(settings: Settings) -> None:
     from rkstream.server.app import SERVER_OPTIONS, make_app
     from rkstream.server.ops.access import RedactingAccessLogger
     from rkstream.server.ops.drain import exit_when_drained
+    from rkstream.server.tls import tls_context
 
+    tls = tls_context(settings.server)  # a bad certificate or key stops here, named
     capture_native_stdout()  # the runtime's own version and memory lines, into the log
     if settings.board.pin_frequencies:
         from rkstream.board.freq import pin_frequencies
@@ -166,9 +168,10 @@ def _serve(settings: Settings) -> None:
     if warning is not None:
         server_log.warning("%s", warning)
     loop = event_loop(settings.server.event_loop)
-    server_log.info("rkstream %s listening on http://%s:%d (WebSocket at /ws; %s event loop)",
-                    __version__, host, port, "uvloop" if loop is not None else "asyncio")
-    web.run_app(app, host=host, port=port, print=None, loop=loop,
+    server_log.info("rkstream %s listening on %s://%s:%d (WebSocket %s at /ws; %s event loop)",
+                    __version__, "https" if tls else "http", host, port,
+                    "wss" if tls else "ws", "uvloop" if loop is not None else "asyncio")
+    web.run_app(app, host=host, port=port, print=None, loop=loop, ssl_context=tls,
                 access_log_class=RedactingAccessLogger, handle_signals=False,
                 shutdown_timeout=settings.server.shutdown_timeout_s, **SERVER_OPTIONS)
 

@@ -90,7 +90,13 @@ class Ticket:
         self.started_s: float | None = None
         self.run: Run | None = None
         self.outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.queue_position = 0
+        self.queue_position = 0  # waiting requests ahead of it; 0 = next (or started)
+        # Told when queue_position goes down or the ticket gets an instance.
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     @property
     def queued_ms(self) -> float:
@@ -190,12 +196,14 @@ class Scheduler:
             self._queue.remove(ticket)
         except ValueError:
             return
+        self._renumber()  # the ones behind it moved up
         self._done(ticket, Outcome("cancelled"))
 
     def cancel_all(self, reason: tuple[str, str]) -> None:
         """Cancel every queued and running ticket with ``reason`` (a drain's deadline);
         new work is still taken."""
-        for ticket in [*self._queue, *self._running]:
+        # The queue from its end: no waiting ticket moves up only to be cancelled next.
+        for ticket in [*reversed(self._queue), *self._running]:
             self.cancel(ticket, reason)
 
     def _start(self, ticket: Ticket, instance: EngineInstance) -> None:
@@ -203,6 +211,7 @@ class Scheduler:
             self._gate[0].enter(self._gate[1])
         ticket.started_s = time.perf_counter()
         self._running[ticket] = asyncio.create_task(self._watch(ticket, instance))
+        ticket._changed()
 
     async def _watch(self, ticket: Ticket, instance: EngineInstance) -> None:
         try:
@@ -287,8 +296,13 @@ class Scheduler:
         while self._queue and not self._closed and self._serving_free():
             ticket = self._queue.popleft()
             self._start(ticket, self._take_instance(ticket.job))
+        self._renumber()
+
+    def _renumber(self) -> None:
         for position, waiting in enumerate(self._queue):
-            waiting.queue_position = position
+            if waiting.queue_position != position:
+                waiting.queue_position = position
+                waiting._changed()
 
     async def close(self) -> None:
         """Refuse new work, cancel queued jobs, abort running ones and wait for them."""

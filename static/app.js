@@ -312,6 +312,9 @@ async function keepImages(message, blobs) {
   const urls = (await Promise.all(blobs.map((blob) => smallImage(blob)))).filter(Boolean);
   message.images = urls.length ? urls : blobs.length;
   saveConversations();
+  // Until now its label said "not kept over a reload".
+  const view = views.find((v) => v.message === message);
+  if (view) setThumbs(view, thumbsOf(message));
 }
 
 /** A message as the protocol takes it: images uploaded (binary) and named by id. A
@@ -529,14 +532,20 @@ async function respond(conversation) {
     if (pending.cancelled) throw new RkstreamError("cancelled", "stopped");
     const options = { params: requestParams() };
     if (client.models.length > 1 && settings.model) options.model = settings.model;
-    const sentAt = Date.now();
+    // Images (attached, or the camera's frame) are read first once the request runs.
+    const withImages = input.some((m) => Array.isArray(m.content)
+      && m.content.some((part) => part.type === "image" || part.type === "frame"));
     const request = client.request(input, options);
     pending.request = request;
     for await (const event of request) {
       switch (event.type) {
         case "response.created":
+        case "response.queued":
           answer.waiting = event.queue_position > 0
-            ? `waiting, ${event.queue_position} ahead` : "waiting for the model…";
+            ? `waiting, ${event.queue_position} ahead` : "next";
+          break;
+        case "response.started":
+          answer.waiting = withImages ? "reading the image…" : "prefilling…";
           break;
         case "model.loading":
           answer.waiting = `loading the model ${event.model}…` +
@@ -560,7 +569,7 @@ async function respond(conversation) {
           break;
         case "response.done":
           answer.waiting = "";
-          finishAnswer(answer, event, sentAt, question);
+          finishAnswer(answer, event, question);
           break;
         default:
           continue;
@@ -585,7 +594,7 @@ async function respond(conversation) {
   }
 }
 
-function finishAnswer(answer, done, sentAt, question) {
+function finishAnswer(answer, done, question) {
   const timings = done.timings ?? {};
   answer.stats = {
     status: done.status,
@@ -596,12 +605,9 @@ function finishAnswer(answer, done, sentAt, question) {
   };
   if (done.frame) {
     const f = done.frame;
-    // The model got the frame after its wait and the vision step; both ends of the
-    // age are this browser's clock (ts_ns is the capture time the page sent).
-    const tsNs = f.encoded_ts_ns ?? f.ts_ns;
-    const gotAt = sentAt + (timings.load_ms ?? 0) + (timings.queued_ms ?? 0) + (timings.vision_ms ?? 0);
+    // age_ms: the server's own measure, from the frame's arrival to the prefill.
     answer.stats.frame = { seq: f.seq, encodedSeq: f.encoded_seq, superseded: f.superseded,
-      unchanged: f.unchanged ?? 0, ageMs: tsNs == null ? null : gotAt - Number(tsNs) / 1e6 };
+      unchanged: f.unchanged ?? 0, ageMs: f.age_ms ?? null };
     const seen = camera.frame(f.encoded_seq ?? f.seq);
     if (question && seen) {
       frameImages.set(question, seen.blob);

@@ -13,8 +13,9 @@ const MAX_SIDE = 640;
 /** Why the camera could not start, in words a person can act on. */
 export function cameraProblem(error) {
   if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
-    return "The browser offers the camera only to secure pages: open this page over https, " +
-      "or as http://localhost (for example through an SSH tunnel to the board).";
+    return "The browser offers the camera only to secure pages: open this page over https " +
+      "(rkstream serves https with server.tls_cert and server.tls_key set), or as " +
+      "http://localhost (for example through an SSH tunnel to the board).";
   }
   switch (error?.name) {
     case "NotAllowedError":

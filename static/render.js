@@ -224,7 +224,7 @@ function frameLine(f) {
   } else if (f.encodedSeq == null) {
     line += " (not encoded)";
   }
-  if (f.ageMs != null) line += `, ${(Math.max(0, f.ageMs) / 1000).toFixed(2)} s old`;
+  if (f.ageMs != null) line += `, ${(f.ageMs / 1000).toFixed(2)} s old`;
   line += `, ${f.superseded} superseded`;
   return line;
 }

@@ -55,6 +55,11 @@ export class RkstreamRequest {
     /** The reasoning deltas so far, joined. */ this.reasoning = "";
     /** The tool calls so far (response.output_tool_call events). @type {object[]} */
     this.toolCalls = [];
+    /** Requests waiting ahead of it (response.created, then response.queued); 0 = next.
+     *  @type {number|null} */
+    this.queuePosition = null;
+    /** It holds a model instance (response.started): reading images, prefilling, answering. */
+    this.started = false;
     this.finished = false;
     /** @type {object[]} */ this._queue = [];
     /** Pending next() calls, answered in turn. @type {{resolve: Function, reject: Function}[]} */
@@ -87,6 +92,9 @@ export class RkstreamRequest {
     if (event.type === "response.output_text.delta") this.text += event.delta;
     else if (event.type === "response.output_reasoning.delta") this.reasoning += event.delta;
     else if (event.type === "response.output_tool_call") this.toolCalls.push(event);
+    else if (event.type === "response.created" || event.type === "response.queued") {
+      this.queuePosition = event.queue_position;
+    } else if (event.type === "response.started") this.started = true;
     if (event.type === "error" || (event.type === "response.done" && event.error)) {
       const body = event.error;
       event = { ...event, error: RkstreamError.fromBody(body, this.id) };

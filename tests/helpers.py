@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -260,3 +261,18 @@ async def aborted_in_prefill(records: Any, gone_ns: int) -> None:
     assert (abort["t_ns"] - gone_ns) / 1e9 < 100 * MS
     assert 0 < (end["t_ns"] - gone_ns) / 1e9 < 100 * MS  # well before the 3 s prefill
 
+
+
+# -- https ------------------------------------------------------------------------------
+OPENSSL = "/usr/bin/openssl"  # tests/setup_and_run checks it is there
+
+
+def self_signed(folder: Path, name: str = "cert", days: int = 30) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM)."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
+    subprocess.run(
+        [OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", str(days),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30)
+    return cert, key

@@ -173,3 +173,41 @@ async def test_jobs_go_to_the_instances_that_serve() -> None:
     assert [t.queue_position for t in tickets] == [0, 0, 1]  # one instance takes jobs
     await asyncio.gather(*(t.outcome for t in tickets))
     assert fake.calls.overlaps == 0  # all three ran on the one instance left, in turn
+
+
+def watch(ticket: Any, seen: list[tuple[str, object]], name: str) -> None:
+    """Record each change the ticket reports: ("b", 0) moved up, ("b", "started")."""
+    def changed() -> None:
+        seen.append((name, "started" if ticket.started_s is not None
+                     else ticket.queue_position))
+    ticket.on_change = changed
+
+
+async def test_waiting_tickets_hear_each_move_once_then_their_start() -> None:
+    scheduler = Scheduler(engine(delay_ms=5).instances, max_queue=10)
+    tickets = [scheduler.submit(job(f"r{i}"), Sink()) for i in range(4)]
+    seen: list[tuple[str, object]] = []
+    for i, ticket in enumerate(tickets[1:], 1):
+        watch(ticket, seen, f"r{i}")
+    await asyncio.gather(*(t.outcome for t in tickets))
+    assert [s for s in seen if s[0] == "r3"] == [("r3", 1), ("r3", 0), ("r3", "started")]
+    assert [s for s in seen if s[0] == "r1"] == [("r1", "started")]  # it was next already
+    assert seen.index(("r2", "started")) < seen.index(("r3", "started"))
+
+
+async def test_cancelling_a_queued_ticket_moves_the_ones_behind_it() -> None:
+    scheduler = Scheduler(engine(delay_ms=50).instances, max_queue=10)
+    tickets = [scheduler.submit(job(f"r{i}", "w " * 50), Sink()) for i in range(4)]
+    seen: list[tuple[str, object]] = []
+    for i, ticket in enumerate(tickets[1:], 1):
+        watch(ticket, seen, f"r{i}")
+    scheduler.cancel(tickets[1])
+    assert seen == [("r2", 0), ("r3", 1)]  # the cancelled one hears nothing
+    assert [t.queue_position for t in tickets[2:]] == [0, 1]
+    scheduler.cancel(tickets[3])  # the last one: nobody moves
+    assert seen == [("r2", 0), ("r3", 1)]
+    scheduler.cancel(tickets[0])  # the running one: the next starts
+    await tickets[0].outcome
+    assert seen[-1] == ("r2", "started")
+    await scheduler.close()
+    assert not any(name in ("r1", "r3") and what == "started" for name, what in seen)

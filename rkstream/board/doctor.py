@@ -4,7 +4,8 @@ The checks cover the commonest field failures: not an RK3588, an old RKNPU
 driver, a missing or unsupported librkllmrt.so, an .rknn file given as the
 language model, models that do not fit in memory, clocks left to an
 on-demand governor, an encode-ahead budget that never lets the vision
-encoder rest, and the runtime crashes and hangs the server recorded.
+encoder rest, the runtime crashes and hangs the server recorded, and the
+https certificate and key.
 Nothing is loaded: libraries, models and the fault log are only read.
 """
 
@@ -41,6 +42,7 @@ from rkstream.board.checks_models import (
     check_vision_encoder,
 )
 from rkstream.board.checks_pool import check_models
+from rkstream.board.checks_tls import check_tls
 from rkstream.board.checks_vision import check_encode_ahead
 from rkstream.board.report import Check, Status, render_json, render_text
 from rkstream.board.sysfs import Root, compatible, meminfo
@@ -120,6 +122,7 @@ def run_checks(
         ("models", lambda: check_models(settings, meminfo(root).get("MemAvailable"),
                                         rockchip, bundled)),
         ("frequencies", lambda: check_frequencies(root, compat)),
+        ("server.tls", lambda: check_tls(settings)),
     ]
     checks: list[Check] = []
     for name, step in steps:

@@ -11,6 +11,10 @@ helpers that stream the newest frame and ask about it.
         camera.send(frame)                      # bytes or a numpy image; never blocks
         print(camera.ask("What is in front of me?").text)
 
+Behind a load balancer, ``Client(url, conversation=new_conversation_key())`` keeps
+a conversation's turns on the board whose KV cache holds it, and
+``client.server_id`` (or ``answer.server_id``) says which board answered.
+
 It needs only aiohttp and msgpack (numpy frames are JPEG-encoded with OpenCV
 when it is installed, else Pillow) and imports nothing from the server.
 """
@@ -18,6 +22,7 @@ when it is installed, else Pillow) and imports nothing from the server.
 from rkstream.client.aio import AsyncClient
 from rkstream.client.camera import Camera
 from rkstream.client.connection import DEFAULT_URL
+from rkstream.client.conversation import check_conversation_key, new_conversation_key
 from rkstream.client.errors import (
     AuthError,
     BusyError,
@@ -37,8 +42,10 @@ from rkstream.client.events import (
     ModelInfo,
     ModelLoaded,
     ModelLoading,
+    Queued,
     ReasoningDelta,
     SessionInfo,
+    Started,
     TextDelta,
     Timings,
     ToolCall,
@@ -52,8 +59,8 @@ from rkstream.client.sync import Client, SyncCamera, SyncStream
 __all__ = [
     "DEFAULT_URL", "Answer", "AsyncClient", "AuthError", "BusyError", "Camera", "Client",
     "ConnectionLostError", "Created", "Done", "Event", "FrameAnswer", "FrameInfo",
-    "ImageError", "InvalidRequestError", "ModelInfo", "ModelLoaded", "ModelLoading",
-    "ReasoningDelta", "RkstreamClientError", "ServerSideError", "SessionInfo", "Stream",
-    "SyncCamera", "SyncStream", "TextDelta", "Timings", "ToolCall", "Usage", "frame_part",
-    "image_part",
+    "ImageError", "InvalidRequestError", "ModelInfo", "ModelLoaded", "ModelLoading", "Queued",
+    "ReasoningDelta", "RkstreamClientError", "ServerSideError", "SessionInfo", "Started",
+    "Stream", "SyncCamera", "SyncStream", "TextDelta", "Timings", "ToolCall", "Usage",
+    "check_conversation_key", "frame_part", "image_part", "new_conversation_key",
 ]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkstream.client.connection import _UNSET, KEPT_UPLOADS, Connection
+from rkstream.client.conversation import new_conversation_key
 from rkstream.client.errors import ConnectionLostError, RkstreamClientError
 from rkstream.client.events import Answer, Messages, as_input
 from rkstream.client.stream import Stream
@@ -35,6 +36,26 @@ class AsyncClient(Connection):
     Calls made while the socket is down wait up to ``timeout_s`` for it to come
     back, then raise :class:`ConnectionLostError`. A refused key raises
     :class:`AuthError` and is not retried.
+
+    **Several servers behind a balancer.** ``conversation`` (a key such as
+    :func:`new_conversation_key`'s, 1 to 128 visible ASCII characters; ValueError
+    otherwise) is sent as ``?conversation=`` on every connection and reconnection,
+    so the balancer sends the conversation's turns to the board whose KV cache
+    holds it; :meth:`new_conversation` starts another. :attr:`server_id` names the
+    server the socket reached, and each request's :class:`Stream`, :class:`Done`
+    and :class:`Answer` carry the ``server_id`` that answered it. After a
+    reconnect it is usually the same board, but another one if the board went
+    down or drains (its cache is then cold: the next turn is prefilled in full).
+
+    Args:
+        url: ``host:port``, ``http://host:port`` or ``ws://host:port/ws``.
+        api_key: the server's key (default: ``RKSTREAM_API_KEY`` from the environment).
+        conversation: the conversation key (default: none, or the URL's
+            ``?conversation=``).
+        reconnect: reconnect after a drop (False: the first drop is final).
+        timeout_s: how long a call waits for a connection.
+        min_delay_s, max_delay_s: the reconnect delays.
+        heartbeat_s: the client's WebSocket ping interval (None: none).
 
     Use it as ``async with AsyncClient(url, api_key=...) as client:``, or call
     :meth:`connect` and :meth:`close`.
@@ -99,8 +120,21 @@ class AsyncClient(Connection):
         if stream is not None:
             await stream.cancel()
 
+    async def new_conversation(self, key: str | None = None) -> str:
+        """Start another conversation: a fresh key (or ``key``) and a new socket that
+        carries it, so the balancer may pick another board. Returns the key.
+
+        The new socket is a new session: requests still open end with
+        :class:`ConnectionLostError`; session settings, uploads and cameras are
+        restored as after any reconnect. Before :meth:`connect` it only sets the key.
+        """
+        key = key if key is not None else new_conversation_key()
+        await self._switch(key)
+        return key
+
     async def _start(self, stream: Stream, event: dict[str, Any]) -> None:
         await self._ready()
+        stream.server_id = self.server_id
         self._requests[stream.request_id] = stream
         try:
             await self._send(event)

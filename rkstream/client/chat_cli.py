@@ -4,7 +4,12 @@ board reached over SSH (its arguments are in rkstream/cli.py).
 - The conversation is kept and sent whole each turn (``/reset`` starts again).
 - A line that ends with ``\\`` goes on on the next line (multi-line input).
 - Ctrl-C stops the answer; a second Ctrl-C (or one at the prompt, or Ctrl-D) quits.
-- After each answer, its tokens, tokens/s and time to the first token go to stderr.
+- After each answer, its tokens, tokens/s and time to the first token go to stderr,
+  with the server that answered the first time and whenever it changes.
+- Each chat (and each ``/reset``) has a fresh conversation key, so a load balancer
+  keeps its turns on the board whose KV cache holds the conversation.
+- While the request waits in the server's queue, ``(waiting, N ahead)`` goes to
+  stderr (on a terminal, one line rewritten in place).
 - ``--image PATH`` (or ``/image PATH``) attaches an image to the next message.
 """
 
@@ -18,8 +23,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rkstream.client.connection import DEFAULT_URL
+from rkstream.client.conversation import new_conversation_key
 from rkstream.client.errors import RkstreamClientError
-from rkstream.client.events import Done, ReasoningDelta, TextDelta, ToolCall, image_part
+from rkstream.client.events import (
+    Created,
+    Done,
+    Queued,
+    ReasoningDelta,
+    Started,
+    TextDelta,
+    ToolCall,
+    image_part,
+)
 from rkstream.client.sync import Client
 
 HELP = ("commands: /reset (forget the conversation), /image PATH (attach to the next "
@@ -40,8 +55,11 @@ class Chat:
         self.args = args
         self.stdin, self.out, self.err = stdin, out, err
         self.tty = stdin.isatty()
+        self.err_tty = err.isatty()
         self.history: list[dict[str, Any]] = []
         self.images: list[str] = []
+        self.server: str | None = None  # the server named in the last stats line
+        self.waiting = ""  # the "(waiting...)" status shown, if any
 
     def run(self) -> int:
         if self.tty:
@@ -100,6 +118,7 @@ class Chat:
             raise _Quit
         if name == "/reset":
             self.history.clear()
+            self.client.new_conversation()  # a new key: the balancer may pick another board
             self.err.write("(the conversation is forgotten)\n")
         elif name == "/image" and rest.strip():
             self.attach(rest.strip())
@@ -140,9 +159,11 @@ class Chat:
                     stopped = True  # the first Ctrl-C stops the answer; wait for its end
                     stream.cancel()
         except RkstreamClientError:
+            self.wait_status(None)
             self.history.pop()
             self.out.write("\n")
             raise
+        self.wait_status(None)
         self.out.write("\n")
         self.out.flush()
         self.history.append({"role": "assistant", "content": stream.text})
@@ -150,6 +171,12 @@ class Chat:
             self.stats(done, stopped)
 
     def show(self, event: Any) -> None:
+        if isinstance(event, (Created, Queued)):
+            ahead = event.queue_position
+            self.wait_status(f"(waiting, {ahead} ahead)" if ahead > 0 else None)
+            return
+        if isinstance(event, (Started, TextDelta, ReasoningDelta, ToolCall, Done)):
+            self.wait_status(None)
         if isinstance(event, TextDelta):
             self.out.write(event.text)
             self.out.flush()
@@ -158,6 +185,17 @@ class Chat:
             self.out.flush()
         elif isinstance(event, ToolCall):
             self.out.write(f"\n[tool call {event.name}({event.arguments})]")
+
+    def wait_status(self, text: str | None) -> None:
+        """Show the queue status (None: clear it); on a terminal, in place."""
+        if text == (self.waiting or None):
+            return
+        if self.err_tty:
+            self.err.write("\r\x1b[K" + (text or ""))
+        elif text:
+            self.err.write(text + "\n")
+        self.waiting = text or ""
+        self.err.flush()
 
     def stats(self, done: Done, stopped: bool) -> None:
         timings = done.timings
@@ -168,7 +206,12 @@ class Chat:
             parts.append(f"first token {timings.ttft_ms:.0f} ms")
         status = " (stopped)" if stopped else (
             f" ({done.status})" if done.status != "completed" else "")
-        self.err.write(f"[{', '.join(parts)}{status}]\n")
+        server = ""
+        if done.server_id is not None and done.server_id != self.server:
+            server = f"; server {done.server_id}" + (
+                f" (was {self.server})" if self.server is not None else "")
+            self.server = done.server_id
+        self.err.write(f"[{', '.join(parts)}{status}{server}]\n")
         self.err.flush()
 
 
@@ -176,7 +219,8 @@ def chat_command(args: argparse.Namespace) -> int:
     """Run ``rkstream chat``; the exit code (130 when a second Ctrl-C quit)."""
     try:
         client = Client(args.url or DEFAULT_URL,
-                        api_key=args.key or os.environ.get("RKSTREAM_API_KEY"))
+                        api_key=args.key or os.environ.get("RKSTREAM_API_KEY"),
+                        conversation=new_conversation_key())
     except RkstreamClientError as exc:
         print(f"rkstream chat: {exc.message}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import msgpack
 
+from rkstream.client.conversation import check_conversation_key, conversation_in, with_conversation
 from rkstream.client.errors import (
     AuthError,
     ConnectionLostError,
@@ -46,14 +47,38 @@ def ws_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
+_ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+
+
+def _why(url: str, ending: tuple[aiohttp.WSMsgType, Any, Any] | None) -> str:
+    """Why a socket ended: the server's close frame (its code and reason), or none
+    (the server or the link went down; a balancer passes that on as it is)."""
+    if ending is not None and ending[0] == aiohttp.WSMsgType.CLOSE:
+        reason = f" {ending[2]}" if ending[2] else ""
+        return f"the server closed the connection to {url} ({ending[1]}{reason})"
+    if ending is not None and ending[0] == aiohttp.WSMsgType.CLOSING:
+        return f"the client closed its connection to {url} (a new conversation, or close())"
+    return (f"the connection to {url} ended without a close frame (the server or the link "
+            "went down)")
+
+
 class Connection:
     """The socket's life: connecting, reconnecting, reading and matching answers;
     :class:`AsyncClient` adds the calls."""
 
     def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None,
-                 reconnect: bool = True, timeout_s: float = 30.0, min_delay_s: float = 0.25,
+                 conversation: str | None = None, reconnect: bool = True,
+                 timeout_s: float = 30.0, min_delay_s: float = 0.25,
                  max_delay_s: float = 10.0, heartbeat_s: float | None = 10.0) -> None:
-        self.url = ws_url(url)
+        url = ws_url(url)
+        given = conversation_in(url)
+        if conversation is not None and given is not None and given != conversation:
+            raise ValueError(f"the URL names conversation {given!r} and conversation= "
+                             f"{conversation!r}: give one")
+        key = conversation if conversation is not None else given
+        self._conversation = check_conversation_key(key) if key is not None else None
+        self.url = with_conversation(url, self._conversation) if key is not None else url
+        """The /ws URL, with ``?conversation=`` when there is a key."""
         self.api_key = api_key if api_key is not None else os.environ.get("RKSTREAM_API_KEY")
         self.reconnect = reconnect
         self.timeout_s = timeout_s
@@ -72,6 +97,7 @@ class Connection:
         self._fatal: RkstreamClientError | None = None
         self._last_error: RkstreamClientError | None = None
         self._closed = False
+        self._switching = False  # a new conversation: reconnect at once, whatever reconnect
         self._ids = itertools.count(1)
         self._requests: dict[str, Stream] = {}
         self._calls: dict[str, tuple[str, str, asyncio.Future[Any]]] = {}
@@ -101,6 +127,19 @@ class Connection:
     def limits(self) -> Mapping[str, Any]:
         """The server's limits: ``max_tokens``, ``max_queue``, ``max_message_bytes``..."""
         return self.session.limits if self.session else {}
+
+    @property
+    def conversation(self) -> str | None:
+        """The conversation key sent as ``?conversation=`` on every (re)connection."""
+        return self._conversation
+
+    @property
+    def server_id(self) -> str | None:
+        """Which server the socket reached (``session.created.server.id``; None before
+        the first connection or from a server that names none). After a reconnect it
+        is the new socket's: behind a balancer the same board while it serves (with a
+        conversation key), another one if it went down or drains."""
+        return self.session.server_id if self.session else None
 
     # -- connecting -----------------------------------------------------------------------
     async def connect(self) -> SessionInfo:
@@ -139,6 +178,29 @@ class Connection:
         if self._http is not None:
             await self._http.close()
 
+    async def _switch(self, key: str | None) -> None:
+        """Use ``key`` from now on: a new socket carries it (see ``new_conversation``)."""
+        key = check_conversation_key(key) if key is not None else None
+        if self._closed:
+            raise ConnectionLostError("closed", "the client was closed")
+        self._conversation = key
+        self.url = with_conversation(self.url, key)
+        if self._runner is None:
+            return
+        if self._runner.done() and not isinstance(self._fatal, AuthError):
+            self._fatal = None  # reconnect=False and the socket is gone: a new one, once
+            self._runner = asyncio.create_task(self._run())
+        generation = self.generation
+        self._switching = True
+        self._connected.clear()
+        if self._ws is not None:
+            await self._ws.close()
+        while True:
+            await self._ready()
+            if self.generation != generation:
+                return
+            self._connected.clear()  # the old socket's restore came late: wait on
+
     async def _ready(self) -> None:
         """Return once connected; wait up to timeout_s while a reconnect is under way."""
         loop = asyncio.get_running_loop()
@@ -164,9 +226,10 @@ class Connection:
         attempt = 0
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         while not self._closed:
+            url = self.url
             try:
                 ws = await self._http.ws_connect(
-                    self.url, protocols=(SUBPROTOCOL,), headers=headers,
+                    url, protocols=(SUBPROTOCOL,), headers=headers,
                     heartbeat=self.heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
             except aiohttp.WSServerHandshakeError as exc:
                 error = from_handshake(exc.status, self.url)
@@ -179,10 +242,13 @@ class Connection:
                 self._last_error = ConnectionLostError(
                     "connection_lost", f"cannot reach {self.url}: {exc or type(exc).__name__}")
             else:
-                if await self._serve(ws):
+                if await self._serve(ws, url):
                     attempt = 0
             if self._closed:
                 return
+            if self._switching:  # to another conversation: at once
+                self._switching = False
+                continue
             if not self.reconnect:
                 self._fatal = self._last_error or ConnectionLostError(
                     "connection_lost", f"the connection to {self.url} closed")
@@ -193,7 +259,7 @@ class Connection:
             log.info("rkstream: reconnecting to %s in %.2f s", self.url, delay)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
 
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> bool:
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse[bool], url: str) -> bool:
         """Run one connection until it closes; True if it got its session."""
         try:
             first = await ws.receive(timeout=self.timeout_s)
@@ -205,12 +271,21 @@ class Connection:
                 ConnectionLostError("connection_lost", f"{self.url}: {exc!r}")
             await ws.close()
             return False
+        if url != self.url:  # the conversation changed while this one connected
+            await ws.close()
+            return True
+        self._switching = False
         self._ws = ws
         self.session = SessionInfo.of(event)
         self.generation += 1
         restore = self._spawn(self._restore(self.generation))
+        ending: tuple[aiohttp.WSMsgType, Any, Any] | None = None
         try:
-            async for message in ws:
+            while True:
+                message = await ws.receive()
+                if message.type in _ENDS:
+                    ending = (message.type, message.data, message.extra)
+                    break
                 event = self._decode(message)
                 if event is not None:
                     self._dispatch(event)
@@ -219,9 +294,7 @@ class Connection:
             self._ws = None
             self._connected.clear()
             self._changed.set()
-            code = ws.close_code
-            self._last_error = ConnectionLostError(
-                "connection_lost", f"the connection to {self.url} closed ({code})")
+            self._last_error = ConnectionLostError("connection_lost", _why(url, ending))
             self._fail_all(self._last_error)
             for camera in self._cameras.values():
                 camera._wake_up()
@@ -269,7 +342,7 @@ class Connection:
         if rid is not None and rid in self._requests:
             if kind == "error":  # a failed request's Done carries the same error
                 return
-            typed = parse_event(event)
+            typed = parse_event(event, self.server_id)
             if typed is not None:
                 self._requests[rid]._push(typed)
                 if kind == "response.done":

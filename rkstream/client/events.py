@@ -28,6 +28,25 @@ class Created:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """``response.queued``: a waiting request's place in the queue changed
+    (``queue_position`` as in :class:`Created`: 0 = running now or next).
+
+    Servers before this event send only :class:`Created`'s position."""
+
+    request_id: str
+    queue_position: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """``response.started``: the request got a model instance; the vision step (if
+    any) and the prefill come next. Servers before this event do not send it."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
 class ModelLoading:
     """``model.loading``: the request waits while its model loads."""
 
@@ -114,7 +133,11 @@ class FrameInfo:
 
     ``seq`` is the newest frame when the server looked; ``encoded_seq`` the one whose
     embedding the model got (older when the newest was judged unchanged);
-    ``superseded`` counts frames the server dropped for newer ones.
+    ``superseded`` counts frames the server dropped for newer ones. ``age_ms`` is how
+    old the frame whose embedding the model got was when the prefill began (server
+    clock, from its arrival), ``taken_age_ms`` the same for the frame taken (``seq``);
+    a still scene makes ``age_ms`` grow while ``taken_age_ms`` stays small. Both are
+    None from servers that do not say.
     """
 
     stream: str
@@ -124,6 +147,8 @@ class FrameInfo:
     encoded_seq: int | None = None
     encoded_ts_ns: int | None = None
     unchanged: int = 0
+    age_ms: float | None = None
+    taken_age_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,8 @@ class Done:
     ``status`` is ``completed``, ``incomplete`` (max_tokens), ``cancelled`` or
     ``failed``; ``error`` is the typed exception when the server gave one. ``text``,
     ``reasoning`` and ``tool_calls`` are filled only for ``stream=False``.
+    ``server_id`` names the server that answered (``session.created.server.id`` of
+    the socket the request ran on; None from a server that names none).
     """
 
     request_id: str
@@ -146,10 +173,12 @@ class Done:
     reasoning: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     frame: FrameInfo | None = None
+    server_id: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
-Event = Created | ModelLoading | ModelLoaded | TextDelta | ReasoningDelta | ToolCall | Done
+Event = (Created | Queued | Started | ModelLoading | ModelLoaded | TextDelta | ReasoningDelta
+         | ToolCall | Done)
 
 
 def _tool_call(rid: str, ev: Mapping[str, Any], seq: int = -1) -> ToolCall:
@@ -159,7 +188,7 @@ def _tool_call(rid: str, ev: Mapping[str, Any], seq: int = -1) -> ToolCall:
                     str(ev.get("arguments", "")), str(problem) if problem else None)
 
 
-def _done(rid: str, ev: Mapping[str, Any]) -> Done:
+def _done(rid: str, ev: Mapping[str, Any], server_id: str | None) -> Done:
     usage = ev.get("usage") or {}
     times = ev.get("timings") or {}
     timings = Timings(**{name: _float(times.get(name)) for name in (
@@ -171,7 +200,8 @@ def _done(rid: str, ev: Mapping[str, Any]) -> Done:
         info = FrameInfo(str(frame.get("stream", "")), int(frame.get("seq", -1)),
                          frame.get("ts_ns"), int(frame.get("superseded") or 0),
                          frame.get("encoded_seq"), frame.get("encoded_ts_ns"),
-                         int(frame.get("unchanged") or 0))
+                         int(frame.get("unchanged") or 0), _float(frame.get("age_ms")),
+                         _float(frame.get("taken_age_ms")))
     error = from_body(ev["error"], rid) if isinstance(ev.get("error"), Mapping) else None
     calls = tuple(_tool_call(rid, c, i) for i, c in enumerate(ev.get("tool_calls") or ()))
     model = ev.get("model")
@@ -179,11 +209,16 @@ def _done(rid: str, ev: Mapping[str, Any]) -> Done:
                 Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
                       int(usage.get("reasoning_tokens") or 0)),
                 timings, str(model) if model is not None else None, error, ev.get("text"),
-                ev.get("reasoning"), calls, info, ev)
+                ev.get("reasoning"), calls, info, server_id, ev)
 
 
-def parse_event(ev: Mapping[str, Any]) -> Event | None:
-    """The typed event for one of a request's server events (None: not one of them)."""
+def parse_event(ev: Mapping[str, Any], server_id: str | None = None) -> Event | None:
+    """The typed event for one of a request's server events.
+
+    None for a type this client does not know: a newer server's events are skipped,
+    so old clients and new servers (and the reverse) work together. ``server_id`` is
+    put in a :class:`Done`.
+    """
     kind, rid = ev.get("type"), str(ev.get("request_id", ""))
     if kind == "response.output_text.delta":
         return TextDelta(rid, int(ev["seq"]), str(ev["delta"]))
@@ -192,9 +227,13 @@ def parse_event(ev: Mapping[str, Any]) -> Event | None:
     if kind == "response.output_tool_call":
         return _tool_call(rid, ev)
     if kind == "response.done":
-        return _done(rid, ev)
+        return _done(rid, ev, server_id)
     if kind == "response.created":
         return Created(rid, int(ev.get("queue_position", 0)))
+    if kind == "response.queued":
+        return Queued(rid, int(ev.get("queue_position", 0)))
+    if kind == "response.started":
+        return Started(rid)
     if kind == "model.loading":
         return ModelLoading(rid, str(ev.get("model", "")), int(ev.get("queue_position", 0)))
     if kind == "model.loaded":
@@ -225,6 +264,11 @@ class Answer:
     @property
     def timings(self) -> Timings:
         return self.done.timings
+
+    @property
+    def server_id(self) -> str | None:
+        """The server that answered (see :attr:`Done.server_id`)."""
+        return self.done.server_id
 
 
 @dataclass(frozen=True)
@@ -260,8 +304,11 @@ class ModelInfo:
 class SessionInfo:
     """The facts of ``session.created``: the server, its models and its limits.
 
-    ``limits`` holds ``max_tokens``, ``max_queue``, ``max_message_bytes``... as the
-    server announced them; ``vision`` its camera-frame policy.
+    ``server`` is ``{name, version, id}``: ``id`` (also :attr:`server_id`) names the
+    board behind a load balancer. ``conversation`` is the conversation key the
+    server got (None: none, or a server from before keys). ``limits`` holds
+    ``max_tokens``, ``max_queue``, ``max_message_bytes``... as the server announced
+    them; ``vision`` its camera-frame policy.
     """
 
     session_id: str
@@ -271,14 +318,25 @@ class SessionInfo:
     models: tuple[ModelInfo, ...]
     limits: Mapping[str, Any]
     vision: Mapping[str, Any]
+    conversation: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def server_id(self) -> str | None:
+        """``server.id``: which server this socket reached (None if it names none)."""
+        sid = self.server.get("id")
+        return str(sid) if sid is not None else None
 
     @classmethod
     def of(cls, ev: Mapping[str, Any]) -> SessionInfo:
+        server = ev.get("server")
+        key = ev.get("conversation")
         return cls(str(ev.get("session_id", "")), str(ev.get("protocol", "")),
-                   ev.get("server") or {}, ModelInfo.of(ev.get("model") or {}),
+                   server if isinstance(server, Mapping) else {},
+                   ModelInfo.of(ev.get("model") or {}),
                    tuple(ModelInfo.of(m) for m in ev.get("models") or ()),
-                   ev.get("limits") or {}, ev.get("vision") or {}, ev)
+                   ev.get("limits") or {}, ev.get("vision") or {},
+                   str(key) if key is not None else None, ev)
 
 
 # -- building a request's input ---------------------------------------------------------

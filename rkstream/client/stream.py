@@ -7,7 +7,17 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from rkstream.client.errors import RkstreamClientError
-from rkstream.client.events import Answer, Done, Event, ReasoningDelta, TextDelta, ToolCall
+from rkstream.client.events import (
+    Answer,
+    Created,
+    Done,
+    Event,
+    Queued,
+    ReasoningDelta,
+    Started,
+    TextDelta,
+    ToolCall,
+)
 
 if TYPE_CHECKING:
     from rkstream.client.aio import AsyncClient
@@ -26,12 +36,22 @@ class Stream:
 
     Attributes:
         request_id: the id on the socket (the client picks it).
+        server_id: the server it was sent to (``session.created.server.id`` of the
+            socket), once sent.
+        queue_position: the requests waiting ahead of it in its model's queue (0 =
+            running now or next; from :class:`Created` and :class:`Queued`), None
+            before the server said.
+        started: True once it has a model instance (:class:`Started`, or its first
+            output from a server that does not send Started).
         text, reasoning, tool_calls: what came so far.
         done: the :class:`Done`, once it came.
     """
 
     def __init__(self, client: AsyncClient, request_id: str, event: dict[str, Any]) -> None:
         self.request_id = request_id
+        self.server_id: str | None = None
+        self.queue_position: int | None = None
+        self.started = False
         self.text = ""
         self.reasoning = ""
         self.tool_calls: list[ToolCall] = []
@@ -118,6 +138,10 @@ class Stream:
     def _push(self, event: Event) -> None:
         if self._finished:
             return
+        if isinstance(event, (Created, Queued)):
+            self.queue_position = event.queue_position
+        elif isinstance(event, (Started, TextDelta, ReasoningDelta, ToolCall)):
+            self.started = True
         if isinstance(event, TextDelta):
             self.text += event.text
         elif isinstance(event, ReasoningDelta):

@@ -41,12 +41,16 @@ class Client:
     Args:
         url: ``host:port``, ``http://host:port`` or ``ws://host:port/ws``.
         api_key: the server's key (default: ``RKSTREAM_API_KEY`` from the environment).
+        conversation: a conversation key for a load balancer, sent as
+            ``?conversation=`` on every (re)connection (see :class:`AsyncClient`);
+            ValueError if it is not 1 to 128 visible ASCII characters.
         connect: connect now (raises :class:`AuthError` or :class:`ConnectionLostError`).
         **options: :class:`AsyncClient`'s (``reconnect``, ``timeout_s``, ...).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None,
-                 connect: bool = True, **options: Any) -> None:
+                 conversation: str | None = None, connect: bool = True,
+                 **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="rkstream-client", daemon=True)
@@ -54,10 +58,17 @@ class Client:
         self._closed = False
 
         async def make() -> AsyncClient:
-            return AsyncClient(url, api_key=api_key, **options)
+            return AsyncClient(url, api_key=api_key, conversation=conversation, **options)
 
-        self.aio = self._run(make())
-        """The :class:`AsyncClient` underneath (use it only on :attr:`loop`)."""
+        try:
+            self.aio = self._run(make())
+            """The :class:`AsyncClient` underneath (use it only on :attr:`loop`)."""
+        except BaseException:  # a bad option or key (ValueError): no thread left behind
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+            raise
         if connect:
             try:
                 self.connect()
@@ -134,6 +145,21 @@ class Client:
     def limits(self) -> Mapping[str, Any]:
         return self.aio.limits
 
+    @property
+    def conversation(self) -> str | None:
+        """The conversation key sent on every (re)connection."""
+        return self.aio.conversation
+
+    @property
+    def server_id(self) -> str | None:
+        """Which server the socket reached (see :attr:`AsyncClient.server_id`)."""
+        return self.aio.server_id
+
+    def new_conversation(self, key: str | None = None) -> str:
+        """As :meth:`AsyncClient.new_conversation`: a fresh key (or ``key``) on a new
+        socket; returns the key."""
+        return self._run(self.aio.new_conversation(key))
+
     # -- requests --------------------------------------------------------------------------
     def stream(self, messages: Messages, **options: Any) -> SyncStream:
         """Start a response; iterate the returned :class:`SyncStream` for its events.
@@ -203,6 +229,21 @@ class SyncStream:
     @property
     def done(self) -> Done | None:
         return self._stream.done
+
+    @property
+    def server_id(self) -> str | None:
+        """The server the request was sent to (None until it was sent)."""
+        return self._stream.server_id
+
+    @property
+    def queue_position(self) -> int | None:
+        """Its place in the queue while it waits (see :attr:`Stream.queue_position`)."""
+        return self._stream.queue_position
+
+    @property
+    def started(self) -> bool:
+        """True once it has a model instance (see :attr:`Stream.started`)."""
+        return self._stream.started
 
     def next(self, timeout_s: float | None = None) -> Event:
         """The next event; raises StopIteration after the Done, ``queue.Empty`` when

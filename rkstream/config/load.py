@@ -194,6 +194,10 @@ def _check_models(settings: Settings) -> None:
 def _check_together(settings: Settings) -> Settings:
     """Rules between keys, checked once every layer is applied."""
     _check_models(settings)
+    if bool(settings.server.tls_cert) != bool(settings.server.tls_key):
+        empty = "server.tls_key" if settings.server.tls_cert else "server.tls_cert"
+        raise ConfigError(f"config: {empty} is empty, but server.tls_cert and server.tls_key "
+                          "go together: set both (PEM files) for https, or neither for http")
     default, cap = settings.sampling.max_tokens, settings.limits.max_tokens
     if default > cap:
         # Otherwise every request that does not name max_tokens is refused.

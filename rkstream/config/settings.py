@@ -66,6 +66,10 @@ class ServerSettings:
     allowed_origins: str = opt("", "web pages (origins) besides the server's own that may "
                                     "open /ws from a browser: comma-separated, or *",
                                 parse=parse_origins, allowed=ORIGINS_ALLOWED)
+    tls_cert: str = opt("", "PEM certificate file (with its chain) for https and wss; with "
+                            "server.tls_key. Browsers give the page's camera and clipboard "
+                            "only to https pages or localhost (empty = plain http)")
+    tls_key: str = opt("", "PEM private key of server.tls_cert, unencrypted; both or neither")
     event_loop: str = opt("asyncio", "the event loop: asyncio = Python's own (measured as fast "
                                      "as uvloop here, see README); uvloop = uvloop (pip install "
                                      "'rkstream[uvloop]'), or refuse to start; auto = uvloop "

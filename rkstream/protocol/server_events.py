@@ -69,6 +69,17 @@ def response_created(request_id: str, queue_position: int) -> dict[str, Any]:
             "queue_position": queue_position}
 
 
+def response_queued(request_id: str, queue_position: int) -> dict[str, Any]:
+    """A waiting request moved up: ``queue_position`` requests wait ahead of it."""
+    return {"type": "response.queued", "request_id": request_id,
+            "queue_position": queue_position}
+
+
+def response_started(request_id: str) -> dict[str, Any]:
+    """The request holds a model instance: its vision step and prefill come next."""
+    return {"type": "response.started", "request_id": request_id}
+
+
 DeltaKind = Literal["text", "reasoning"]
 _DELTA_TYPES: dict[DeltaKind, str] = {"text": "response.output_text.delta",
                                       "reasoning": "response.output_reasoning.delta"}

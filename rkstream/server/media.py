@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,20 +43,34 @@ class FrameUse:
     (the same one unless it was judged unchanged; None when no embedding was
     made, as when the frame could not be decoded); ``unchanged`` how many
     frames newer than the encoded one were judged unchanged from it.
+    ``age_ms``/``taken_age_ms``: how old the encoded / the taken frame was at
+    the end of the vision step (server clock, from its arrival); None until then.
     """
 
     stream: str
     seq: int
     ts_ns: int | None
     superseded: int
+    received_s: float
     encoded_seq: int | None = None
     encoded_ts_ns: int | None = None
     unchanged: int = 0
+    encoded_received_s: float | None = None
+    age_ms: float | None = None
+    taken_age_ms: float | None = None
+
+    def stamp(self, now_s: float) -> None:
+        """The vision step ended at ``now_s`` (``time.perf_counter``): the model gets
+        the embedding now."""
+        self.taken_age_ms = round((now_s - self.received_s) * 1000.0, 3)
+        if self.encoded_received_s is not None:
+            self.age_ms = round((now_s - self.encoded_received_s) * 1000.0, 3)
 
     def as_dict(self) -> dict[str, Any]:
         return {"stream": self.stream, "seq": self.seq, "ts_ns": self.ts_ns,
                 "superseded": self.superseded, "encoded_seq": self.encoded_seq,
-                "encoded_ts_ns": self.encoded_ts_ns, "unchanged": self.unchanged}
+                "encoded_ts_ns": self.encoded_ts_ns, "unchanged": self.unchanged,
+                "age_ms": self.age_ms, "taken_age_ms": self.taken_age_ms}
 
 
 def ahead_policy(vision: VisionSettings) -> AheadPolicy:
@@ -131,8 +146,14 @@ class Media:
             raise _unavailable()
         self.done_waiting(request)  # it holds an instance now
         images: list[ImageEmbedding] = []
+        used: list[FrameUse] = []
+
+        def note(frame: FrameUse) -> None:
+            used.append(frame)
+            on_frame(frame)
+
         for part in request.media:
-            images.append(await self._embedding(vision, part, on_frame))
+            images.append(await self._embedding(vision, part, note))
         needed = (estimate_text_tokens(job) + sum(i.embedding.shape[0] for i in images)
                   + job.sampling.max_tokens)
         if needed > context_length:
@@ -142,6 +163,9 @@ class Media:
                 f"({sum(i.embedding.shape[0] for i in images)} tokens) + max_tokens "
                 f"({job.sampling.max_tokens}) need {needed} tokens; the context holds "
                 f"{context_length}. Lower max_tokens or send fewer images")
+        end_s = time.perf_counter()  # the prefill starts now
+        for frame in used:
+            frame.stamp(end_s)
         return replace(job, images=tuple(images), image_tags=vision.tags)
 
     async def _embedding(self, vision: VisionService, part: ImagePart | FramePart,
@@ -149,12 +173,13 @@ class Media:
         if isinstance(part, FramePart):
             def taken(frame: Frame) -> None:  # reported even if its encode then fails
                 on_frame(FrameUse(frame.stream, frame.seq, frame.ts_ns,
-                                  self.frames.superseded.get(frame.stream, 0)))
+                                  self.frames.superseded.get(frame.stream, 0),
+                                  frame.received_s))
 
             frame, used = await self.encoding.embedding(part.stream, vision, taken)
             on_frame(FrameUse(frame.stream, frame.seq, frame.ts_ns,
-                              self.frames.superseded.get(frame.stream, 0), used.seq,
-                              used.ts_ns, used.unchanged))
+                              self.frames.superseded.get(frame.stream, 0), frame.received_s,
+                              used.seq, used.ts_ns, used.unchanged, used.received_s))
             return used.embedding
         if part.image_id is not None:
             cached = vision.cache.get(self.uploads.get(part.image_id, ""))

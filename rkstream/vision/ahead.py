@@ -43,12 +43,14 @@ class FrameEmbedding:
             was judged unchanged).
         ts_ns: that frame's ``ts_ns``.
         unchanged: frames newer than it that were judged unchanged from it.
+        received_s: when that frame arrived (``Frame.received_s``).
     """
 
     embedding: ImageEmbedding
     seq: int
     ts_ns: int | None
     unchanged: int
+    received_s: float
 
 
 @dataclass
@@ -58,10 +60,12 @@ class _Anchor:
     ts_ns: int | None
     thumb: Thumb | None
     embedding: ImageEmbedding
+    received_s: float
     unchanged: int = 0
 
     def use(self) -> FrameEmbedding:
-        return FrameEmbedding(self.embedding, self.seq, self.ts_ns, self.unchanged)
+        return FrameEmbedding(self.embedding, self.seq, self.ts_ns, self.unchanged,
+                              self.received_s)
 
 
 class _Stream:
@@ -146,7 +150,8 @@ class FrameEncoder:
         if thumb is None and threshold > 0:
             thumb, _ = await vision.compare(frame.data, None, format=frame.format,
                                             width=frame.width, height=frame.height)
-        state.anchor = _Anchor(vision, frame.seq, frame.ts_ns, thumb, embedding)
+        state.anchor = _Anchor(vision, frame.seq, frame.ts_ns, thumb, embedding,
+                               frame.received_s)
         return frame, state.anchor.use()
 
     # -- encode-ahead --------------------------------------------------------------------

@@ -33,8 +33,8 @@ async def test_the_camera_loop_gets_answers(client_server: ServerMaker) -> None:
     text = out.decode()
     assert process.returncode == 0, err.decode()
     assert "using generated frames" in text
-    answers = re.findall(r"frame (\d+): Echo: .*What is in front|frame (\d+): Echo: .*What "
-                         r"changed", text)
+    answers = re.findall(r"frame (\d+), \d+ ms old: Echo: .*What is in front|"
+                         r"frame (\d+), \d+ ms old: Echo: .*What changed", text)
     assert len(answers) >= 2, text
     seqs = [int(a or b) for a, b in answers]
     assert seqs == sorted(seqs) and seqs[-1] > seqs[0]  # newer frames each time

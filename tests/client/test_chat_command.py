@@ -120,3 +120,50 @@ async def test_a_refused_key_is_said_plainly(client_server: ServerMaker) -> None
     async with chat(url(server), "--key", "wrong") as session:
         code = await session.end()
     assert code == 1 and "HTTP 401" in session.err and "Traceback" not in session.err
+
+
+async def test_the_server_is_named_and_the_queue_shown(client_server: ServerMaker) -> None:
+    from rkstream.client import AsyncClient
+
+    server = await client_server(server={"id": "board5"})
+    async with AsyncClient(url(server), timeout_s=5000 * MS) as other:
+        # One answer runs and one waits: the chat's request has one ahead of it.
+        busy = [other.stream(LONG), other.stream(LONG)]
+        for stream in busy:
+            await stream.start()
+        await eventually(lambda: busy[0].text and busy[1].queue_position is not None)
+        async with chat(url(server)) as session:
+            await session.write(reply("after the queue") + "\n")
+            await session.wait_for(lambda: "(waiting, 1 ahead)" in session.err)
+            for stream in busy:
+                await stream.cancel()
+            await session.wait_for(lambda: "after the queue" in session.out)
+            await session.write(reply("second") + "\n/reset\n" + reply("third") + "\n")
+            code = await session.end()
+    assert code == 0, session.err
+    assert session.out.splitlines() == ["after the queue", "second", "third"]
+    # The server is named once: the first time, and never again while it stays.
+    assert session.err.count("server board5") == 1 and "was " not in session.err
+    assert session.err.count("tokens/s") == 3 and "\x1b" not in session.err
+
+
+def test_reset_starts_a_new_conversation() -> None:
+    import argparse
+    import io
+
+    from rkstream.client.chat_cli import Chat
+
+    class Stub:
+        keys: list[str | None] = []
+
+        def new_conversation(self, key: str | None = None) -> str:
+            self.keys.append(key)
+            return "fresh"
+
+    stub = Stub()
+    err = io.StringIO()
+    session = Chat(stub, argparse.Namespace(image=[]), io.StringIO(),  # type: ignore[arg-type]
+                   io.StringIO(), err)
+    session.history.append({"role": "user", "content": "hi"})
+    session.command("/reset")
+    assert stub.keys == [None] and not session.history and "forgotten" in err.getvalue()

@@ -3,6 +3,7 @@ balancer, reporting which server answered, the text, and what came from the KV c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,9 @@ from typing import Any
 
 import aiohttp
 
-from helpers import MS, WSClient
+from rkstream.client import AsyncClient, RkstreamClientError, TextDelta
+
+from helpers import MS
 
 KEY = "X-Rkstream-Conversation"
 
@@ -32,32 +35,36 @@ def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
-async def ws_turn(session: aiohttp.ClientSession, base: str, messages: list[dict[str, Any]],
+async def ws_turn(_session: aiohttp.ClientSession, base: str, messages: list[dict[str, Any]],
                   key: str | None = None, started: list[Turn] | None = None) -> Turn:
-    """One request on a new socket (``?conversation=key``), closed after its response.done."""
+    """One request on a new socket (rkstream.client with ``conversation=key``, sent as
+    ``?conversation=``), closed after its response.done. The client has its own HTTP
+    session; ``_session`` is taken for the same call as :func:`sse_turn`."""
     turn = Turn("ws")
     if started is not None:
         started.append(turn)
-    url = base.replace("http", "ws", 1) + "/ws" + (f"?conversation={key}" if key else "")
+    client = AsyncClient(base, conversation=key, reconnect=False, timeout_s=10000 * MS)
+
+    async def run() -> None:
+        session = await client.connect()
+        turn.server = client.server_id or ""
+        assert session.conversation == key
+        stream = client.stream(messages)
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                turn.text += event.text
+                turn.times_s.append(time.monotonic())
+        assert stream.done is not None and stream.done.server_id == turn.server
+        turn.ok = stream.done.status == "completed"
+        turn.cached = int(stream.done.timings.cache_n or 0)
+        turn.error = "" if turn.ok else f"status {stream.done.status}"
+
     try:
-        async with session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=2)) as ws:
-            conn = WSClient(ws)
-            created = await conn.recv_type("session.created", 10000 * MS)
-            turn.server = created["server"]["id"]
-            assert created["conversation"] == key
-            await conn.send({"type": "response.create", "request_id": "r", "input": messages})
-            while True:
-                event = await conn.recv(30000 * MS)
-                if event["type"] == "response.output_text.delta":
-                    turn.text += event["delta"]
-                    turn.times_s.append(time.monotonic())
-                elif event["type"] == "response.done":
-                    turn.ok = event["status"] == "completed"
-                    turn.cached = event["timings"].get("cache_n") or 0
-                    turn.error = "" if turn.ok else json.dumps(event.get("error"))
-                    return turn
-    except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        await asyncio.wait_for(run(), 40000 * MS)
+    except (RkstreamClientError, asyncio.TimeoutError) as exc:
         turn.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.close()
     return turn
 
 

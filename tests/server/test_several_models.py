@@ -191,7 +191,9 @@ async def test_ws_sees_the_model_load_and_can_pick_a_session_model(board: Any) -
                       "input": [{"role": "user", "content": reply("thought")}]})
         done = (await c.until_done({"r1"}))["r1"]
         kinds = [e["type"] for e in c.events if e.get("request_id") == "r1"]
-        assert kinds[:3] == ["response.created", "model.loading", "model.loaded"]
+        # The load comes before the queue: started only once the model is there.
+        assert kinds[:4] == ["response.created", "model.loading", "model.loaded",
+                             "response.started"]
         loading = next(e for e in c.events if e["type"] == "model.loading")
         assert loading["model"] == "think" and loading["queue_position"] == 0
         assert done["status"] == "completed" and done["model"] == "think"
@@ -218,6 +220,7 @@ async def test_a_request_can_be_cancelled_while_its_model_loads(board: Any) -> N
         await c.send({"type": "response.cancel", "request_id": "r"})
         done = (await c.until_done({"r"}))["r"]
         assert done["status"] == "cancelled" and done["model"] == "smol"
+        assert not any(e["type"] == "response.started" for e in c.events)
     # The load goes on (it is not the request's), and the model stays for the next one.
     await b.until_loaded(["chat", "smol"])
 

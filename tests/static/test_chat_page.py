@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 from aiohttp.test_utils import TestServer
+from page_steps import CHROMIUM, FLAGS, STATIC, answered, ask, connected, pw_ms
 from PIL import Image
 from playwright.async_api import Page, WebSocketRoute, async_playwright
 
@@ -33,20 +34,11 @@ from rkstream.server.app import make_app
 from helpers import MS, model_file, reply, standin_settings
 from tiny_encoder import build_tiny_encoder
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
-STATIC = Path(__file__).resolve().parents[2] / "static"
 ServerFactory = Callable[..., Awaitable[TestServer]]
 # Set RKSTREAM_SCREENSHOTS to a folder to keep the screenshots for a person to look at.
 SCREENSHOT_DIR = os.environ.get("RKSTREAM_SCREENSHOTS")
 # A long answer: 512 tokens (the stand-in's cap), 20 ms each.
 LONG = reply("w ") + "[[n_tokens=2000]][[token_delay_us=20000]]"
-
-
-def pw_ms(ms: float) -> float:
-    """A Playwright timeout (milliseconds) of ``ms`` in the project's timing unit."""
-    return ms * MS * 1000
 
 
 def static_copy(tmp_path: Path) -> str:
@@ -100,24 +92,6 @@ async def chat_page(server: TestServer,
         finally:
             await browser.close()
     assert errors == []
-
-
-async def connected(page: Page) -> None:
-    await page.wait_for_function(
-        "document.getElementById('status').dataset.state === 'connected'", timeout=pw_ms(5000))
-
-
-async def ask(page: Page, text: str) -> None:
-    """Type ``text`` and press Enter."""
-    await page.fill("#prompt", text)
-    await page.press("#prompt", "Enter")
-
-
-async def answered(page: Page, index: int) -> str:
-    """The stats line of the ``index``-th answer, once it is there."""
-    meta = page.locator(".msg.assistant").nth(index).locator(".meta")
-    await meta.wait_for(timeout=pw_ms(10000))
-    return await meta.inner_text()
 
 
 async def test_chat_page_streams_markdown_and_stops(server: TestServer, tmp_path: Path) -> None:

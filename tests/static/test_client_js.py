@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from page_steps import CHROMIUM, FLAGS, STATIC, pw_ms
 from playwright.async_api import Page, async_playwright
 
 from rkstream.config import ServerSettings, VisionSettings
@@ -27,20 +28,11 @@ from rkstream.server.app import make_app
 from helpers import MS, jpeg, model_file, reply, standin_settings
 from tiny_encoder import build_tiny_encoder
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
 PAGE = Path(__file__).with_name("client_page.html")
-STATIC = Path(__file__).resolve().parents[2] / "static"
 ServerFactory = Callable[..., Awaitable[TestServer]]
 Maker = Callable[..., Awaitable[TestServer]]
 # A long answer: 512 tokens (the stand-in's cap), 20 ms each.
 LONG = reply("w ") + "[[n_tokens=2000]][[token_delay_us=20000]]"
-
-
-def pw_ms(ms: float) -> float:
-    """A Playwright timeout (milliseconds) of ``ms`` in the project's timing unit."""
-    return ms * MS * 1000
 
 
 def static_with_page(tmp_path: Path) -> Path:

@@ -29,6 +29,7 @@ import msgpack
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
+from page_steps import CAMERA_FLAGS, CHROMIUM, FLAGS, STATIC, answered, ask, connected, pw_ms
 from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright
 
@@ -41,19 +42,9 @@ from tiny_encoder import build_tiny_encoder
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run",
-         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-STATIC = Path(__file__).resolve().parents[2] / "static"
 SCREENSHOT_DIR = os.environ.get("RKSTREAM_SCREENSHOTS")
 RENDER_REPORT = os.environ.get("RKSTREAM_RENDER_REPORT")
 Start = Callable[..., Awaitable[TestServer]]
-
-
-def pw_ms(ms: float) -> float:
-    """A Playwright timeout (milliseconds) of ``ms`` in the project's timing unit."""
-    return ms * MS * 1000
 
 
 # ---- shared by the module: the browser and the servers ---------------------------
@@ -63,7 +54,7 @@ def pw_ms(ms: float) -> float:
 async def browser() -> AsyncIterator[Browser]:
     assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
     async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS + CAMERA_FLAGS)
         yield launched
         await launched.close()
 
@@ -117,10 +108,22 @@ async def vision(start: Start) -> TestServer:
 
 
 class Sent(list[dict[str, Any]]):
-    """The events the page sent on its sockets, decoded."""
+    """The events the page sent on its sockets, decoded; ``received``: those it got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[dict[str, Any]] = []
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self if e.get("type") == kind]
+
+    def got(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.received if e.get("type") == kind]
+
+
+def _decode(data: bytes | str) -> dict[str, Any]:
+    event: dict[str, Any] = msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+    return event
 
 
 @asynccontextmanager
@@ -136,8 +139,11 @@ async def open_page(browser: Browser, server: TestServer, *, init: str = "",
         page = await ctx.new_page()
         page.on("pageerror", lambda error: errors.append(error))
         page.on("console", lambda message: print("console:", message.text))
-        page.on("websocket", lambda ws: ws.on("framesent", lambda data: sent.append(
-            msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data))))
+        def watch(ws: Any) -> None:
+            ws.on("framesent", lambda data: sent.append(_decode(data)))
+            ws.on("framereceived", lambda data: sent.received.append(_decode(data)))
+
+        page.on("websocket", watch)
         if init:
             await page.add_init_script(init)
         await page.goto(str(server.make_url("/")))
@@ -146,23 +152,6 @@ async def open_page(browser: Browser, server: TestServer, *, init: str = "",
     finally:
         await ctx.close()
     assert errors == []
-
-
-async def connected(page: Page) -> None:
-    await page.wait_for_function(
-        "document.getElementById('status').dataset.state === 'connected'", timeout=pw_ms(5000))
-
-
-async def ask(page: Page, text: str) -> None:
-    await page.fill("#prompt", text)
-    await page.press("#prompt", "Enter")
-
-
-async def answered(page: Page, index: int) -> str:
-    """The stats line of the ``index``-th answer, once it is there."""
-    meta = page.locator(".msg.assistant").nth(index).locator(".meta")
-    await meta.wait_for(timeout=pw_ms(10000))
-    return await meta.inner_text()
 
 
 async def idle(page: Page) -> None:
@@ -308,32 +297,48 @@ async def test_rename_a_conversation(browser: Browser, plain: TestServer) -> Non
 # ---- the queue, and the API key -----------------------------------------------------------
 
 
-async def test_queue_position_shows_until_the_first_token(browser: Browser,
+async def waiting_shows(page: Page, text: str) -> None:
+    """Wait until the last answer's waiting line says ``text``."""
+    await page.wait_for_function(
+        "(text) => [...document.querySelectorAll('.msg.assistant .waiting')].at(-1)"
+        "?.textContent === text", arg=text, timeout=pw_ms(5000))
+
+
+def prefill_ms(ms: float) -> str:
+    """The stand-in's marker for a prefill that takes ``ms`` (in the timing unit)."""
+    return f"[[prefill_delay_us={int(ms * MS * 1_000_000)}]]"
+
+
+async def test_queue_position_counts_down_then_prefilling(browser: Browser,
                                                           plain: TestServer) -> None:
     long = reply("w ") + "[[n_tokens=2000]][[token_delay_us=20000]]"
-    async with open_page(browser, plain) as (page, _), aiohttp.ClientSession() as http, \
+    async with open_page(browser, plain) as (page, sent), aiohttp.ClientSession() as http, \
             http.ws_connect(plain.make_url("/ws")) as ws:
         await ws.receive()  # session.created
-        # Another client holds the one model instance and has a request queued behind it.
-        for rid in ("running", "queued"):
+        # Another client holds the one model instance and has two requests queued behind it.
+        for rid in ("running", "first", "second"):
             await ws.send_bytes(msgpack.packb(create(rid, long)))
         while True:
             event = msgpack.unpackb((await ws.receive(timeout=5000 * MS)).data)
             if event["type"] == "response.output_text.delta":
                 break
-        await ask(page, reply("my turn"))
-        waiting = page.locator(".msg.assistant .waiting")
-        await page.wait_for_function(
-            "document.querySelector('.msg.assistant .waiting').textContent === 'waiting, 1 ahead'",
-            timeout=pw_ms(5000))
-        assert await waiting.is_visible()
+        await ask(page, reply("my turn") + prefill_ms(1500))
+        await waiting_shows(page, "waiting, 2 ahead")
         assert await page.is_disabled("#send")
-        # The others go: the page's answer streams, and the waiting line is gone.
-        for rid in ("running", "queued"):
-            await ws.send_bytes(msgpack.packb({"type": "response.cancel", "request_id": rid}))
+        # Each request ahead that goes moves the page's up (response.queued)...
+        cancel = {"type": "response.cancel"}
+        await ws.send_bytes(msgpack.packb(cancel | {"request_id": "second"}))
+        await waiting_shows(page, "waiting, 1 ahead")
+        await ws.send_bytes(msgpack.packb(cancel | {"request_id": "first"}))
+        await waiting_shows(page, "next")
+        # ...and once it holds the model (response.started), it is prefilling.
+        await ws.send_bytes(msgpack.packb(cancel | {"request_id": "running"}))
+        await waiting_shows(page, "prefilling…")
         assert "tokens" in await answered(page, 0)
-        assert await waiting.is_hidden()
+        assert await page.locator(".msg.assistant .waiting").is_hidden()
         assert "my turn" in await page.locator(".msg.assistant .content").inner_text()
+        assert [e["queue_position"] for e in sent.got("response.queued")] == [1, 0]
+        assert len(sent.got("response.started")) == 1
 
 
 async def test_forget_the_api_key(browser: Browser, start: Start) -> None:
@@ -383,6 +388,13 @@ async def test_model_loading_shows_until_the_first_token(browser: Browser,
 # ---- images over a reload ---------------------------------------------------------------
 
 
+async def images_kept(page: Page) -> None:
+    """Wait until no message says its images are not kept (their small copies are made)."""
+    await page.wait_for_function(
+        "![...document.querySelectorAll('.msg.user .meta')]"
+        ".some((m) => m.textContent.includes('not kept'))", timeout=pw_ms(5000))
+
+
 async def test_images_are_kept_over_a_reload(browser: Browser, vision: TestServer,
                                              tmp_path: Path) -> None:
     big = tmp_path / "big.png"
@@ -391,6 +403,7 @@ async def test_images_are_kept_over_a_reload(browser: Browser, vision: TestServe
         await page.set_input_files("#file", str(big))
         await ask(page, reply("A blue picture."))
         await answered(page, 0)
+        await images_kept(page)  # the label follows once the copy is kept
         await page.reload()
         await connected(page)
         # The thumbnail is back, from a small JPEG kept in localStorage.
@@ -456,6 +469,9 @@ async def test_camera_sends_frames_and_answers_name_theirs(browser: Browser,
         await ask_button.click()
         stats = await answered(page, 0)
         assert "frame #" in stats and "s old" in stats and "superseded" in stats, stats
+        # The age is the server's (response.done.frame.age_ms), not an estimate.
+        age_ms = sent.got("response.done")[-1]["frame"]["age_ms"]
+        assert f", {age_ms / 1000:.2f} s old" in stats, (age_ms, stats)
         create_event = sent.of("response.create")[-1]
         assert create_event["input"][-1]["content"] == [
             {"type": "text", "text": "What do you see?"}, {"type": "frame", "stream": "camera"}]
@@ -464,8 +480,9 @@ async def test_camera_sends_frames_and_answers_name_theirs(browser: Browser,
         # The question shows the frame the model saw.
         thumb = page.locator(".msg.user .thumbs img")
         assert await thumb.get_attribute("alt") == "the camera frame the model saw"
-        # A typed question goes with the newest frame too.
-        await ask(page, reply("A test pattern."))
+        # A typed question goes with the newest frame too; the model reads it first.
+        await ask(page, reply("A test pattern.") + prefill_ms(1500))
+        await waiting_shows(page, "reading the image…")
         assert "frame #" in await answered(page, 1)
         runs = [r for r in records(vision) if r["call"] == "run"]
         assert runs[-1]["n_image"] == 1
@@ -739,6 +756,7 @@ async def test_screenshots(browser: Browser, vision: TestServer, tmp_path: Path)
             await ask(page, "What is on this board? " + reply("A green circuit board.")
                       + "[[token_delay_us=50000]]")
             await idle(page)
+            await images_kept(page)
             await page.evaluate(HIDE_DIRECTIVES)
             await shot(page, name, tmp_path)
             if name == "page-phone.png":

@@ -236,8 +236,10 @@ class Connection:
             return
         self.requests[rid] = stream
         ticket = stream.ticket
-        self.outbox.put(ev.response_created(rid, ticket.queue_position if ticket else 0))
+        position = ticket.queue_position if ticket is not None else 0
+        self.outbox.put(ev.response_created(rid, position))
         if ticket is not None:
+            stream.follow(ticket, position)
             self._spawn(self._finish(stream, ticket))
         else:  # its model loads first
             stream.loading = self._spawn(self._load_then_run(stream, event))
@@ -293,6 +295,8 @@ class Connection:
             stream.load_ms = lease.load_ms
             self.outbox.put(ev.model_loaded(rid, stream.model, lease.load_ms))
             self._submit(stream, event, lease)
+            assert stream.ticket is not None
+            stream.follow(stream.ticket, 0)  # created said 0; now its place in the model's queue
         except asyncio.CancelledError:
             self.requests.pop(rid, None)
             outcome = Outcome("cancelled")
@@ -305,7 +309,6 @@ class Connection:
             ws_log.warning("request %s failed: %s", rid, exc.message)
             self.outbox.put(failed_done(rid, exc))
             return
-        assert stream.ticket is not None
         await self._finish(stream, stream.ticket)
 
     async def _finish(self, stream: RequestStream, ticket: Ticket) -> None:

@@ -44,6 +44,30 @@ class RequestStream:
         self._reasoning: list[str] = []
         self._calls: list[dict[str, Any]] = []
         self.parsing: ParsingSink | None = None  # reasoning and tool calls, when they can come
+        self._told_position = 0  # the last queue position the client was told
+        self._told_started = False
+
+    def follow(self, ticket: Ticket, told: int) -> None:
+        """Tell the client how its queued request moves from now on:
+        response.queued, then response.started.
+
+        Args:
+            told: the queue position the client has (response.created's).
+        """
+        self._told_position = told
+        ticket.on_change = self.progress
+        self.progress()
+
+    def progress(self) -> None:
+        ticket = self.ticket
+        if ticket is None or self._told_started or ticket.outcome.done():
+            return  # a request that ends while queued never gets started
+        if ticket.started_s is not None:
+            self._told_started = True
+            self.outbox.put(ev.response_started(self.request_id))
+        elif ticket.queue_position != self._told_position:
+            self._told_position = ticket.queue_position
+            self.outbox.put(ev.response_queued(self.request_id, ticket.queue_position))
 
     def use_frame(self, frame: FrameUse) -> None:
         self.frame = frame

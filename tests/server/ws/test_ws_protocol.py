@@ -155,11 +155,11 @@ async def test_queue_full_fails_at_once(make_server: Any) -> None:
     conn = await connect(await make_server(delay_ms=50, max_queue=1))
     for rid in ("a", "b", "c"):
         await conn.send(create(rid, "w " * 20))
-    events = [await conn.recv() for _ in range(3)]
-    assert [e["type"] for e in events] == ["response.created", "response.created",
-                                           "response.done"]
-    assert events[1]["queue_position"] == 0
-    refused = events[2]
+    events = [await conn.recv() for _ in range(4)]
+    assert [e["type"] for e in events] == ["response.created", "response.started",
+                                           "response.created", "response.done"]
+    assert events[2]["queue_position"] == 0
+    refused = events[3]
     assert refused["request_id"] == "c" and refused["status"] == "failed"
     assert refused["error"]["code"] == "queue_full"
     await conn.send({"type": "response.cancel", "request_id": "a"})

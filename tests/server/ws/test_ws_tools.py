@@ -61,8 +61,9 @@ async def test_text_then_a_tool_call_in_order(serve: Any, records: Records) -> N
     done = (await conn.until_done({"a"}))["a"]
     events = events_of(conn, "a")
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "response.created" and kinds[-1] == "response.done"
-    assert set(kinds[1:-2]) == {"response.output_text.delta"}
+    assert kinds[:2] == ["response.created", "response.started"]
+    assert kinds[-1] == "response.done"
+    assert set(kinds[2:-2]) == {"response.output_text.delta"}
     assert kinds[-2] == "response.output_tool_call"
     assert conn.text("a") == "Let me look. "
     call = events[-2]
@@ -81,7 +82,8 @@ async def test_reasoning_then_the_answer(serve: Any) -> None:
     done = (await conn.until_done({"a"}))["a"]
     kinds = [e["type"] for e in events_of(conn, "a")]
     first_text = kinds.index("response.output_text.delta")
-    assert set(kinds[1:first_text]) == {"response.output_reasoning.delta"}
+    assert kinds[:2] == ["response.created", "response.started"]
+    assert set(kinds[2:first_text]) == {"response.output_reasoning.delta"}
     reasoning = "".join(e["delta"] for e in events_of(conn, "a")
                         if e["type"] == "response.output_reasoning.delta")
     assert reasoning == "Simple: say hi." and conn.text("a") == "Hi 👋"

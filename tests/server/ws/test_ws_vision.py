@@ -177,8 +177,11 @@ async def test_latest_frame_wins_while_busy(server: Any, records: Records) -> No
         {"type": "frame", "stream": "cam"}, {"type": "text", "text": "what do you see now?"}]}]))
     done = await conn.until_done({"busy", "now"})
     frame = done["now"]["frame"]
+    age_ms, taken_age_ms = frame.pop("age_ms"), frame.pop("taken_age_ms")
     assert frame == {"stream": "cam", "seq": 29, "ts_ns": 29_000_000, "superseded": 29,
                      "encoded_seq": 29, "encoded_ts_ns": 29_000_000, "unchanged": 0}
+    # The newest frame was encoded: both ages are its age, at least the wait before asking.
+    assert age_ms == taken_age_ms and age_ms >= 50
     # The newest frame was encoded ahead, so the request's vision step was a cache hit.
     assert vision.encodes == encodes_before
     runs = [r for r in records.all("run") if r["input_type"] == "multimodal"]
@@ -417,6 +420,11 @@ async def test_a_static_scene_encodes_once_and_a_change_again(
     assert frame["seq"] == camera.last  # the newest frame was taken...
     assert (frame["encoded_seq"], frame["encoded_ts_ns"]) == (0, 0)  # ...the first one seen
     assert frame["unchanged"] == vision.unchanged
+    # The model got frame 0's embedding, which arrived before the whole burst of
+    # frames; the newest frame is younger by the time between them.
+    streamed_ms = (camera.last * 33 * MS) * 1000.0
+    assert frame["age_ms"] >= streamed_ms
+    assert frame["age_ms"] - frame["taken_age_ms"] >= streamed_ms * 0.9
     assert vision.encodes == 1
     changed_at = len(camera.sent)
     await camera.stream(lambda n: scene(2, shot=n), 300 * MS)

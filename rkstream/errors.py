@@ -101,7 +101,8 @@ ERRORS: dict[str, ErrorSpec] = {
     "origin_not_allowed": ErrorSpec(403, "a browser page from an origin not in "
                                     "server.allowed_origins opened /ws"),
     "admin_forbidden": ErrorSpec(403, "POST /admin/drain with no server.api_keys set, from "
-                                 "an address other than the loopback"),
+                                 "an address other than the loopback (or forwarded by a "
+                                 "trusted proxy for another address)"),
     "too_many_connections": ErrorSpec(429, "the address already has "
                                       "limits.max_connections_per_address sockets open",
                                       retry_after_s=RETRY_AFTER_S),

@@ -94,7 +94,8 @@ class Ticket:
         # Told when queue_position goes down or the ticket gets an instance.
         self.on_change: Callable[[], None] | None = None
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """Tell the ticket's follower (its position moved, or it started)."""
         if self.on_change is not None:
             self.on_change()
 
@@ -211,7 +212,7 @@ class Scheduler:
             self._gate[0].enter(self._gate[1])
         ticket.started_s = time.perf_counter()
         self._running[ticket] = asyncio.create_task(self._watch(ticket, instance))
-        ticket._changed()
+        ticket.changed()
 
     async def _watch(self, ticket: Ticket, instance: EngineInstance) -> None:
         try:
@@ -302,7 +303,7 @@ class Scheduler:
         for position, waiting in enumerate(self._queue):
             if waiting.queue_position != position:
                 waiting.queue_position = position
-                waiting._changed()
+                waiting.changed()
 
     async def close(self) -> None:
         """Refuse new work, cancel queued jobs, abort running ones and wait for them."""

@@ -13,6 +13,7 @@ from rkstream.config.values import (
     RGB_EXAMPLE,
     SERVER_ID_ALLOWED,
     SIZE_ALLOWED,
+    TRUSTED_PROXIES_ALLOWED,
     opt,
     parse_aliases,
     parse_api_keys,
@@ -23,6 +24,7 @@ from rkstream.config.values import (
     parse_server_id,
     parse_size,
     parse_std,
+    parse_trusted_proxies,
 )
 from rkstream.vision.cpus import CPUS_ALLOWED, parse_cpus
 from rkstream.vision.policy import MODES, MODES_ALLOWED
@@ -66,6 +68,13 @@ class ServerSettings:
     allowed_origins: str = opt("", "web pages (origins) besides the server's own that may "
                                     "open /ws from a browser: comma-separated, or *",
                                 parse=parse_origins, allowed=ORIGINS_ALLOWED)
+    trusted_proxies: str = opt(
+        "", "load balancers whose X-Forwarded-For names the client, as comma-separated "
+            "addresses or CIDR networks (\"10.0.0.0/8,192.168.1.5\"): a request from one "
+            "counts for limits.max_connections_per_address and is logged under the client's "
+            "address; empty = trust no one (the header is ignored). Never grants "
+            "POST /admin/drain",
+        parse=parse_trusted_proxies, allowed=TRUSTED_PROXIES_ALLOWED)
     tls_cert: str = opt("", "PEM certificate file (with its chain) for https and wss; with "
                             "server.tls_key. Browsers give the page's camera and clipboard "
                             "only to https pages or localhost (empty = plain http)")

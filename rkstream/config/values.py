@@ -96,6 +96,28 @@ def parse_server_id(text: str) -> str:
     return text
 
 
+# A proxy's address, or a network of them (CIDR).
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+TRUSTED_PROXIES_ALLOWED = ('comma-separated IP addresses or networks such as '
+                           '"10.0.0.0/8,192.168.1.5" (empty = trust no one)')
+
+
+def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
+    """Comma-separated addresses and CIDR networks; () for empty (trust no one)."""
+    networks: list[Network] = []
+    for item in _items(text):
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            try:
+                wider = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+            # 10.0.0.5/8 is most likely a typo: say what it would mean.
+            raise ValueError(f"{item!r} has host bits set; the network is {wider}") from None
+    return tuple(networks)
+
+
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 

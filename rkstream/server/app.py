@@ -38,6 +38,7 @@ from rkstream.server.http.openai.routes import add_openai_routes
 from rkstream.server.http.rkllm_demo import add_rkllm_demo_routes
 from rkstream.server.ops.access import access_middleware
 from rkstream.server.ops.affinity import add_server_headers, affinity_middleware
+from rkstream.server.ops.client_address import client_address_middleware
 from rkstream.server.ops.cors import add_cors_headers, cors_middleware
 from rkstream.server.ops.drain import add_admin_routes
 from rkstream.server.ops.health import health
@@ -157,6 +158,9 @@ def make_app(settings: Settings, engine_factory: EngineFactory = default_engine,
     server = settings.server
     origins = frozenset(parsed("server.cors_origins", server.cors_origins))
     middlewares = [cors_middleware(origins)] if origins else []
+    trusted = parsed("server.trusted_proxies", server.trusted_proxies)
+    if trusted:  # first, so every answer (a refusal too) is logged with the client's address
+        middlewares.insert(0, client_address_middleware(trusted))
     middlewares.append(access_middleware(parsed("server.api_keys", server.api_keys),
                                          parsed("server.allowed_origins",
                                                 server.allowed_origins)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,13 @@ def test_bad_override_and_missing_file(tmp_path: Path) -> None:
     ("server.allowed_origins", "robot.local", ["server.allowed_origins", "not an origin"]),
     ("server.api_keys", ",", ["server.api_keys", "lists nothing"]),
     ("server.api_keys", "k1,my key", ["server.api_keys", "visible ASCII"]),
+    ("server.trusted_proxies", "10.0.0.1,haproxy.lan",
+     ["server.trusted_proxies", "'haproxy.lan' is not an IP address or network",
+      "10.0.0.0/8"]),
+    ("server.trusted_proxies", "10.0.0.5/8", ["server.trusted_proxies", "host bits set",
+                                              "the network is 10.0.0.0/8"]),
+    ("server.trusted_proxies", "10.0.0.1/33", ["server.trusted_proxies", "not an IP"]),
+    ("server.trusted_proxies", ", ", ["server.trusted_proxies", "lists nothing"]),
     ("server.host", "http://0.0.0.0", ["server.host", "without scheme or port"]),
     ("server.host", "localhost:8080", ["server.host", "not a host name or IP address"]),
     ("rkllm.runtime", "1.4", ["rkllm.runtime", "'auto', '1.3', '1.2'"]),
@@ -124,6 +132,11 @@ def test_toml_values_pass_the_same_hooks(tmp_path: Path) -> None:
         load_settings(path, environ={})
     with pytest.raises(ConfigError, match="server.api_keys"):
         load_settings(environ={"RKSTREAM_API_KEYS": "a key"})
+    path.write_text('[server]\ntrusted_proxies = ["10.0.0.2"]\n')  # a list: the text form
+    with pytest.raises(ConfigError, match="server.trusted_proxies = .*comma-separated"):
+        load_settings(path, environ={})
+    path.write_text('[server]\ntrusted_proxies = "10.0.0.2, 10.1.0.0/16"\n')
+    assert load_settings(path, environ={}).server.trusted_proxies == "10.0.0.2, 10.1.0.0/16"
 
 
 def test_good_values_load_and_parse() -> None:
@@ -139,6 +152,12 @@ def test_good_values_load_and_parse() -> None:
         "https://app.example", "http://localhost:3000")
     assert parsed("server.api_keys", settings.server.api_keys) == ("k1", "k2")
     assert parsed("server.api_keys", "") == ()
+    assert parsed("server.trusted_proxies", settings.server.trusted_proxies) == ()
+    proxies = load_settings(environ={}, overrides={
+        "server.trusted_proxies": " 10.0.0.2, 192.168.1.0/24,fd00::/8 ,::1"}).server
+    assert parsed("server.trusted_proxies", proxies.trusted_proxies) == (
+        ip_network("10.0.0.2/32"), ip_network("192.168.1.0/24"), ip_network("fd00::/8"),
+        ip_network("::1/128"))
     for host in ("127.0.0.1", "::", "localhost", "board-1.lan", ""):
         assert load_settings(environ={}, overrides={"server.host": host}).server.host == host
 

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from helpers import MS, REPO
@@ -89,6 +90,8 @@ class Board:
                 [sys.executable, "-m", "rkstream", "serve", "--standin", "--model",
                  str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                  "--set", f"server.id={self.name}", "--set", f"server.drain_s={self.drain_s}",
+                 # The balancer runs here too; the test clients all share 127.0.0.1.
+                 "--set", "server.trusted_proxies=127.0.0.1",
                  "--set", "limits.max_connections_per_address=256",
                  "--set", "limits.max_queue=256"],
                 cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -124,6 +127,21 @@ class Board:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def client_address_is_forwarded(base: str, boards: list[Board]) -> None:
+    """A /ws client that sends X-Forwarded-For: 203.0.113.5 through the balancer
+    is logged under that address by the board (server.trusted_proxies)."""
+    # The balancer appends 127.0.0.1 (trusted by the boards) after the client's
+    # entry; the board takes the first untrusted one from the right.
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            base + "/ws", headers={"X-Forwarded-For": "203.0.113.5"}) as ws:
+        await ws.receive()  # session.created: the board has counted the connection
+
+        def logged() -> bool:
+            return any("203.0.113.5 connected" in board.log.read_text() for board in boards)
+
+        wait_until(logged, "a board's log line naming 203.0.113.5", 5000 * MS)
 
 
 def _listening(port: int) -> bool:

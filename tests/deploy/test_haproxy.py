@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from scaleout_clients import Turn, conversation, short, sse_turn, user, ws_turn
-from scaleout_cluster import Board, HAProxy, get_json
+from scaleout_cluster import Board, HAProxy, client_address_is_forwarded, get_json
 
 from helpers import MS
 
@@ -123,6 +123,10 @@ async def test_admin_drain_is_not_reachable_through_the_balancer(cluster: Cluste
             session.post(cluster.url + "/admin/drain") as response:
         assert response.status == 403
     assert all(get_json(board.url + "/health")[0] == 200 for board in cluster.boards)
+
+
+async def test_the_boards_read_the_client_address_haproxy_forwards(cluster: Cluster) -> None:
+    await client_address_is_forwarded(cluster.url, cluster.boards)
 
 
 async def test_sigterm_under_load_loses_no_request(cluster: Cluster) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from scaleout_clients import conversation, short, sse_turn, user, ws_turn
-from scaleout_cluster import Board, Nginx
+from scaleout_cluster import Board, Nginx, client_address_is_forwarded
 
 DRAIN_S = 0.3  # nginx never reads /health: the drain's window does not matter here
 
@@ -63,6 +63,10 @@ async def test_websockets_and_conversations_pass(pair: Pair) -> None:
             assert all(t.cached > 0 for t in turns[1:])
         async with session.post(pair.nginx.url + "/admin/drain") as response:
             assert response.status == 403  # never through the balancer
+
+
+async def test_the_boards_read_the_client_address_nginx_forwards(pair: Pair) -> None:
+    await client_address_is_forwarded(pair.nginx.url, pair.boards)
 
 
 async def test_a_board_that_stops_hands_its_requests_on(pair: Pair) -> None:

@@ -446,3 +446,39 @@ async def test_chat_page_takes_pasted_and_dropped_images(server: TestServer) -> 
             == ["pasted.png", "dropped.png"]
         # The text file is not taken, and the page says why.
         assert "not a PNG, JPEG or WebP" in await page.inner_text("#notice")
+
+
+async def test_chat_page_reconnects_after_a_server_restart(
+        aiohttp_server: ServerFactory, standin_libs: dict[str, Path], tmp_path: Path) -> None:
+    model = model_file(tmp_path, "qwen2.5-test.rkllm", embed_width=16)
+    settings = standin_settings(standin_libs["1.3"], model)
+    settings = replace(settings, server=replace(ServerSettings(), static_dir=static_copy(tmp_path)))
+    first = await aiohttp_server(make_app(settings), host="127.0.0.1")
+    port = first.port  # (a closed TestServer forgets it)
+    async with chat_page(first) as page:
+        await ask(page, LONG)
+        await page.wait_for_function(
+            "document.querySelector('.msg.assistant .content').textContent.length > 5",
+            timeout=pw_ms(5000))
+        await first.close()  # a clean stop: the open answer ends, the page retries
+        stats = await answered(page, 0)
+        assert "the server is shutting down" in stats, stats
+        await page.wait_for_function(
+            "document.getElementById('status').dataset.state === 'disconnected'",
+            timeout=pw_ms(5000))
+        assert "retrying" in await page.inner_text("#status")
+        second = await aiohttp_server(make_app(settings), host="127.0.0.1", port=port)
+        try:
+            # By itself, at its next try: the delays double up to 10 s.
+            await page.wait_for_function(
+                "document.getElementById('status').dataset.state === 'connected'",
+                timeout=pw_ms(15000))
+            # A new conversation: the first one's directives would steer the stand-in.
+            await page.click("#new-chat")
+            await ask(page, reply("back again"))
+            await answered(page, 0)
+            answer = page.locator(".msg.assistant .content").first
+            assert await answer.inner_text() == "back again"
+        finally:
+            await second.close()
+        assert await page.locator("#conversations li").count() == 2

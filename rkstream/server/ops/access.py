@@ -26,6 +26,7 @@ from aiohttp.typedefs import Middleware
 
 from rkstream.errors import RequestError
 from rkstream.server.http.anthropic.errors import error_body, is_anthropic
+from rkstream.server.ops.client_address import client_address
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROTECTED = ("/ws", "/v1/", "/api/", "/rkllm_chat", "/admin/")
@@ -99,7 +100,8 @@ def access_middleware(keys: tuple[str, ...], allowed_origins: tuple[str, ...]) -
 class RedactingAccessLogger(AbstractAccessLogger):
     """aiohttp's access log line, with an API key sent in the URL (``?token=``, the
     only way a browser page can send one on /ws) written as ``***``; a ``/health``
-    that answered 200 is not logged."""
+    that answered 200 is not logged. The address is the client's, through
+    ``server.trusted_proxies`` (client_address.py)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if request.path == "/health" and response.status == 200:
@@ -109,7 +111,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
             url = url.update_query(token="***")
         started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=time)
         self.logger.info('%s [%s] "%s %s HTTP/%d.%d" %d %s "%s" "%s"',
-                         request.remote or "-", started.strftime("%d/%b/%Y:%H:%M:%S %z"),
+                         client_address(request) or "-", started.strftime("%d/%b/%Y:%H:%M:%S %z"),
                          request.method, url, request.version.major, request.version.minor,
                          response.status, response.body_length,
                          request.headers.get("Referer", "-"),

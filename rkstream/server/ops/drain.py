@@ -34,6 +34,7 @@ from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.log import server_log
 from rkstream.server.http.errors import error_middleware
 from rkstream.server.http.openai.dialect import json_error
+from rkstream.server.ops.client_address import client_address, described
 from rkstream.server.state import STATE, AppState
 
 POLL_S = 0.02  # how often the stop looks for sockets it can close and requests still open
@@ -120,11 +121,15 @@ async def admin_drain(request: web.Request) -> web.Response:
             other than none or ``{}``).
     """
     state = request.app[STATE]
-    if not state.settings.server.api_keys and not _loopback(request.remote):
+    # The real peer must be the loopback: X-Forwarded-For, which anyone can send,
+    # grants nothing. And a proxy of ours on the board itself (a trusted peer on
+    # the loopback) forwarding someone else's call is refused too.
+    if not state.settings.server.api_keys and not (
+            _loopback(request.remote) and _loopback(client_address(request))):
         raise RequestError("admin_forbidden", f"POST /admin/drain stops the server, so with "
                            f"no server.api_keys set it is taken from the loopback only (this "
-                           f"came from {request.remote}); call it on the board itself, or set "
-                           "a key and send it")
+                           f"came from {described(request)}); call it on the board itself, "
+                           "or set a key and send it")
     raw = (await request.read()).strip()
     if raw:
         try:
@@ -135,7 +140,7 @@ async def admin_drain(request: web.Request) -> web.Response:
         if body != {}:
             raise RequestError("unknown_field", "POST /admin/drain takes no fields; send no "
                                "body, or {}")
-    started = start_drain(request.app, f"POST /admin/drain from {request.remote}")
+    started = start_drain(request.app, f"POST /admin/drain from {described(request)}")
     server = state.settings.server
     return web.json_response(
         {"status": state.phase, "started": started, "server": state.server_id,

@@ -17,6 +17,7 @@ from rkstream.log import ws_log
 from rkstream.protocol.codec import Encoding
 from rkstream.protocol.events import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 from rkstream.server.ops.affinity import conversation_of
+from rkstream.server.ops.client_address import client_address
 from rkstream.server.state import STATE, AppState, ready
 from rkstream.server.ws.connection import Connection
 from rkstream.server.ws.outbox import Outbox, Sender
@@ -81,7 +82,7 @@ def refusal(exc: RequestError) -> web.Response:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     settings = state.settings
-    address = request.remote or "?"
+    address = client_address(request) or "?"  # through server.trusted_proxies
     limit = settings.limits.max_connections_per_address
     try:
         conversation = conversation_of(request)

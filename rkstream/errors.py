@@ -102,7 +102,8 @@ ERRORS: dict[str, ErrorSpec] = {
                                     "server.allowed_origins opened /ws"),
     "admin_forbidden": ErrorSpec(403, "POST /admin/drain with no server.api_keys set, from "
                                  "an address other than the loopback (or forwarded by a "
-                                 "trusted proxy for another address)"),
+                                 "trusted proxy for another address), or by a "
+                                 "percent-encoded path"),
     "too_many_connections": ErrorSpec(429, "the address already has "
                                       "limits.max_connections_per_address sockets open",
                                       retry_after_s=RETRY_AFTER_S),

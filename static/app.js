@@ -14,7 +14,7 @@ import {
 } from "./render.js";
 import {
   KEPT_FRAME, KEYS, blobOf, current, forget, load, newConversation, save, saveConversations,
-  smallImage, state,
+  onStorage, smallImage, state,
 } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
@@ -291,6 +291,7 @@ function showNotice(text) {
   notice.hidden = !text;
 }
 
+
 /** Whether the model a request would use has a vision encoder (unknown: assume so). */
 function visionAvailable() {
   if (!client.session) return true;
@@ -306,6 +307,17 @@ const attached = new Attachments(
     else if (count && !visionAvailable()) showNotice(NO_VISION);
     else showNotice("");
   });
+
+onStorage({
+  full: () => showNotice(
+    "This browser's storage for the page is full: the conversations are not being kept " +
+    "over a reload. Delete some old conversations (✕ in the list) to make room."),
+  dropped: (messages) => {  // their labels now say "not kept over a reload"
+    for (const view of views.filter((v) => messages.includes(v.message))) {
+      setThumbs(view, thumbsOf(view.message));
+    }
+  },
+});
 
 /** Keep small copies of a message's images, so they come back after a reload. */
 async function keepImages(message, blobs) {
@@ -392,7 +404,7 @@ async function cameraOn() {
     showCameraStatus("waiting for the first frame…");
     prompt.placeholder = "Ask about what the camera sees (Enter sends with the newest frame)";
   } catch (error) {
-    cameraOff(cameraProblem(error));
+    if (error.message !== "aborted") cameraOff(cameraProblem(error));  // else: turned off
   }
 }
 
@@ -404,7 +416,8 @@ function cameraOff(reason = "") {
   showNotice(reason);
 }
 
-cameraToggle.addEventListener("click", () => (camera.on ? cameraOff() : cameraOn()));
+cameraToggle.addEventListener("click",
+  () => (camera.on || camera.starting ? cameraOff() : cameraOn()));
 $("camera-off").addEventListener("click", () => cameraOff());
 cameraAsk.addEventListener("click", () => send());
 

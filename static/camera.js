@@ -55,6 +55,7 @@ export class Camera {
     /** seq -> {blob, tsMs} of the last frames sent. @type {Map<number, {blob: Blob, tsMs: number}>} */
     this.recent = new Map();
     this._timer = null;
+    this._pending = null;  // {stopped} while getUserMedia is asking
     this._busy = false;
     this._canvas = document.createElement("canvas");
     document.addEventListener("visibilitychange", () => this._schedule());
@@ -68,16 +69,33 @@ export class Camera {
     return document.visibilityState === "hidden";
   }
 
-  /** Open the camera and start sending; throws what getUserMedia threw. */
+  /** A start waits for getUserMedia (the permission prompt may be open). */
+  get starting() {
+    return this._pending !== null;
+  }
+
+  /** Open the camera and start sending; throws what getUserMedia threw, or an
+   * Error "aborted" when stop() came while the browser was still asking. */
   async start() {
-    if (this.media) return;
+    if (this.media || this._pending) return;
     if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
       throw new Error("insecure");
     }
-    const media = await navigator.mediaDevices.getUserMedia({
-      video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: "environment" },
-      audio: false,
-    });
+    const ticket = (this._pending = {});
+    let media;
+    try {
+      media = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: "environment" },
+        audio: false,
+      });
+    } finally {
+      if (this._pending === ticket) this._pending = null;
+    }
+    if (ticket.stopped) {
+      // Turned off while the prompt was open: close what the browser gave us.
+      for (const track of media.getTracks()) track.stop();
+      throw new Error("aborted");
+    }
     this.media = media;
     this.video.srcObject = media;
     await this.video.play().catch(() => {});
@@ -86,6 +104,8 @@ export class Camera {
 
   /** Stop sending and close the camera. */
   stop() {
+    if (this._pending) this._pending.stopped = true;
+    this._pending = null;
     clearTimeout(this._timer);
     this._timer = null;
     for (const track of this.media?.getTracks() ?? []) track.stop();

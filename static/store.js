@@ -59,22 +59,63 @@ export function newConversation() {
   return conversation;
 }
 
-/** Save the conversations. When they no longer fit, the images of the oldest messages
- *  are dropped (their messages say so) until they do. */
+const told = { full: () => {}, dropped: () => {} };
+
+/** What the page is told when the storage is full: ``dropped(messages)`` when those
+ *  messages' images were dropped to make room, ``full()`` when the conversations do not
+ *  fit even without images (nothing is dropped then). */
+export function onStorage({ full, dropped }) {
+  Object.assign(told, { full, dropped });
+}
+
+/** The conversations as JSON, the messages in ``dropped`` without their kept images. */
+function serialized(dropped) {
+  return JSON.stringify(state.conversations, (key, value) => {
+    if (!dropped.has(value)) return value;
+    const copy = { ...value };
+    if (Array.isArray(copy.images)) copy.images = copy.images.length;  // "not kept"
+    if (copy.frame) {
+      copy.frame = { ...copy.frame };
+      delete copy.frame.image;
+    }
+    return copy;
+  });
+}
+
+function stored(text) {
+  try {
+    localStorage.setItem(KEYS.conversations, text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Save the conversations; false when they do not fit. When they no longer fit, the
+ *  images of the oldest messages are dropped (their messages say so) until they do;
+ *  when even that is not enough nothing is dropped and ``whenFull``'s callback runs. */
 export function saveConversations() {
   save(KEYS.current, state.currentId);
-  if (save(KEYS.conversations, state.conversations)) return;
+  if (save(KEYS.conversations, state.conversations)) return true;
   const withImages = [];
   for (const c of [...state.conversations].sort((a, b) => a.updated - b.updated)) {
     for (const m of c.messages) {
       if ((Array.isArray(m.images) && m.images.length) || m.frame?.image) withImages.push(m);
     }
   }
+  const dropped = new Set();
   for (const message of withImages) {
-    if (Array.isArray(message.images)) message.images = message.images.length;  // "not kept"
-    if (message.frame) delete message.frame.image;
-    if (save(KEYS.conversations, state.conversations)) return;
+    dropped.add(message);
+    if (!stored(serialized(dropped))) continue;
+    for (const kept of dropped) {  // what was saved is what the page now shows
+      if (Array.isArray(kept.images)) kept.images = kept.images.length;
+      if (kept.frame) delete kept.frame.image;
+    }
+    told.dropped([...dropped]);
+    return true;
   }
+  told.full();
+  return false;
 }
 
 /**

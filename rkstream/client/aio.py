@@ -38,7 +38,7 @@ class AsyncClient(Connection):
     :class:`AuthError` and is not retried.
 
     **Several servers behind a balancer.** ``conversation`` (a key such as
-    :func:`new_conversation_key`'s, 1 to 128 visible ASCII characters; ValueError
+    :func:`new_conversation_key`'s, 1 to 128 letters, digits, ``-._~``; ValueError
     otherwise) is sent as ``?conversation=`` on every connection and reconnection,
     so the balancer sends the conversation's turns to the board whose KV cache
     holds it; :meth:`new_conversation` starts another. :attr:`server_id` names the
@@ -132,8 +132,10 @@ class AsyncClient(Connection):
         await self._switch(key)
         return key
 
-    async def _start(self, stream: Stream, event: dict[str, Any]) -> None:
-        await self._ready()
+    async def _start(self, stream: Stream, event: dict[str, Any]) -> bool:
+        """Send ``stream``'s request; False if it was cancelled before it could be."""
+        if not await self._ready_unless(stream._cancelled):
+            return False
         stream.server_id = self.server_id
         self._requests[stream.request_id] = stream
         try:
@@ -141,6 +143,28 @@ class AsyncClient(Connection):
         except RkstreamClientError:
             self._requests.pop(stream.request_id, None)
             raise
+        return True
+
+    async def _ready_unless(self, stop: asyncio.Event) -> bool:
+        """:meth:`_ready`, but False as soon as ``stop`` is set (a cancel must not wait
+        for the reconnect, nor be sent after it)."""
+        if stop.is_set():
+            return False
+        if self._connected.is_set():
+            return True
+        ready = asyncio.ensure_future(self._ready())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((ready, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (ready, stopped):
+                task.cancel()
+        if stop.is_set():
+            if ready.done() and not ready.cancelled():
+                ready.exception()  # retrieved: no "never retrieved" warning
+            return False
+        ready.result()
+        return True
 
     async def _send_cancel(self, request_id: str) -> None:
         if request_id in self._requests:

@@ -97,7 +97,8 @@ class Camera:
         stream: the stream's name on the server.
         given, sent, dropped: frames given to :meth:`send`, sent, and replaced by a
             newer one before they could be sent.
-        error: the last error the server gave for a frame (raised by the next ask).
+        error: the last error for a frame: the server's, or the client's when it could
+            not send one (too large, not encodable); raised by the next ask.
     """
 
     def __init__(self, client: AsyncClient, stream: str, *, max_fps: float | None,
@@ -177,6 +178,7 @@ class Camera:
             with self._lock:
                 item, self._pending = self._pending, None
             generation = client.generation
+            sent = False
             try:
                 if item is not None:
                     seq, image, stamp, color = item
@@ -191,6 +193,7 @@ class Camera:
                 else:
                     continue
                 await client._send({**event, "event_id": f"frame:{self.stream}:{seq}"})
+                sent = True
                 last_sent = time.monotonic()
                 self._last = event
                 if image is not None:
@@ -205,10 +208,14 @@ class Camera:
                 with self._lock:  # send it on the next connection unless a newer one came
                     if self._pending is None and item is not None:
                         self._pending = item
-            except (RkstreamClientError, TypeError, ValueError, ImportError) as exc:
-                self.error = exc if isinstance(exc, RkstreamClientError) else \
-                    ImageError("invalid_image", f"frame {self.given}: {exc}")
-                log.warning("rkstream: camera %s: %s", self.stream, self.error)
+            except Exception as exc:  # noqa: BLE001 - an encoder's own error (cv2.error,
+                # OSError...) must not end the sender: the camera goes on with the next frame
+                error = exc if isinstance(exc, RkstreamClientError) else ImageError(
+                    "invalid_image", f"frame {item[0] if item else self._sent_seq}: "
+                                     f"{type(exc).__name__}: {exc}")
+                self._failed(error)
+                if item is not None and not sent:
+                    self._refuse_flushes(item[0], error)
             with self._lock:
                 if self._pending is not None:
                     self._wake.set()
@@ -225,6 +232,18 @@ class Camera:
             if self._sent_seq >= target and self._sent_generation == self._client.generation:
                 if not future.done():
                     future.set_result(None)
+            else:
+                still.append((target, future))
+        self._flushes = still
+
+    def _refuse_flushes(self, seq: int, error: RkstreamClientError) -> None:
+        """Frame ``seq`` was refused before it was sent (too large, not encodable): the
+        asks waiting for it get its error now rather than a timeout."""
+        still = []
+        for target, future in self._flushes:
+            if target <= seq:
+                if not future.done():
+                    future.set_exception(error)
             else:
                 still.append((target, future))
         self._flushes = still
@@ -251,7 +270,12 @@ class Camera:
         self._flushes.append((target, future))
         self._settle_flushes()
         self._wake.set()
-        await asyncio.wait_for(asyncio.shield(future), self._client.timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self._client.timeout_s)
+        finally:  # given up on (a timeout): nobody will read what it gets later
+            if not future.done():
+                future.cancel()
+            self._flushes = [(t, f) for t, f in self._flushes if f is not future]
         return self._sent_seq
 
     async def ask(self, question: str, *, system: str | None = None,
@@ -263,13 +287,19 @@ class Camera:
         ``options`` are :meth:`AsyncClient.stream`'s (``max_tokens``...).
 
         Raises:
-            ImageError: no frame yet, or the server refused the frames (no encoder...).
+            ImageError: no frame yet, the frame could not be sent (``image_too_large``,
+                ``invalid_image`` when it could not be encoded), or the server refused
+                the frames (no encoder...).
         """
         try:
             await self.flush()
         except asyncio.TimeoutError:
             raise ConnectionLostError("not_connected", f"camera {self.stream!r}: the frame "
                                       "could not be sent in time") from None
+        except RkstreamClientError as exc:  # the frame was refused before it was sent
+            if exc is self.error:
+                self.error = None
+            raise
         if self.error is not None:
             error, self.error = self.error, None
             raise error

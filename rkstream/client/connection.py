@@ -160,10 +160,13 @@ class Connection:
         return self.session
 
     async def close(self) -> None:
-        """Close for good: open requests end with code ``closed``; no reconnect."""
+        """Close for good: open requests and calls end with :class:`ConnectionLostError`
+        code ``closed`` (not ``connection_lost``: the caller closed it); no reconnect."""
         if self._closed:
             return
         self._closed = True
+        self._fail_all(ConnectionLostError("closed", "the client was closed"))  # before the
+        # socket's end fails them as a dropped link
         for camera in list(self._cameras.values()):
             camera._stop()
         if self._ws is not None:
@@ -266,7 +269,8 @@ class Connection:
             event = self._decode(first)
             if event is None or event.get("type") != "session.created":
                 raise ConnectionLostError("connection_lost", f"no session.created: {first!r}")
-        except (RkstreamClientError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            session = SessionInfo.of(event)
+        except Exception as exc:  # noqa: BLE001 - a malformed first event: try again later
             self._last_error = exc if isinstance(exc, RkstreamClientError) else \
                 ConnectionLostError("connection_lost", f"{self.url}: {exc!r}")
             await ws.close()
@@ -276,7 +280,7 @@ class Connection:
             return True
         self._switching = False
         self._ws = ws
-        self.session = SessionInfo.of(event)
+        self.session = session
         self.generation += 1
         restore = self._spawn(self._restore(self.generation))
         ending: tuple[aiohttp.WSMsgType, Any, Any] | None = None
@@ -286,9 +290,15 @@ class Connection:
                 if message.type in _ENDS:
                     ending = (message.type, message.data, message.extra)
                     break
-                event = self._decode(message)
-                if event is not None:
-                    self._dispatch(event)
+                event = None
+                try:
+                    event = self._decode(message)
+                    if event is not None:
+                        self._dispatch(event)
+                except Exception as exc:  # noqa: BLE001 - one bad event must not end the reader
+                    log.warning("rkstream: skipped a malformed event from %s (%s: %s): %.200r",
+                                self.url, type(exc).__name__, exc, message.data)
+                    self._unreadable_done(event, exc)
         finally:
             restore.cancel()
             self._ws = None
@@ -363,6 +373,17 @@ class Connection:
             self._settle(self._first("session"), event.get("session"))
         elif kind == "pong":
             self._settle(self._first("ping"), None)
+
+    def _unreadable_done(self, event: dict[str, Any] | None, exc: Exception) -> None:
+        """A request whose ``response.done`` could not be read still ends (with an error)."""
+        rid = event.get("request_id") if event is not None else None
+        if event is None or event.get("type") != "response.done" or not isinstance(rid, str):
+            return
+        stream = self._requests.pop(rid, None)
+        if stream is not None:
+            stream._fail(RkstreamClientError("invalid_event", f"its response.done could not "
+                                             f"be read: {type(exc).__name__}: {exc}",
+                                             request_id=rid))
 
     def _first(self, kind: str, key: str | None = None) -> str | None:
         for eid, (k, kk, _) in self._calls.items():

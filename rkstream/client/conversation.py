@@ -1,9 +1,11 @@
 """Conversation keys: what a load balancer hashes on to send every turn of a
 conversation to the board whose KV cache holds it (docs/deploy/README.md).
 
-A key is 1 to 128 visible ASCII characters (``!`` to ``~``: no space, no control
-or non-ASCII character), the same rule as the server's; a UUID per conversation
-is the usual choice. On /ws it travels as ``?conversation=<key>``.
+A key is 1 to 128 letters, digits, ``-``, ``.``, ``_`` or ``~`` (the characters a
+URL never percent-encodes), the same rule as the server's: a balancer copies
+``?conversation=`` into a header as it is, so an encoded key would differ from
+the decoded one. A UUID per conversation is the usual choice. On /ws it travels
+as ``?conversation=<key>``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 PARAM = "conversation"
 MAX_KEY_CHARS = 128
-_KEY = re.compile(r"[!-~]{1,128}")
+_KEY = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
 def new_conversation_key() -> str:
@@ -26,8 +28,8 @@ def check_conversation_key(key: str) -> str:
     """Return ``key`` if the server would take it.
 
     Raises:
-        ValueError: the key is empty, longer than 128 characters, or has a space, a
-            control character or a non-ASCII character.
+        ValueError: the key is empty, longer than 128 characters, or has another
+            character than a letter, a digit, ``-``, ``.``, ``_`` or ``~``.
         TypeError: the key is not a str.
     """
     if not isinstance(key, str):
@@ -39,10 +41,11 @@ def check_conversation_key(key: str) -> str:
     elif len(key) > MAX_KEY_CHARS:
         why = f"it has {len(key)}"
     else:
-        bad = next(c for c in key if not "!" <= c <= "~")
+        bad = next(c for c in key if not _KEY.fullmatch(c))
         why = f"it has {bad!r} at {key.index(bad)}"
-    raise ValueError(f"a conversation key is 1 to {MAX_KEY_CHARS} visible ASCII characters "
-                     f"without spaces, such as new_conversation_key(); {why}")
+    raise ValueError(f"a conversation key is 1 to {MAX_KEY_CHARS} URL-safe characters "
+                     f"(letters, digits, '-', '.', '_', '~'), such as new_conversation_key(); "
+                     f"{why}")
 
 
 def conversation_in(url: str) -> str | None:
@@ -54,7 +57,7 @@ def conversation_in(url: str) -> str | None:
 
 def with_conversation(url: str, key: str | None) -> str:
     """``url`` with its ``?conversation=`` set to ``key`` (None: taken out); other
-    query parameters are kept. The key is percent-encoded (``&``, ``#``, ``+``...)."""
+    query parameters are kept (and percent-encoded as needed; a key needs none)."""
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != PARAM]
     if key is not None:

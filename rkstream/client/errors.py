@@ -38,7 +38,7 @@ class RkstreamClientError(Exception):
     Attributes:
         code: the server's error code (``queue_full``, ``invalid_param``...) or a
             client code (``connection_lost``, ``not_connected``, ``closed``,
-            ``timeout``).
+            ``timeout``, ``invalid_event``: a request's end the client could not read).
         message: what happened, for a person.
         param: the field the error is about, when the server names one.
         type: ``invalid_request_error``, ``server_error`` or ``client_error``.

@@ -17,6 +17,7 @@ from rkstream.client.events import (
     Started,
     TextDelta,
     ToolCall,
+    parse_event,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Stream:
         self._queue: asyncio.Queue[Event | RkstreamClientError] = asyncio.Queue()
         self._started = False
         self._finished = False
-        self._cancelled = False
+        self._cancelled = asyncio.Event()  # cancel() came: a request not sent yet never is
         self._error: RkstreamClientError | None = None
 
     @property
@@ -71,19 +72,39 @@ class Stream:
 
     async def start(self) -> None:
         """Send the request now (iteration does it by itself)."""
-        if not self._started:
-            self._started = True
-            try:
-                await self._client._start(self, self._event)
-            except RkstreamClientError:
-                self._finished = True
-                raise
+        if self._started:
+            return
+        self._started = True
+        try:
+            sent = await self._client._start(self, self._event)
+        except RkstreamClientError:
+            self._finished = True
+            raise
+        except BaseException:  # cancelled (a timeout) while sending: the server may have it
+            if self.request_id in self._client._requests:
+                self._client._abandon(self)
+            else:
+                self._end_unsent()
+            raise
+        if not sent:
+            self._end_unsent()
 
     async def cancel(self) -> None:
-        """Ask the server to stop; the stream then ends with status ``cancelled``."""
-        self._cancelled = True
+        """Ask the server to stop; the stream then ends with status ``cancelled``.
+
+        Before the request was sent (e.g. while a reconnect is under way) it is not
+        sent at all, and the stream ends at once."""
+        self._cancelled.set()
         if self._started and not self._finished:
             await self._client._send_cancel(self.request_id)
+
+    def _end_unsent(self) -> None:
+        """End a request that never reached the server with a local cancelled Done."""
+        done = parse_event({"type": "response.done", "request_id": self.request_id,
+                            "status": "cancelled", "finish_reason": "cancelled"},
+                           self.server_id)
+        assert isinstance(done, Done)
+        self._push(done)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events()

@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -29,6 +30,8 @@ from rkstream.client.stream import Stream
 
 T = TypeVar("T")
 _END = object()
+_POLL_S = 0.25  # how often a waiting call checks that close() has not stopped the loop
+_SETTLE_S = 1.0  # how long close() lets open calls end by themselves, then cancels them
 
 
 class Client:
@@ -43,7 +46,7 @@ class Client:
         api_key: the server's key (default: ``RKSTREAM_API_KEY`` from the environment).
         conversation: a conversation key for a load balancer, sent as
             ``?conversation=`` on every (re)connection (see :class:`AsyncClient`);
-            ValueError if it is not 1 to 128 visible ASCII characters.
+            ValueError if it is not 1 to 128 letters, digits, ``-``, ``.``, ``_``, ``~``.
         connect: connect now (raises :class:`AuthError` or :class:`ConnectionLostError`).
         **options: :class:`AsyncClient`'s (``reconnect``, ``timeout_s``, ...).
     """
@@ -89,15 +92,37 @@ class Client:
         if self._closed:
             coro.close()
             raise ConnectionLostError("closed", "the client was closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise RkstreamClientError("timeout", f"no answer within {timeout_s} s") from None
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # close() stopped the loop since the check above
+            coro.close()
+            raise ConnectionLostError("closed", "the client was closed") from None
+        try:
+            return self._wait(future, timeout_s)
         except BaseException:
-            future.cancel()  # KeyboardInterrupt: stop what the loop does for us
+            future.cancel()  # KeyboardInterrupt, a timeout: stop what the loop does for us
             raise
+
+    def _wait(self, future: concurrent.futures.Future[T], timeout_s: float | None) -> T:
+        """The call's result; waits in slices so that a call the loop can no longer end
+        (close() stopped it) raises ``closed`` instead of blocking forever."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            try:
+                return future.result(max(0.0, left))
+            except concurrent.futures.CancelledError:
+                if self._closed:  # close() cancelled what had not ended by itself
+                    raise ConnectionLostError("closed", "the client was closed") from None
+                raise
+            except concurrent.futures.TimeoutError:
+                if future.done():  # the call's own TimeoutError
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RkstreamClientError("timeout",
+                                              f"no answer within {timeout_s} s") from None
+                if self._closed and not self._thread.is_alive():
+                    raise ConnectionLostError("closed", "the client was closed") from None
 
     # -- connection ------------------------------------------------------------------------
     def connect(self) -> SessionInfo:
@@ -105,18 +130,33 @@ class Client:
         return self._run(self.aio.connect())
 
     def close(self) -> None:
-        """Close the connection and stop the client's thread. Safe to call twice."""
+        """Close the connection and stop the client's thread. Safe to call twice.
+
+        Calls still open in other threads (also those waiting for a reconnect) end
+        with :class:`ConnectionLostError` code ``closed``."""
         if self._closed:
             return
         self._closed = True
         try:
-            asyncio.run_coroutine_threadsafe(self.aio.close(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         except Exception:  # noqa: BLE001 - closing must not fail the caller
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         if not self._thread.is_alive():
             self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Close the client, then let the calls still on the loop end before it stops
+        (they raise ``closed``): a thread waiting on one would otherwise wait forever."""
+        await self.aio.close()
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            _, left = await asyncio.wait(others, timeout=_SETTLE_S)
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.wait(left, timeout=_SETTLE_S)
 
     def __enter__(self) -> Client:
         return self

@@ -44,6 +44,7 @@ from rkstream.server.ops.drain import add_admin_routes
 from rkstream.server.ops.health import health
 from rkstream.server.ops.metrics import METRICS, metrics_handler
 from rkstream.server.state import STATE, AppState
+from rkstream.server.ws.connection import CLOSE_S
 from rkstream.server.ws.handler import websocket_handler
 from rkstream.vision.cpus import decode_cpus
 from rkstream.vision.service import VisionService
@@ -123,8 +124,11 @@ async def _close_sockets(app: web.Application) -> None:
     state.closing = True
     # Every open request gets its response.done before the socket closes.
     await asyncio.gather(*(conn.shutdown() for conn in list(state.connections)))
-    for ws in list(state.sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+    # All at once and bounded: a peer that never answers the close frame would
+    # otherwise hold the shutdown for aiohttp's close timeout (10 s) each.
+    await asyncio.gather(*(asyncio.wait_for(
+        ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"), CLOSE_S)
+        for ws in list(state.sockets)), return_exceptions=True)
 
 
 def _static_dir(settings: Settings) -> Path | None:

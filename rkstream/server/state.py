@@ -31,8 +31,10 @@ class Closable(Protocol):
         """No request of its own is open (a drain may close it)."""
         ...
 
-    async def go_away(self) -> None:
-        """Close the socket with 1001 (going away): the client reconnects elsewhere."""
+    async def go_away(self, until: float) -> None:
+        """Close the socket with 1001 (going away) once its queued events are written
+        (waiting until ``until`` at most, by the loop's clock): the client reconnects
+        elsewhere."""
         ...
 
 

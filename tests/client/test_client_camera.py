@@ -107,3 +107,48 @@ async def test_the_camera_carries_on_after_a_server_restart(client_server: Serve
         later = await camera.ask("And now?")
         assert later.frame is not None and later.frame.seq == 3
         await second.close()
+
+
+async def test_a_frame_too_large_to_send_fails_the_ask_at_once(client_server: ServerMaker
+                                                               ) -> None:
+    server = await client_server(vision=True, limits={"max_message_bytes": 20000})
+    async with AsyncClient(url(server), timeout_s=3000 * MS) as client:
+        camera = client.camera("front", max_fps=None)
+        camera.send(b"\xff" * 30000)
+        started = time.monotonic()
+        with pytest.raises(ImageError) as refused:
+            await camera.ask("What is it?")
+        assert refused.value.code == "image_too_large"  # not a timeout's not_connected
+        assert time.monotonic() - started < 1000 * MS
+        assert camera.error is None  # raised once
+        camera.send(jpeg(1))
+        assert (await camera.ask("And this one?")).status == "completed"
+
+
+async def test_an_encoders_own_error_reaches_the_ask_and_the_camera_goes_on(
+        client_server: ServerMaker, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import rkstream.client.camera as camera_module
+
+    encode = camera_module.to_wire
+    calls = 0
+
+    def flaky(*args: Any) -> dict[str, Any]:  # as cv2.error or Pillow's OSError, once
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("broken encoder")
+        return encode(*args)
+
+    monkeypatch.setattr(camera_module, "to_wire", flaky)
+    frame = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    async with AsyncClient(url(await client_server(vision=True)),
+                           timeout_s=3000 * MS) as client:
+        camera = client.camera("front", max_fps=None)
+        camera.send(frame)
+        with pytest.raises(ImageError) as failed:
+            await camera.ask("What is it?")
+        assert failed.value.code == "invalid_image" and "broken encoder" in str(failed.value)
+        assert "broken encoder" in caplog.text  # logged too, for send() alone
+        camera.send(frame)  # the sender lives on
+        assert (await camera.ask("And now?")).status == "completed"

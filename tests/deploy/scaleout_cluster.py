@@ -227,11 +227,15 @@ class Nginx:
     """nginx in the foreground, with its own prefix in ``directory``, on the
     shipped server block (http context) wrapped in a minimal main config."""
 
-    def __init__(self, boards: list[Board], directory: Path) -> None:
+    def __init__(self, boards: list[Board], directory: Path,
+                 edits: dict[str, str] | None = None) -> None:
         self.port = free_port()
         prefix = directory / "nginx"
         prefix.mkdir()
         site = NGINX_CONF.read_text().replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
+        for old, new in (edits or {}).items():  # a test's own values (a shorter timeout)
+            assert old in site, f"the shipped config has no {old!r}"
+            site = site.replace(old, new)
         for index, board in enumerate(boards, 1):
             site = site.replace(f"192.168.1.1{index}:8080", f"127.0.0.1:{board.port}")
         site = re.sub(r"\n\s*server 192\.168\.1\.1\d:8080[^;]*;", "", site)  # boards not run

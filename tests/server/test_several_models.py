@@ -374,3 +374,28 @@ async def test_a_bad_keep_alive_is_refused(board: Any) -> None:
         "model": "chat", "keep_alive": "soon", "messages": [{"role": "user", "content": "x"}]})
     assert response.status == 400
     assert "keep_alive" in (await response.json())["error"]
+
+
+async def test_a_request_whose_model_loads_first_learns_its_place_after_the_load(
+        board: Any) -> None:
+    # Created at 0 (nothing is queued while the model loads), then, after
+    # model.loaded, its place behind the requests that joined the queue first:
+    # the one response.queued that may be higher; from there it only goes down.
+    b: Board = await board(slow_ms=20)
+    async with b.client.ws_connect("/ws") as ws:
+        c = WSClient(ws)
+        await c.recv_type("session.created")
+        ids = [f"r{i}" for i in range(4)]
+        for rid in ids:
+            await c.send({"type": "response.create", "request_id": rid, "model": "think",
+                          "input": [{"role": "user", "content": reply("a b c d")}]})
+        done = await c.until_done(set(ids))
+    assert all(d["status"] == "completed" for d in done.values())
+    last = [e for e in c.events if e.get("request_id") == "r3"]
+    assert last[0]["type"] == "response.created" and last[0]["queue_position"] == 0
+    kinds = [e["type"] for e in last]
+    assert kinds[1:3] == ["model.loading", "model.loaded"]
+    positions = [e["queue_position"] for e in last if e["type"] == "response.queued"]
+    assert kinds[3] == "response.queued" and positions[0] > 0  # up from created's 0
+    assert positions == sorted(positions, reverse=True) and len(set(positions)) == len(positions)
+    assert kinds.index("response.started") > kinds.index("model.loaded")

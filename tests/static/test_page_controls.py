@@ -427,6 +427,49 @@ async def test_images_are_kept_over_a_reload(browser: Browser, vision: TestServe
         assert runs[-1]["n_image"] == 1
 
 
+# A small quota for the conversations (the real one is about 5 MB): set window.quota.
+SMALL_QUOTA = """(() => {
+  const real = Storage.prototype.setItem;
+  window.quota = Infinity;
+  Storage.prototype.setItem = function (key, value) {
+    if (key === "rkstream.conversations" && value.length > window.quota) {
+      throw new DOMException("full", "QuotaExceededError");
+    }
+    return real.call(this, key, value);
+  };
+})();"""
+
+
+async def test_a_full_storage_drops_images_first_then_says_so(browser: Browser,
+                                                                vision: TestServer,
+                                                                tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    big.write_bytes(png_bytes((30, 120, 200), (1600, 1200)))
+    async with open_page(browser, vision, init=SMALL_QUOTA) as (page, sent):
+        await page.set_input_files("#file", str(big))
+        await ask(page, reply("A blue picture."))
+        await answered(page, 0)
+        await images_kept(page)
+        # Room for the text, not the image: the image goes, the text is kept.
+        text = await page.evaluate("localStorage.getItem('rkstream.conversations').length")
+        await page.evaluate(f"window.quota = {text} - 1000")
+        await ask(page, reply("More."))
+        await answered(page, 1)
+        await page.locator(".msg.user").first.get_by_text("not kept over a reload").wait_for(
+            timeout=pw_ms(2000))
+        assert await page.is_hidden("#notice")
+        kept = await page.evaluate("localStorage.getItem('rkstream.conversations')")
+        assert "data:image/jpeg" not in kept and "More." in kept
+        # Not even the text fits: nothing more is dropped, and the page says so.
+        await page.evaluate("window.quota = 100")
+        await ask(page, reply("And more."))
+        await answered(page, 2)
+        await page.locator("#notice").wait_for(timeout=pw_ms(2000))
+        assert "storage for the page is full" in await page.inner_text("#notice")
+        assert "And more." not in await page.evaluate(
+            "localStorage.getItem('rkstream.conversations')")
+
+
 # ---- the camera ---------------------------------------------------------------------------
 
 
@@ -600,6 +643,52 @@ async def test_camera_problems_are_explained(browser: Browser, vision: TestServe
         assert await page.is_hidden("#camera")
         assert await page.get_attribute("#camera-toggle", "aria-pressed") == "false"
         assert not sent.of("frame.append")
+
+
+# getUserMedia held until the test lets it go (the browser's permission prompt open);
+# every stream it gives is kept so that the test can see whether its tracks were stopped.
+SLOW_PROMPT = """(() => {
+  const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  window.streams = [];
+  window.allow = null;
+  navigator.mediaDevices.getUserMedia = (constraints) => new Promise((resolve, reject) => {
+    window.allow = () => real(constraints).then((media) => {
+      window.streams.push(media); resolve(media); }, reject);
+  });
+})();"""
+ALL_ENDED = "streams.every((m) => m.getTracks().every((t) => t.readyState === 'ended'))"
+
+
+async def test_camera_turned_off_while_the_browser_asks(browser: Browser,
+                                                        vision: TestServer) -> None:
+    async with open_page(browser, vision, init=SLOW_PROMPT) as (page, sent):
+        # Turned off with the panel's button while the prompt is open, then allowed.
+        await page.click("#camera-toggle")
+        await page.wait_for_function("window.allow !== null", timeout=pw_ms(2000))
+        await page.click("#camera-off")
+        await page.evaluate("window.allow()")
+        await page.wait_for_function(f"streams.length === 1 && {ALL_ENDED}",
+                                     timeout=pw_ms(2000))
+        assert await page.is_hidden("#camera")
+        assert await page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+        # The toggle clicked twice while asking: off, and the one stream closed.
+        await page.evaluate("window.allow = null")
+        await page.click("#camera-toggle")
+        await page.wait_for_function("window.allow !== null", timeout=pw_ms(2000))
+        await page.click("#camera-toggle")
+        await page.evaluate("window.allow()")
+        await page.wait_for_function(f"streams.length === 2 && {ALL_ENDED}",
+                                     timeout=pw_ms(2000))
+        assert await page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+        await asyncio.sleep(300 * MS)
+        assert not sent.of("frame.append")
+        # And it still starts when allowed.
+        await page.evaluate("window.allow = null")
+        await page.click("#camera-toggle")
+        await page.wait_for_function("window.allow !== null", timeout=pw_ms(2000))
+        await page.evaluate("window.allow()")
+        await wait_frames(sent, 0)
+        assert await page.get_attribute("#camera-toggle", "aria-pressed") == "true"
 
 
 async def test_camera_without_a_vision_encoder(browser: Browser, plain: TestServer) -> None:

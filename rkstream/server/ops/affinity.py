@@ -4,7 +4,7 @@
   (on /ws also ``?conversation=<key>``: browsers cannot set headers on a
   WebSocket) names the conversation. The balancer hashes on it, so every turn
   reaches the board whose KV cache holds the conversation. rkstream only
-  checks the key (1 to 128 visible ASCII characters) and echoes it; within one
+  checks the key (1 to 128 URL-safe characters) and echoes it; within one
   server the scheduler already gives a request the instance whose cache holds
   most of its conversation, by content, so the key is not needed there.
 - **The server's name** (``server.id``) on every answer, as
@@ -28,7 +28,10 @@ CONVERSATION_PARAM = "conversation"  # on /ws only
 SERVER_HEADER = "X-Rkstream-Server"
 # The generation APIs whose calls a drain waits for (/ws counts its own requests).
 API_PATHS = ("/v1/", "/api/", "/rkllm_chat")
-_KEY = re.compile(r"[!-~]{1,128}")
+# Only characters a URL never percent-encodes (RFC 3986 "unreserved"): a
+# balancer copies ?conversation= into the header raw, and the query is decoded
+# here, so any other character would make the two differ.
+_KEY = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
 def _given(request: web.Request) -> tuple[str | None, str | None]:
@@ -41,8 +44,8 @@ def conversation_of(request: web.Request) -> str | None:
 
     Raises:
         RequestError: ``invalid_field``: a key that is empty, too long or has a
-            space or a non-ASCII character, or a header and a query parameter
-            that disagree.
+            character other than a letter, a digit, ``-``, ``.``, ``_`` or ``~``,
+            or a header and a query parameter that disagree.
     """
     header, query = _given(request)
     if header is not None and query is not None and header != query:
@@ -53,10 +56,12 @@ def conversation_of(request: web.Request) -> str | None:
         else (query, f"?{CONVERSATION_PARAM}=")
     if key is None or _KEY.fullmatch(key):
         return key
-    raise RequestError("invalid_field", f"{name} must be 1 to 128 visible ASCII characters "
-                       f"without spaces, such as a UUID; this one has {len(key)} characters"
-                       + (" and a space or a non-ASCII character" if len(key) <= 128 and key
-                          else ""), param=name)
+    bad = next((c for c in key if not _KEY.fullmatch(c)), None)
+    raise RequestError("invalid_field", f"{name} must be 1 to 128 letters, digits, '-', '.', "
+                       f"'_' or '~' (characters a URL leaves as they are), such as a UUID; "
+                       f"this one has {len(key)} characters"
+                       + (f" and {bad!r} at {key.index(bad)}" if bad is not None else ""),
+                       param=name)
 
 
 def affinity_middleware(state: AppState) -> Middleware:

@@ -7,8 +7,8 @@ It begins on SIGTERM or SIGINT (``rkstream serve``), or on ``POST /admin/drain``
    request (new ones too) is still served as before;
 2. **stopping**: new work is refused with ``shutting_down`` (503 with
    Retry-After; a balancer may retry it on another server), each WebSocket is
-   closed with 1001 as soon as its own requests are done, and the open
-   requests have ``server.shutdown_timeout_s`` to finish;
+   closed with 1001 as soon as its own requests are done and their events are
+   written, and the open requests have ``server.shutdown_timeout_s`` to finish;
 3. what is still open then is cancelled with ``shutting_down`` (a
    ``response.done`` on /ws, the API's error on an HTTP stream), the sockets
    are closed with 1001, and the app's :data:`ON_STOPPED` hook runs
@@ -35,7 +35,7 @@ from rkstream.log import server_log
 from rkstream.server.http.errors import error_middleware
 from rkstream.server.http.openai.dialect import json_error
 from rkstream.server.ops.client_address import client_address, described
-from rkstream.server.state import STATE, AppState
+from rkstream.server.state import STATE, AppState, Closable
 
 POLL_S = 0.02  # how often the stop looks for sockets it can close and requests still open
 FINAL_WRITE_S = 1.0  # cancelled HTTP streams get this long to write their error
@@ -86,9 +86,19 @@ async def stop(state: AppState) -> None:
                     timeout_s)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    # Closes run as tasks, each bounded (connection.go_away): one slow or
+    # half-dead peer holds up neither the others nor the deadline.
+    leaving: dict[Closable, asyncio.Task[None]] = {}
+
+    def send_away(connections: list[Closable], until: float) -> None:
+        for c in connections:
+            if c not in leaving:
+                leaving[c] = asyncio.create_task(c.go_away(until))
+
     while True:
-        # A socket whose requests are done goes now: its client reconnects elsewhere.
-        await asyncio.gather(*(c.go_away() for c in list(state.connections) if c.idle))
+        # A socket whose requests are done goes now (once its last events are
+        # written): its client reconnects elsewhere.
+        send_away([c for c in list(state.connections) if c.idle], deadline)
         if not state.busy or loop.time() >= deadline:
             break
         await asyncio.sleep(POLL_S)
@@ -97,11 +107,21 @@ async def stop(state: AppState) -> None:
                            state.open_requests, timeout_s)
         for resident in state.residents:
             resident.scheduler.cancel_all(SHUTDOWN_REASON)
-        await asyncio.gather(*(c.shutdown() for c in list(state.connections)))
         end = loop.time() + FINAL_WRITE_S
+        # An aborted generation may take a while to end: its response.done is
+        # written if it ends in time, else the socket closes without it.
+        ending = [asyncio.create_task(c.shutdown()) for c in list(state.connections)
+                  if c not in leaving]
+        if ending:
+            await asyncio.wait(ending, timeout=FINAL_WRITE_S)
         while state.http_inflight and loop.time() < end:
             await asyncio.sleep(POLL_S)
-    await asyncio.gather(*(c.go_away() for c in list(state.connections)))
+    send_away(list(state.connections), max(deadline, loop.time()))
+    if leaving:
+        await asyncio.wait(leaving.values())
+        for task in leaving.values():
+            if not task.cancelled() and task.exception() is not None:
+                server_log.warning("closing a socket failed: %r", task.exception())
     server_log.info("drained: every request has ended")
 
 
@@ -117,10 +137,15 @@ async def admin_drain(request: web.Request) -> web.Response:
 
     Raises:
         RequestError: ``admin_forbidden`` (no API key configured and not from
-            the loopback), ``invalid_encoding`` or ``unknown_field`` (a body
-            other than none or ``{}``).
+            the loopback, or a percent-encoded path), ``invalid_encoding`` or
+            ``unknown_field`` (a body other than none or ``{}``).
     """
     state = request.app[STATE]
+    if request.rel_url.raw_path != request.path:
+        # Nobody needs to encode this path; a balancer's deny rule that matches
+        # the raw path would not see /%61dmin/drain as /admin/.
+        raise RequestError("admin_forbidden", "POST /admin/drain was sent with a "
+                           "percent-encoded path; send the path as it is, on the board")
     # The real peer must be the loopback: X-Forwarded-For, which anyone can send,
     # grants nothing. And a proxy of ours on the board itself (a trusted peer on
     # the loopback) forwarding someone else's call is refused too.

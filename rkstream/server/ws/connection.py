@@ -46,6 +46,8 @@ def _event_id(event_id: str | None) -> dict[str, Any]:
 
 
 SHUTDOWN_REASON = ("shutting_down", SHUTTING_DOWN)
+# A 1001's close handshake gets at least this long: a half-dead peer never answers it.
+CLOSE_S = 1.0
 STOPPING = ("the server is stopping and takes no new requests; send it again on a new "
             "connection (behind a load balancer, that reaches another server)")
 
@@ -73,6 +75,7 @@ class Connection:
         self.params = Params()
         self.requests: dict[str, RequestStream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()  # the server stops: uploads stop waiting for a model
         self.shutting_down = False
 
     def _session_model(self) -> ModelSpec:
@@ -121,10 +124,22 @@ class Connection:
         """No request or upload of this connection is open."""
         return not self.requests and not self._tasks
 
-    async def go_away(self) -> None:
-        """Close the socket with 1001: the server stops, the client reconnects elsewhere."""
-        if self.closer is not None:
-            await self.closer()
+    async def go_away(self, until: float) -> None:
+        """Close the socket with 1001 once what is queued for it was written: the
+        server stops, the client reconnects elsewhere.
+
+        Bounded, by the loop's clock: the outbox has until ``until`` (a client
+        that reads slowly gets its last response.done, one that never reads is
+        not waited for past it), the close handshake at least CLOSE_S more.
+        """
+        loop = asyncio.get_running_loop()
+        await self.outbox.drain(until - loop.time())
+        if self.closer is None:
+            return
+        try:
+            await asyncio.wait_for(self.closer(), max(until - loop.time(), CLOSE_S))
+        except asyncio.TimeoutError:
+            pass  # aiohttp closed the transport when its close was cancelled
 
     async def shutdown(self) -> None:
         """Server shutdown: end every request with its response.done, then send them."""
@@ -137,6 +152,8 @@ class Connection:
         reason = SHUTDOWN_REASON if self.shutting_down else None
         for stream in list(self.requests.values()):
             stream.cancel(reason)
+        if self.shutting_down:
+            self._stopping.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.media.close()
@@ -188,13 +205,34 @@ class Connection:
     async def _upload(self, event: ImageUpload) -> None:
         try:
             # The session's model encodes it; loaded first if need be.
-            lease = await self.pool.acquire(self.model_name)
+            lease = await self._acquire_for_upload()
+            if lease is None:
+                raise RequestError("shutting_down", SHUTTING_DOWN)
             try:
                 self.outbox.put(await self.media.upload(event, lease.model.vision))
             finally:
                 lease.release()
         except RequestError as exc:
             self.outbox.put(ev.error(ev.error_body_of(exc) | _event_id(event.event_id)))
+
+    async def _acquire_for_upload(self) -> Lease | None:
+        """The session model's lease; None when the server stopped while it waited
+        (a model load may take long). An encoding under way is not cut short."""
+        acquiring = asyncio.ensure_future(self.pool.acquire(self.model_name))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((acquiring, stopping), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if acquiring.done() and not acquiring.cancelled() and not acquiring.exception():
+                acquiring.result().release()
+            acquiring.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if acquiring.done():
+            return acquiring.result()
+        acquiring.cancel()  # the pool gives its place back (Lease released in acquire)
+        return None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

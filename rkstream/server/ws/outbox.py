@@ -204,7 +204,10 @@ class Outbox:
             await self._wakeup.wait()
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait until everything queued so far was sent, or ``timeout_s`` passed."""
+        """Wait until everything queued so far was sent, or ``timeout_s`` passed
+        (or the client was dropped: nothing more will be sent)."""
+        if self._empty.is_set() or self._failed:
+            return
         try:
             await asyncio.wait_for(self._empty.wait(), timeout_s)
         except asyncio.TimeoutError:

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from rkstream.config import ServerSettings, Settings, load_settings
 from rkstream.errors import ConfigError
 from rkstream.server.app import make_app
+from rkstream.server.ops.affinity import _KEY
 from rkstream.server.state import server_id
 
 from fakes import FakeEngine
@@ -67,9 +69,10 @@ async def test_session_created_names_the_server_and_the_conversation(
 
 
 @pytest.mark.parametrize("value, words", [
-    ("", "1 to 128 visible ASCII"),
+    ("", "1 to 128 letters, digits"),
     ("x" * 129, "has 129 characters"),
-    ("two words", "a space or a non-ASCII character"),
+    ("two words", "' ' at 3"),
+    ("user:42/chat", "':' at 4"),  # a balancer would pass it percent-encoded
 ])
 async def test_a_malformed_key_is_refused_in_the_apis_shape(
         aiohttp_client: ClientFactory, value: str, words: str) -> None:
@@ -82,6 +85,14 @@ async def test_a_malformed_key_is_refused_in_the_apis_shape(
     assert response.status == 400 and words in (await response.json())["error"]
     response = await client.get("/ws", params={"conversation": value})
     assert response.status == 400 and words in (await response.json())["error"]
+
+
+def test_a_key_is_the_same_percent_encoded_or_not() -> None:
+    # A balancer copies ?conversation= into the header raw; the query is decoded:
+    # a key the server takes must be one that encoding leaves as it is.
+    for code in range(0x300):
+        char = chr(code)
+        assert (_KEY.fullmatch(char) is not None) == (quote(char, safe="") == char), repr(char)
 
 
 async def test_header_and_query_must_agree_on_ws(aiohttp_client: ClientFactory) -> None:

@@ -12,6 +12,7 @@ from unittest import mock
 
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, make_mocked_request
+from yarl import URL
 
 from rkstream.config import ServerSettings, Settings
 from rkstream.errors import RequestError
@@ -144,6 +145,16 @@ async def test_admin_drain_needs_the_key_when_keys_are_set(aiohttp_client: Clien
     assert (await response.json())["error"]["code"] == "invalid_api_key"
     response = await client.post("/admin/drain", headers={"Authorization": "Bearer k1"})
     assert response.status == 202 and (await response.json())["status"] == "draining"
+
+
+async def test_an_encoded_admin_path_is_refused(aiohttp_client: ClientFactory) -> None:
+    # A balancer's deny rule on the raw path would not see it as /admin/.
+    client, _ = await serve(aiohttp_client, drain_s=60, api_keys="k1")
+    response = await client.post(URL("/%61dmin/drain", encoded=True),
+                                 headers={"Authorization": "Bearer k1"})
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "admin_forbidden"
+    assert client.app[STATE].phase == "serving"
 
 
 def _remote(app: web.Application, address: str) -> web.Request:

@@ -10,7 +10,8 @@ import { Camera, cameraProblem } from "./camera.js";
 import { ConversationList, button } from "./conversations.js";
 import { copyText } from "./copy.js";
 import {
-  clearScheduled, draw, el, messageView, renderStats, schedule, setScroller, setThumbs,
+  clearScheduled, draw, editKeys, el, messageView, renderStats, schedule, setScroller,
+  setThumbs,
 } from "./render.js";
 import {
   KEPT_FRAME, KEYS, blobOf, current, forget, load, newConversation, save, saveConversations,
@@ -508,16 +509,7 @@ function editLast(view) {
     for (const later of views.splice(views.indexOf(view) + 1)) later.node.remove();
     await respond(conversation);
   };
-  box.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      finish(true);
-    } else if (event.key === "Escape") {
-      event.preventDefault();
-      event.stopPropagation();
-      finish(false);
-    }
-  });
+  editKeys(box, finish);
   view.text.hidden = true;
   view.text.after(box, row);
   box.focus();

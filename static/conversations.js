@@ -1,7 +1,7 @@
 // conversations.js: the chat page's list of conversations (open, rename, delete). The
 // conversations themselves live in store.js.
 
-import { el } from "./render.js";
+import { editKeys, el } from "./render.js";
 import { saveConversations, state } from "./store.js";
 
 /** A button with a visible text and a name for screen readers. */
@@ -58,16 +58,7 @@ export class ConversationList {
       const at = state.conversations.indexOf(conversation) + 1;
       this.list.querySelector(`li:nth-child(${at}) .rename`)?.focus();
     };
-    input.addEventListener("keydown", (event) => {
-      if (event.key === "Enter") {
-        event.preventDefault();
-        finish(true);
-      } else if (event.key === "Escape") {
-        event.preventDefault();
-        event.stopPropagation();
-        finish(false);
-      }
-    });
+    editKeys(input, finish);
     input.addEventListener("blur", () => finish(true));
     open.replaceWith(input);
     input.focus();

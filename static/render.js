@@ -109,6 +109,22 @@ export function messageView(message, thumbs = []) {
   return view;
 }
 
+/** Keys of an edit in place: Enter (not Shift+Enter, not while composing) keeps it,
+ *  Esc leaves it; ``finish(keep)`` does either. Esc goes no further (it also stops
+ *  an answer). */
+export function editKeys(input, finish) {
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      finish(true);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      finish(false);
+    }
+  });
+}
+
 /** Show a user message's images (``thumbs``: {url, alt}) and what is known of them. */
 export function setThumbs(view, thumbs) {
   const m = view.message;

@@ -94,7 +94,7 @@ async def test_a_slow_clients_last_response_done_is_written_before_the_1001() ->
 async def test_a_client_that_never_reads_is_closed_at_the_deadline() -> None:
     state = AppState(settings(300 * MS))
     peer = Peer(slow=True)
-    _, outbox = connect(state, peer)
+    conn, outbox = connect(state, peer)  # held, as its handler holds it
     writer = asyncio.create_task(outbox.run())
     outbox.put({"type": "response.output_text.delta", "delta": "x"})
     outbox.put({"type": "response.done", "request_id": "r1"})
@@ -102,6 +102,7 @@ async def test_a_client_that_never_reads_is_closed_at_the_deadline() -> None:
     await asyncio.wait_for(stop(state), 3000 * MS)
     took = asyncio.get_running_loop().time() - started
     assert peer.closed_after == 1 and 250 * MS <= took < 1500 * MS
+    assert conn.idle
     writer.cancel()
 
 
@@ -110,7 +111,8 @@ async def test_a_peer_that_never_answers_the_close_holds_neither_the_others_nor_
     monkeypatch.setattr(connection, "CLOSE_S", 50 * MS)
     state = AppState(settings(2000 * MS))
     silent, busy = Peer(answers_close=False), Peer()
-    connect(state, silent)
+    # Held here as its handler holds it: state.connections keeps only weak references.
+    kept, _ = connect(state, silent)
     conn, _ = connect(state, busy)
     conn.requests["r1"] = cast(Any, OpenRequest())  # a request still open on this one
     loop = asyncio.get_running_loop()
@@ -125,6 +127,7 @@ async def test_a_peer_that_never_answers_the_close_holds_neither_the_others_nor_
     await asyncio.wait_for(stopping, 5000 * MS)
     assert loop.time() - started < 2000 * MS + 1000 * MS
     assert not conn.requests  # it ended by itself, nothing was cancelled
+    assert kept.idle
 
 
 class LoadingPool:

@@ -3,9 +3,12 @@ Playwright, and the steps a person takes on the chat page."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from playwright.async_api import Page
+from playwright.async_api import Page, async_playwright
 
 from helpers import MS
 
@@ -20,6 +23,29 @@ STATIC = Path(__file__).resolve().parents[2] / "static"
 def pw_ms(ms: float) -> float:
     """A Playwright timeout (milliseconds) of ``ms`` in the project's timing unit."""
     return ms * MS * 1000
+
+
+@asynccontextmanager
+async def watched_page(url: str, prepare: Callable[[Page], Awaitable[None]] | None = None
+                       ) -> AsyncIterator[Page]:
+    """``url`` in a new headless Chromium; the test fails on any uncaught page error.
+    ``prepare`` runs on the page before it loads; the browser's console is printed
+    (pytest shows it when a test fails)."""
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
+    errors: list[Any] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await browser.new_page()
+        page.on("pageerror", lambda error: errors.append(error))
+        page.on("console", lambda message: print("console:", message.text))
+        if prepare is not None:
+            await prepare(page)
+        await page.goto(url)
+        try:
+            yield page
+        finally:
+            await browser.close()
+    assert errors == []
 
 
 async def connected(page: Page) -> None:

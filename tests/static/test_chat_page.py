@@ -23,9 +23,9 @@ from typing import Any
 import msgpack
 import pytest
 from aiohttp.test_utils import TestServer
-from page_steps import CHROMIUM, FLAGS, STATIC, answered, ask, connected, pw_ms
+from page_steps import STATIC, answered, ask, connected, pw_ms, watched_page
 from PIL import Image
-from playwright.async_api import Page, WebSocketRoute, async_playwright
+from playwright.async_api import Page, WebSocketRoute
 
 from rkstream.config import ServerSettings, Settings, VisionSettings
 from rkstream.config.settings import ModelEntry, PoolSettings, RKLLMSettings
@@ -76,22 +76,9 @@ async def chat_page(server: TestServer,
                     ) -> AsyncIterator[Page]:
     """The chat page, connected; it fails the test on any uncaught page error.
     ``prepare`` runs on the page before it loads."""
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
-    errors: list[Any] = []
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = await browser.new_page()
-        page.on("pageerror", lambda error: errors.append(error))
-        page.on("console", lambda message: print("console:", message.text))
-        if prepare is not None:
-            await prepare(page)
-        await page.goto(str(server.make_url("/")))
+    async with watched_page(str(server.make_url("/")), prepare) as page:
         await connected(page)
-        try:
-            yield page
-        finally:
-            await browser.close()
-    assert errors == []
+        yield page
 
 
 async def test_chat_page_streams_markdown_and_stops(server: TestServer, tmp_path: Path) -> None:
@@ -385,39 +372,29 @@ async def test_chat_page_asks_for_the_api_key(aiohttp_server: ServerFactory,
                                              standin_libs: dict[str, Path],
                                              tmp_path: Path) -> None:
     server = await page_server(aiohttp_server, standin_libs["1.3"], tmp_path, api_keys="sesame")
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
-    errors: list[Any] = []
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = await browser.new_page()
-            page.on("pageerror", lambda error: errors.append(error))
-            await page.goto(str(server.make_url("/")))
-            dialog = page.locator("#key-dialog")
-            await dialog.wait_for(timeout=pw_ms(5000))
-            assert "needs an API key" in await page.inner_text("#key-reason")
-            # A wrong key is refused, in words.
-            await page.fill("#api-key", "wrong")
-            await page.press("#api-key", "Enter")
-            await page.wait_for_function(
-                "!document.getElementById('key-dialog').hidden"
-                " && document.getElementById('key-reason').textContent.includes('401')",
-                timeout=pw_ms(5000))
-            assert "refused that API key" in await page.inner_text("#key-reason")
-            await page.fill("#api-key", "sesame")
-            await page.click("#key-connect")
-            await connected(page)
-            assert await dialog.is_hidden()
-            await ask(page, reply("with a key"))
-            assert "tokens" in await answered(page, 0)
-            # After a reload the kept key connects without asking.
-            await page.reload()
-            await connected(page)
-            assert await dialog.is_hidden()
-            assert await page.evaluate("localStorage.getItem('rkstream.apiKey')") == '"sesame"'
-        finally:
-            await browser.close()
-    assert errors == []
+    async with watched_page(str(server.make_url("/"))) as page:
+        dialog = page.locator("#key-dialog")
+        await dialog.wait_for(timeout=pw_ms(5000))
+        assert "needs an API key" in await page.inner_text("#key-reason")
+        # A wrong key is refused, in words.
+        await page.fill("#api-key", "wrong")
+        await page.press("#api-key", "Enter")
+        await page.wait_for_function(
+            "!document.getElementById('key-dialog').hidden"
+            " && document.getElementById('key-reason').textContent.includes('401')",
+            timeout=pw_ms(5000))
+        assert "refused that API key" in await page.inner_text("#key-reason")
+        await page.fill("#api-key", "sesame")
+        await page.click("#key-connect")
+        await connected(page)
+        assert await dialog.is_hidden()
+        await ask(page, reply("with a key"))
+        assert "tokens" in await answered(page, 0)
+        # After a reload the kept key connects without asking.
+        await page.reload()
+        await connected(page)
+        assert await dialog.is_hidden()
+        assert await page.evaluate("localStorage.getItem('rkstream.apiKey')") == '"sesame"'
 
 
 async def test_chat_page_takes_pasted_and_dropped_images(server: TestServer) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from page_steps import CHROMIUM, FLAGS, STATIC, pw_ms
-from playwright.async_api import Page, async_playwright
+from page_steps import STATIC, pw_ms, watched_page
+from playwright.async_api import Page
 
 from rkstream.config import ServerSettings, VisionSettings
 from rkstream.server.app import make_app
@@ -67,21 +67,9 @@ def standin_server(aiohttp_server: ServerFactory, standin_libs: dict[str, Path],
 async def client_page(server: TestServer) -> AsyncIterator[Page]:
     """The fixture page, from ``server``, with the module loaded as ``window.rk``;
     it fails the test on any uncaught page error."""
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
-    errors: list[Any] = []
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = await browser.new_page()
-        page.on("pageerror", lambda error: errors.append(error))
-        # The browser's console, printed (pytest shows it when a test fails).
-        page.on("console", lambda message: print("console:", message.text))
-        await page.goto(str(server.make_url("/static/" + PAGE.name)))
+    async with watched_page(str(server.make_url("/static/" + PAGE.name))) as page:
         await page.wait_for_function("window.rkReady === true", timeout=pw_ms(5000))
-        try:
-            yield page
-        finally:
-            await browser.close()
-    assert errors == []
+        yield page
 
 
 async def run(page: Page, script: str, arg: Any = None, timeout_ms: float = 10000) -> Any:

@@ -114,14 +114,14 @@ async def _models_ctx(app: web.Application) -> AsyncIterator[None]:
             raise EngineInitError(exc.message) from None
         state.pool = pool
         yield
-    state.closing = True
+    state.enter("stopping")
     await pool.close()
     server_log.info("models closed")
 
 
 async def _close_sockets(app: web.Application) -> None:
     state = app[STATE]
-    state.closing = True
+    state.enter("stopping")
     # Every open request gets its response.done before the socket closes.
     await asyncio.gather(*(conn.shutdown() for conn in list(state.connections)))
     # All at once and bounded: a peer that never answers the close frame would

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,11 +58,21 @@ class AppState:
     connections: weakref.WeakSet[Closable] = field(default_factory=weakref.WeakSet)
     metrics: Metrics = field(default_factory=Metrics)
     per_address: Counter[str] = field(default_factory=Counter)
-    closing: bool = False
     phase: str = "serving"  # one of PHASES
     phase_since_s: float = 0.0  # time.monotonic() when the phase began
     http_inflight: int = 0  # API calls being answered (not /ws, /health or /metrics)
     drain: asyncio.Task[None] | None = None  # the drain, once begun (server/ops/drain.py)
+
+    def enter(self, phase: str) -> None:
+        """Begin ``phase`` (one of PHASES), now."""
+        if phase != self.phase:
+            self.phase = phase
+            self.phase_since_s = time.monotonic()
+
+    @property
+    def closing(self) -> bool:
+        """New work is refused: a drain's stop, or the app shutting down."""
+        return self.phase == "stopping"
 
     @property
     def server_id(self) -> str:

@@ -25,7 +25,6 @@ import ipaddress
 import json
 import os
 import signal
-import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -45,17 +44,12 @@ SHUTDOWN_REASON = ("shutting_down", SHUTTING_DOWN)
 ON_STOPPED: web.AppKey[Callable[[], None]] = web.AppKey("rkstream_on_stopped")
 
 
-def _enter(state: AppState, phase: str) -> None:
-    state.phase = phase
-    state.phase_since_s = time.monotonic()
-
-
 def start_drain(app: web.Application, why: str) -> bool:
     """Begin the drain; False when it had begun already (nothing changes)."""
     state = app[STATE]
     if state.drain is not None or state.closing:
         return False
-    _enter(state, "draining")
+    state.enter("draining")
     state.drain = asyncio.create_task(_drain(app, why))
     return True
 
@@ -79,8 +73,7 @@ async def stop(state: AppState) -> None:
     """Refuse new work, let open requests finish (up to ``server.shutdown_timeout_s``),
     cancel what is left with ``shutting_down``, and close every WebSocket with 1001."""
     timeout_s = state.settings.server.shutdown_timeout_s
-    _enter(state, "stopping")
-    state.closing = True
+    state.enter("stopping")
     server_log.info("stopping: new requests are refused (shutting_down); %d open ones have "
                     "%g s to finish (server.shutdown_timeout_s)", state.open_requests,
                     timeout_s)

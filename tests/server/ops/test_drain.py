@@ -193,7 +193,7 @@ async def test_admin_drain_refuses_fields_and_other_methods(aiohttp_client: Clie
 async def test_a_drain_after_the_shutdown_began_does_nothing(aiohttp_client: ClientFactory
                                                             ) -> None:
     client, stopped = await serve(aiohttp_client, drain_s=0)
-    client.app[STATE].closing = True  # as on_shutdown does
+    client.app[STATE].enter("stopping")  # as on_shutdown does
     response = await client.post("/admin/drain")
     assert response.status == 202 and (await response.json())["started"] is False
     await asyncio.sleep(50 * MS)

@@ -217,16 +217,11 @@ class Chat:
 
 def chat_command(args: argparse.Namespace) -> int:
     """Run ``rkstream chat``; the exit code (130 when a second Ctrl-C quit)."""
+    client: Client | None = None
     try:
         client = Client(args.url or DEFAULT_URL,
                         api_key=args.key or os.environ.get("RKSTREAM_API_KEY"),
                         conversation=new_conversation_key())
-    except RkstreamClientError as exc:
-        print(f"rkstream chat: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    try:
         if args.system:
             client.update_session(instructions=args.system)
         session = client.session
@@ -240,4 +235,5 @@ def chat_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        client.close()
+        if client is not None:
+            client.close()

@@ -659,12 +659,18 @@ SLOW_PROMPT = """(() => {
 ALL_ENDED = "streams.every((m) => m.getTracks().every((t) => t.readyState === 'ended'))"
 
 
+async def camera_asked(page: Page) -> None:
+    """Click the camera on; return once the browser is asking (SLOW_PROMPT)."""
+    await page.evaluate("window.allow = null")
+    await page.click("#camera-toggle")
+    await page.wait_for_function("window.allow !== null", timeout=pw_ms(2000))
+
+
 async def test_camera_turned_off_while_the_browser_asks(browser: Browser,
                                                         vision: TestServer) -> None:
     async with open_page(browser, vision, init=SLOW_PROMPT) as (page, sent):
         # Turned off with the panel's button while the prompt is open, then allowed.
-        await page.click("#camera-toggle")
-        await page.wait_for_function("window.allow !== null", timeout=pw_ms(2000))
+        await camera_asked(page)
         await page.click("#camera-off")
         await page.evaluate("window.allow()")
         await page.wait_for_function(f"streams.length === 1 && {ALL_ENDED}",
@@ -672,9 +678,7 @@ async def test_camera_turned_off_while_the_browser_asks(browser: Browser,
         assert await page.is_hidden("#camera")
         assert await page.get_attribute("#camera-toggle", "aria-pressed") == "false"
         # The toggle clicked twice while asking: off, and the one stream closed.
-        await page.evaluate("window.allow = null")
-        await page.click("#camera-toggle")
-        await page.wait_for_function("window.allow !== null", timeout=pw_ms(2000))
+        await camera_asked(page)
         await page.click("#camera-toggle")
         await page.evaluate("window.allow()")
         await page.wait_for_function(f"streams.length === 2 && {ALL_ENDED}",
@@ -683,9 +687,7 @@ async def test_camera_turned_off_while_the_browser_asks(browser: Browser,
         await asyncio.sleep(300 * MS)
         assert not sent.of("frame.append")
         # And it still starts when allowed.
-        await page.evaluate("window.allow = null")
-        await page.click("#camera-toggle")
-        await page.wait_for_function("window.allow !== null", timeout=pw_ms(2000))
+        await camera_asked(page)
         await page.evaluate("window.allow()")
         await wait_frames(sent, 0)
         assert await page.get_attribute("#camera-toggle", "aria-pressed") == "true"

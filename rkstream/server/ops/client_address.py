@@ -33,7 +33,8 @@ IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 CLIENT_ADDRESS: web.RequestKey[str] = web.RequestKey("rkstream_client_address", str)
 
 
-def _ip(text: str) -> IP | None:
+def ip_of(text: str) -> IP | None:
+    """The address in ``text``, IPv4 for an IPv4-mapped one; None if it is not one."""
     try:
         ip = ipaddress.ip_address(text.strip())
     except ValueError:
@@ -52,14 +53,14 @@ def forwarded_client(peer: str | None, forwarded_for: Iterable[str],
                      trusted: Sequence[Network]) -> str | None:
     """The client's address, from the peer's address and the X-Forwarded-For
     header lines (in their order), as the module docstring says."""
-    peer_ip = _ip(peer) if peer is not None and trusted else None
+    peer_ip = ip_of(peer) if peer is not None and trusted else None
     if peer_ip is None or not _trusted(peer_ip, trusted):
         return peer  # no proxy of ours: whatever the header says is the client's word
     client: str | None = None
     # Several header lines are one list, in order (RFC 9110, 5.3).
     hops = [hop for line in forwarded_for for hop in line.split(",")]
     for hop in reversed(hops):
-        ip = _ip(hop)
+        ip = ip_of(hop)
         if ip is None:
             return peer  # where a trusted proxy should have written an address
         client = str(ip)

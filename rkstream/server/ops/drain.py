@@ -21,7 +21,6 @@ A second signal exits at once. With no API key configured, ``POST
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import signal
@@ -33,7 +32,7 @@ from rkstream.errors import SHUTTING_DOWN, RequestError
 from rkstream.log import server_log
 from rkstream.server.http.errors import error_middleware
 from rkstream.server.http.openai.dialect import json_error
-from rkstream.server.ops.client_address import client_address, described
+from rkstream.server.ops.client_address import client_address, described, ip_of
 from rkstream.server.state import STATE, AppState, Closable
 
 POLL_S = 0.02  # how often the stop looks for sockets it can close and requests still open
@@ -119,10 +118,10 @@ async def stop(state: AppState) -> None:
 
 
 def _loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False  # a Unix socket's peer, or no address
+    # ip_of: a dual-stack socket reports 127.0.0.1 as ::ffff:127.0.0.1, not loopback
+    # to ipaddress. None: a Unix socket's peer, or no address.
+    ip = ip_of(address) if address is not None else None
+    return ip is not None and ip.is_loopback
 
 
 async def admin_drain(request: web.Request) -> web.Response:

@@ -128,6 +128,17 @@ async def test_a_proxy_on_the_board_cannot_forward_an_admin_call() -> None:
     assert "203.0.113.5 via 127.0.0.1" in info.value.message
     assert app[STATE].phase == "serving"
 
+
+async def test_a_dual_stack_loopback_peer_may_drain_without_a_key() -> None:
+    # An IPv6 socket reports a local IPv4 client as ::ffff:127.0.0.1.
+    app = make_app(replace(Settings(), server=replace(ServerSettings(), drain_s=60)),
+                   lambda s: FakeEngine(s))
+    response = await admin_drain(_request("::ffff:127.0.0.1", {}, app))
+    assert response.status == 202
+    state = app[STATE]
+    assert state.phase == "draining" and state.drain is not None
+    state.drain.cancel()
+
 def app_with(trusted: str, **limits: Any) -> web.Application:
     settings = replace(Settings(), server=replace(ServerSettings(), trusted_proxies=trusted),
                        limits=replace(LimitSettings(), **limits))

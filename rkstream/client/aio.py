@@ -7,16 +7,14 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rkstream.client.camera import Camera, to_wire
 from rkstream.client.connection import _UNSET, KEPT_UPLOADS, Connection
 from rkstream.client.conversation import new_conversation_key
 from rkstream.client.errors import ConnectionLostError, RkstreamClientError
 from rkstream.client.events import Answer, Messages, as_input
 from rkstream.client.stream import Stream
-
-if TYPE_CHECKING:
-    from rkstream.client.camera import Camera
 
 
 class AsyncClient(Connection):
@@ -205,16 +203,17 @@ class AsyncClient(Connection):
         """Encode an image once on the server; returns its ``image_id`` for
         :func:`image_part`. ``image`` is JPEG/PNG/WebP bytes, a file path, or a numpy
         image (``color`` says its channel order; sent as JPEG)."""
-        from rkstream.client.camera import to_wire
+        def prepare() -> tuple[dict[str, Any], str]:  # file, encoder and hash off the loop
+            data = Path(image).read_bytes() if isinstance(image, (str, os.PathLike)) else image
+            wire = to_wire(data, color, "jpeg", 90)
+            return wire, "img_" + hashlib.sha256(wire["data"]).hexdigest()[:24]
 
-        if isinstance(image, (str, os.PathLike)):
-            image = Path(image).read_bytes()
-        wire = await asyncio.to_thread(to_wire, image, color, "jpeg", 90)
+        wire, digest = await asyncio.to_thread(prepare)
         upload: dict[str, Any] = {"type": "image.upload", "data": wire["data"]}
         upload.update({k: v for k, v in wire.items() if k != "data"})
         if format is not None:
             upload["format"] = format
-        image_id = image_id or "img_" + hashlib.sha256(wire["data"]).hexdigest()[:24]
+        image_id = image_id or digest
         await self._ready()
         await self._call("image", image_id, {**upload, "image_id": image_id})
         self._uploads[image_id] = upload
@@ -234,8 +233,6 @@ class AsyncClient(Connection):
     def camera(self, stream: str = "cam0", *, max_fps: float | None = 5.0,
                color: str = "bgr", encoding: str = "jpeg", quality: int = 80) -> Camera:
         """A camera helper for ``stream`` (see :class:`Camera`); one per stream name."""
-        from rkstream.client.camera import Camera
-
         if stream in self._cameras:
             raise ValueError(f"camera {stream!r} exists already: use client.cameras")
         if self.loop is None:
